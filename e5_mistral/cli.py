@@ -1,0 +1,80 @@
+"""The ``e5-mistral`` console command.
+
+Each subcommand lives with its stage (``e5_mistral/<stage>/cli.py`` exposes ``main(argv, prog)``) and is
+imported only when run, so ``e5-mistral --help`` stays fast. Training is not a subcommand: it is
+``accelerate launch recipes/train.py CONFIG.yaml``, as with TRL and the alignment-handbook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from transformers import HfArgumentParser
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("e5_mistral.synthesis.cli", "synthesize training data with an LLM behind any OpenAI-compatible endpoint"),
+    "export": ("e5_mistral.export.cli", "turn a training checkpoint into a sentence-transformers model (and push it)"),
+    "evaluate": ("e5_mistral.evaluation.cli", "evaluate one or more models with mteb and the paper's instructions"),
+    "decontaminate": ("e5_mistral.evaluation.decontamination_cli", "find (and remove) training rows that match test sets"),
+    "quickstart": ("e5_mistral.quickstart", "run the whole pipeline offline on SmolLM2-135M-Instruct"),
+}
+
+# Errors that are the user's to fix: printed as one line, never as a traceback (set E5_MISTRAL_DEBUG=1 for one).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, RuntimeError, ConnectionError)
+
+
+class CommandParser(HfArgumentParser):
+    """``HfArgumentParser`` whose usage errors are one clear line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def fail(prog: str, err: BaseException, code: int = 1) -> int:
+    """Print ``prog: error: <message>`` on one line and return ``code``."""
+    message = " ".join(str(err.args[0] if isinstance(err, KeyError) and err.args else err).split()) or type(err).__name__
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    return code
+
+
+def run(prog: str, func, *args, **kwargs) -> int:
+    """Call ``func``; turn user errors into one line on stderr and a non-zero exit code."""
+    try:
+        result = func(*args, **kwargs)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; everything finished so far is kept on disk\n")
+        return 130
+    except USER_ERRORS as err:
+        if os.environ.get("E5_MISTRAL_DEBUG"):
+            raise
+        return fail(prog, err)
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="e5-mistral",
+        description="Train LLM-based text embedders on synthetic data (Wang et al., 2024, arXiv 2401.00368). "
+        "Training itself: accelerate launch recipes/train.py CONFIG.yaml",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"e5-mistral {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return module.main(rest, prog=f"e5-mistral {args.command}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

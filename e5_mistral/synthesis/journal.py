@@ -1,0 +1,134 @@
+"""The request plan's unit and the append-only journal of responses: the contract every backend honours.
+
+A run is a deterministic list of :class:`Request` (ids derived from the plan, never from time). Every answer,
+online or from a batch file, is appended to ``OUTPUT/journal/*.jsonl`` as one JSON line, flushed and fsynced
+as it arrives, so a SIGKILL loses at most the requests in flight. On restart, ids with an ``ok`` record are
+never requested again. The journal never holds API keys or request headers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+STATUS_OK = "ok"  # an answer came back (it may still be rejected by parsing later)
+STATUS_FAILED = "failed"  # retries exhausted or a fatal error; retried on the next run
+
+
+@dataclass(frozen=True)
+class Request:
+    """One chat-completion call of the plan."""
+
+    request_id: str  # stable content hash of (kind, family, slots, task, template version, model, params)
+    kind: str  # "brainstorm" or "example"
+    family: str
+    messages: tuple  # ({"role": ..., "content": ...}, ...)
+    params: dict = field(default_factory=dict, hash=False)  # model, temperature, top_p, max_tokens, extra_body...
+
+    def body(self) -> dict:
+        """The chat-completions request body (also one line of an OpenAI Batch file)."""
+        params = dict(self.params)
+        extra = params.pop("extra_body", None) or {}
+        return {"messages": [dict(m) for m in self.messages], **params, **extra}
+
+
+def make_record(
+    request: Request,
+    status: str,
+    *,
+    content: str | None = None,
+    finish_reason: str | None = None,
+    usage: dict | None = None,
+    error: str | None = None,
+    attempts: int = 1,
+    source: str = "online",
+) -> dict:
+    """A journal line. ``usage`` is ``{"prompt_tokens": int, "completion_tokens": int}``."""
+    return {
+        "request_id": request.request_id,
+        "kind": request.kind,
+        "family": request.family,
+        "status": status,
+        "content": content,
+        "finish_reason": finish_reason,
+        "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0},
+        "error": error,
+        "attempts": attempts,
+        "model": request.params.get("model"),
+        "source": source,
+        "time": time.time(),
+    }
+
+
+class Journal:
+    """Append-only JSONL files under a folder; one file per process run, so concurrent writers never interleave."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"journal-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+        self._lock = threading.Lock()
+        self._file = None
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def records(self) -> Iterator[dict]:
+        """Every record of every file, oldest file first; a line cut short by a kill is skipped."""
+        for path in sorted(self.directory.glob("journal-*.jsonl")):
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # the last line of a killed run
+
+    def latest(self) -> dict[str, dict]:
+        """request_id -> the record that counts: the first ``ok`` one, else the last failure."""
+        latest: dict[str, dict] = {}
+        for record in self.records():
+            previous = latest.get(record["request_id"])
+            if previous is None or (previous["status"] != STATUS_OK):
+                latest[record["request_id"]] = record
+        return latest
+
+    def done_ids(self) -> set[str]:
+        return {rid for rid, rec in self.latest().items() if rec["status"] == STATUS_OK}
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Backend(Protocol):
+    """How requests get answered: online (AsyncOpenAI, concurrent) or through the OpenAI Batch API.
+
+    ``run`` appends exactly one record per request it finished (ok or failed) to ``journal`` and returns when
+    every request has a record or when it must stop (budget reached, batch still in progress); requests left
+    without an ``ok`` record are simply planned again by the next run.
+    """
+
+    async def run(self, requests: list[Request], journal: Journal) -> None: ...
+
+
+def asdict_request(request: Request) -> dict:
+    return asdict(request)
