@@ -1,0 +1,187 @@
+"""Read a training checkpoint (PEFT adapter or full model, or a ``checkpoint-N`` folder) and load its backbone.
+
+The layout is the training stage's ``Trainer.save_model`` output plus ``e5_mistral_config.json``; every key of
+that file is optional here, with the paper's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG_NAME = "e5_mistral_config.json"
+ADAPTER_CONFIG = "adapter_config.json"
+MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+@dataclass
+class RunConfig:
+    """What ``e5_mistral_config.json`` says about the run (defaults when a key or the file is missing)."""
+
+    base_model_name_or_path: str | None = None
+    pooling: str = "lasttoken"
+    normalize: bool = True
+    append_eos: bool = True
+    max_seq_length: int = 512
+    query_max_length: int | None = None
+    temperature: float | None = None
+    lora: dict[str, Any] | None = None
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> "RunConfig":
+        if path is None:
+            return cls()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a JSON object, not {type(raw).__name__}")
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and v is not None}
+        config = cls(**known)
+        if config.pooling not in ("lasttoken", "mean", "cls"):
+            raise ValueError(f"{path}: field 'pooling' is {config.pooling!r}; expected lasttoken, mean or cls")
+        if not isinstance(config.max_seq_length, int) or config.max_seq_length < 2:
+            raise ValueError(f"{path}: field 'max_seq_length' must be an integer >= 2, got {config.max_seq_length!r}")
+        if not isinstance(config.datasets, list):
+            raise ValueError(f"{path}: field 'datasets' must be a list")
+        return config
+
+
+@dataclass
+class Checkpoint:
+    """A resolved checkpoint folder: where the weights, tokenizer and run config are."""
+
+    path: Path
+    is_adapter: bool
+    run_config: RunConfig
+    run_config_path: Path | None
+    tokenizer_path: Path | None  # None: no tokenizer files anywhere (reported when the tokenizer is loaded)
+    base_model: str | None  # the base of an adapter (None for a full model)
+
+
+def _has_any(folder: Path, names) -> bool:
+    return any((folder / name).is_file() for name in names)
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(folder))
+    return Path(last) if last else None
+
+
+def resolve_checkpoint(path: str | Path) -> Checkpoint:
+    """Locate weights, tokenizer and ``e5_mistral_config.json`` for ``path`` (a run folder or ``checkpoint-N``)."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"checkpoint path {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"checkpoint path {folder} is not a directory")
+    is_adapter = (folder / ADAPTER_CONFIG).is_file()
+    if not is_adapter and not (folder / "config.json").is_file():
+        latest = _latest_checkpoint(folder)
+        if latest is None:
+            raise FileNotFoundError(
+                f"{folder} holds neither a PEFT adapter ({ADAPTER_CONFIG}) nor a model (config.json), "
+                "nor any checkpoint-N folder"
+            )
+        logger.info("%s has no final model; exporting its latest checkpoint %s", folder, latest.name)
+        return resolve_checkpoint(latest)
+    if is_adapter and not _has_any(folder, ADAPTER_FILES):
+        raise FileNotFoundError(f"{folder} has {ADAPTER_CONFIG} but no adapter weights ({' or '.join(ADAPTER_FILES)})")
+    if not is_adapter and not _has_any(folder, MODEL_FILES):
+        raise FileNotFoundError(f"{folder} has config.json but no model weights ({', '.join(MODEL_FILES)})")
+
+    # A Trainer checkpoint-N folder may lack the run config and tokenizer; the run folder above it has them.
+    search = [folder, folder.parent] if folder.name.startswith("checkpoint-") else [folder]
+    run_config_path = next((d / RUN_CONFIG_NAME for d in search if (d / RUN_CONFIG_NAME).is_file()), None)
+    if run_config_path is None:
+        logger.warning("no %s next to %s; using the defaults (lasttoken pooling, EOS appended, 512 tokens)", RUN_CONFIG_NAME, folder)
+    run_config = RunConfig.from_file(run_config_path)
+
+    base_model = None
+    if is_adapter:
+        adapter_config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        base_model = adapter_config.get("base_model_name_or_path") or run_config.base_model_name_or_path
+        if not base_model:
+            raise ValueError(f"{folder / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path)")
+    tokenizer_path = next((d for d in search if _has_any(d, TOKENIZER_FILES)), None)
+    fallback = base_model or run_config.base_model_name_or_path
+    if tokenizer_path is None and fallback:
+        logger.warning("no tokenizer in %s; using the base model's (%s)", folder, fallback)
+        tokenizer_path = Path(fallback)
+    return Checkpoint(folder, is_adapter, run_config, run_config_path, tokenizer_path, base_model)
+
+
+def _check_architecture(config, where: str) -> None:
+    from transformers import MODEL_MAPPING
+
+    architecture = ", ".join(config.architectures or []) or config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"unsupported architecture {architecture} in {where}: encoder-decoder models cannot be exported as a "
+            "last-token embedder (use a decoder-only backbone such as Mistral, Llama or Qwen)"
+        )
+    if type(config) not in MODEL_MAPPING:
+        raise ValueError(f"unsupported architecture {architecture} in {where}: transformers' AutoModel cannot load it")
+
+
+def load_config(name_or_path: str | Path, where: str):
+    """``AutoConfig`` with errors that name the architecture and the file."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_path))
+    except (ValueError, KeyError) as err:
+        raw = {}
+        config_file = Path(name_or_path) / "config.json"
+        if config_file.is_file():
+            raw = json.loads(config_file.read_text(encoding="utf-8"))
+        architecture = ", ".join(raw.get("architectures") or []) or raw.get("model_type") or "unknown"
+        raise ValueError(f"unsupported architecture {architecture} in {where}: {' '.join(str(err).split())[:300]}") from err
+    except OSError as err:
+        raise FileNotFoundError(f"cannot load the model config from {name_or_path} ({where}): {' '.join(str(err).split())[:300]}") from err
+    _check_architecture(config, where)
+    return config
+
+
+def check_architecture(checkpoint: Checkpoint) -> None:
+    """Fail early, before any weights are read, when the backbone cannot be exported."""
+    if checkpoint.is_adapter:
+        load_config(checkpoint.base_model, f"the base model {checkpoint.base_model} of {checkpoint.path}")
+    else:
+        load_config(checkpoint.path, str(checkpoint.path / "config.json"))
+
+
+def load_backbone(checkpoint: Checkpoint):
+    """The backbone as an fp32 ``AutoModel`` in eval mode, with any LoRA adapter merged into its weights."""
+    import torch
+    from transformers import AutoModel
+
+    if checkpoint.is_adapter:
+        from peft import PeftModel
+
+        where = f"the base model {checkpoint.base_model} of {checkpoint.path}"
+        config = load_config(checkpoint.base_model, where)
+        base = AutoModel.from_pretrained(checkpoint.base_model, config=config, dtype=torch.float32)
+        try:
+            peft_model = PeftModel.from_pretrained(base, str(checkpoint.path))
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"cannot apply the adapter in {checkpoint.path} to {checkpoint.base_model}: {' '.join(str(err).split())[:300]}") from err
+        model = peft_model.merge_and_unload()
+    else:
+        config = load_config(checkpoint.path, str(checkpoint.path / "config.json"))
+        model = AutoModel.from_pretrained(str(checkpoint.path), config=config, dtype=torch.float32)
+    model.eval()
+    return model

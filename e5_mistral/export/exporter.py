@@ -1,0 +1,222 @@
+"""Turn a training checkpoint into a sentence-transformers folder: what users download.
+
+The folder holds Transformer -> Pooling -> Normalize, the merged weights, a tokenizer whose post-processor adds
+EOS (the training contract), the query prompts in ``config_sentence_transformers.json`` and a model card. It
+loads with ``SentenceTransformer(OUTPUT_DIR)`` and nothing but sentence-transformers installed.
+
+The folder is built in a sibling staging directory and renamed into place at the end, so a failure never leaves
+a half-written export behind; an upload failure afterwards leaves the complete export untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..instructions import EVALUATION_INSTRUCTIONS, query_prompt
+from .checkpoint import ADAPTER_CONFIG, ADAPTER_FILES, RUN_CONFIG_NAME, check_architecture, load_backbone, resolve_checkpoint
+from .eos_contract import bake_eos_contract, default_affixes, write_legacy_flags
+
+logger = logging.getLogger(__name__)
+
+# The paper's MS-MARCO instruction: the default for a plain ``prompt_name="query"``.
+DEFAULT_QUERY_INSTRUCTION = EVALUATION_INSTRUCTIONS["MSMARCO"]
+TEXT_ONLY_MODALITY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+DTYPES = ("float32", "bfloat16", "float16")
+# What the card's usage example shows for a custom instruction.
+CUSTOM_INSTRUCTION_EXAMPLE = "Given a recipe name, retrieve recipes that match it"
+
+
+@dataclass
+class ExportArguments:
+    """Options of ``e5-mistral export``."""
+
+    checkpoint_dir: str | None = field(
+        default=None, metadata={"help": "Training output (PEFT adapter or full model) or one of its checkpoint-N folders."}
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write the sentence-transformers folder."})
+    keep_adapter: bool = field(
+        default=False, metadata={"help": "Also copy the LoRA adapter (un-merged) to OUTPUT_DIR/adapter/."}
+    )
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Truncation length in tokens, EOS included (default: the trained length, else 512)."}
+    )
+    dtype: str = field(default="float32", metadata={"help": "Weight dtype of the export.", "choices": list(DTYPES)})
+    query_instruction: str = field(
+        default=DEFAULT_QUERY_INSTRUCTION, metadata={"help": "Task instruction of the default 'query' prompt."}
+    )
+    eval_results: str | None = field(
+        default=None, metadata={"help": "summary.json of `e5-mistral evaluate` (or its folder) for the card's evaluation table."}
+    )
+    license: str | None = field(default=None, metadata={"help": "License id written into the card metadata (e.g. apache-2.0)."})
+    model_name: str | None = field(default=None, metadata={"help": "Name shown in the card (default: the repo id or folder name)."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Upload the export to this Hub repo (e.g. user/my-e5)."})
+    private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace OUTPUT_DIR if it already holds files."})
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise ValueError(f"--max-seq-length must be at least 2 (text + EOS), got {self.max_seq_length}")
+        if self.private and not self.push_to_hub:
+            raise ValueError("--private only applies together with --push-to-hub REPO")
+        query_prompt(self.query_instruction)  # rejects an empty instruction early
+
+
+def build_prompts(query_instruction: str) -> dict[str, str]:
+    """``query`` plus one prompt per MTEB task of the paper's evaluation table, all ``Instruct: ...\\nQuery: ``."""
+    prompts = {"query": query_prompt(query_instruction)}
+    prompts.update({name: query_prompt(instruction) for name, instruction in EVALUATION_INSTRUCTIONS.items()})
+    return prompts
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.is_file():
+        raise NotADirectoryError(f"output path {output_dir} is a file")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ValueError(f"output directory {output_dir} is not empty; pass --overwrite to replace it")
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"cannot load the tokenizer from {path}: {' '.join(str(err).split())[:300]}") from err
+
+
+def export_checkpoint(args: ExportArguments) -> Path:
+    """Export ``args.checkpoint_dir`` to ``args.output_dir`` (and push it); returns the output folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    from .. import __version__
+    from .model_card import load_eval_results, render_model_card
+
+    if not args.checkpoint_dir or not args.output_dir:
+        raise ValueError("both CHECKPOINT_DIR and OUTPUT_DIR are required")
+    checkpoint = resolve_checkpoint(args.checkpoint_dir)
+    run = checkpoint.run_config
+    output_dir = Path(args.output_dir).expanduser().resolve()
+    _check_output_dir(output_dir, args.overwrite)
+    # Read the evaluation results before the heavy work, so a typo fails in a second.
+    eval_results, eval_source = (load_eval_results(args.eval_results) if args.eval_results else (None, None))
+    max_seq_length = args.max_seq_length or run.max_seq_length
+    check_architecture(checkpoint)
+
+    if checkpoint.tokenizer_path is None:
+        raise FileNotFoundError(f"no tokenizer files in {checkpoint.path} and no base model to take them from")
+    tokenizer = _load_tokenizer(checkpoint.tokenizer_path)
+    if tokenizer.pad_token is None:
+        # Padding is masked out everywhere (never derived from ids), so any existing token works; prefer UNK.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    affixes = bake_eos_contract(tokenizer, append_eos=run.append_eos)
+    tokenizer.model_max_length = max_seq_length
+
+    model = load_backbone(checkpoint)
+    architecture = ", ".join(model.config.architectures or []) or model.config.model_type
+    embedding_dim = model.config.hidden_size
+    torch_dtype = getattr(torch, args.dtype)
+    model = model.to(torch_dtype)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.partial-"))
+    backbone_dir = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.backbone-"))
+    try:
+        model.save_pretrained(backbone_dir)
+        tokenizer.save_pretrained(backbone_dir)
+        del model  # the Transformer module below loads its own copy; never hold two
+        transformer = Transformer(
+            str(backbone_dir), max_seq_length=max_seq_length, model_kwargs={"dtype": torch_dtype},
+            query_length=run.query_max_length,
+            # Plain text only: with a chat template, sentence-transformers would otherwise wrap every text in
+            # it ("message" modality), which training never did.
+            modality_config=TEXT_ONLY_MODALITY, module_output_name="token_embeddings",
+        )
+        modules = [transformer, Pooling(embedding_dim, pooling_mode=run.pooling)]
+        if run.normalize:
+            modules.append(Normalize())
+        st_model = SentenceTransformer(
+            modules=modules, device="cpu", prompts=build_prompts(args.query_instruction),
+            default_prompt_name=None, similarity_fn_name="cosine",
+        )
+        st_model.save(str(staging), create_model_card=False)
+        del st_model, transformer
+        write_legacy_flags(staging, tokenizer, affixes)
+        _verify_tokenizer(staging, tokenizer, affixes)
+
+        if run.normalize is False:
+            logger.warning("the run did not normalise embeddings; the export has no Normalize module")
+        if checkpoint.run_config_path is not None:
+            shutil.copy2(checkpoint.run_config_path, staging / RUN_CONFIG_NAME)
+        if args.keep_adapter:
+            if not checkpoint.is_adapter:
+                raise ValueError(f"--keep-adapter: {checkpoint.path} is a full fine-tune, it has no adapter")
+            (staging / "adapter").mkdir()
+            for name in (ADAPTER_CONFIG, *ADAPTER_FILES):
+                if (checkpoint.path / name).is_file():
+                    shutil.copy2(checkpoint.path / name, staging / "adapter" / name)
+
+        repo_id = args.push_to_hub or str(output_dir)
+        prompt_names = [name for name in EVALUATION_INSTRUCTIONS]
+        special = [tokenizer.convert_ids_to_tokens(i) for i in affixes.prefix] + ["$TEXT"]
+        special += [tokenizer.convert_ids_to_tokens(i) for i in affixes.suffix]
+        card = render_model_card(
+            model_name=args.model_name or (args.push_to_hub or output_dir.name).split("/")[-1],
+            repo_id=repo_id,
+            base_model=str(checkpoint.base_model or run.base_model_name_or_path or checkpoint.path),
+            architecture=architecture,
+            run_config=run,
+            embedding_dim=embedding_dim,
+            max_seq_length=max_seq_length,
+            dtype=args.dtype,
+            query_prompt=query_prompt(args.query_instruction),
+            custom_prompt=query_prompt(CUSTOM_INSTRUCTION_EXAMPLE),
+            task_prompt_names=prompt_names,
+            special_tokens_template=" ".join(special),
+            adapter_included=args.keep_adapter,
+            eval_results=eval_results,
+            eval_source=str(eval_source) if eval_source else None,
+            license=args.license,
+            version=__version__,
+        )
+        (staging / "README.md").write_text(card, encoding="utf-8")
+
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(backbone_dir, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("exported %s to %s", checkpoint.path, output_dir)
+
+    if args.push_to_hub:
+        from .hub import push_folder
+
+        push_folder(output_dir, args.push_to_hub, private=args.private)
+    return output_dir
+
+
+def _verify_tokenizer(folder: Path, tokenizer, affixes) -> None:
+    """Reload the saved tokenizer and check that a plain call adds exactly the contract's special tokens."""
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(str(folder))
+    got = default_affixes(reloaded)
+    if got != affixes:
+        raise RuntimeError(
+            f"the exported tokenizer adds {got} instead of {affixes}; this transformers version rewrote the "
+            "post-processor on load, please report it"
+        )
+
+
+def read_prompts(folder: str | Path) -> dict[str, str]:
+    """The prompts stored in an exported folder (used by tests and the evaluation stage)."""
+    return json.loads((Path(folder) / "config_sentence_transformers.json").read_text(encoding="utf-8"))["prompts"]
