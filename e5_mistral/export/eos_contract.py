@@ -1,7 +1,7 @@
 """Bake the training-time EOS contract into the exported tokenizer itself.
 
-Training tokenizes with the tokenizer's default special tokens, truncates to ``max_seq_length - 1`` and appends
-EOS (see the training collator). Downstream users call the tokenizer with no extra argument, so the exported
+Training tokenizes with the tokenizer's default special tokens, drops a trailing EOS the tokenizer added itself,
+truncates to ``max_seq_length - 1`` and appends EOS (``e5_mistral.training.collator``). Downstream users call the tokenizer with no extra argument, so the exported
 ``tokenizer.json`` post-processor must produce exactly those ids: ``<default prefix> $A <default suffix> <eos>``.
 Under transformers >= 5 the post-processor is the only thing that adds special tokens (``add_eos_token`` in
 ``tokenizer_config.json`` is ignored when ``tokenizer.json`` exists), so rewriting it is what makes the contract
@@ -47,9 +47,12 @@ def contract_affixes(tokenizer, append_eos: bool = True) -> SpecialAffixes:
     affixes = default_affixes(tokenizer)
     if not append_eos:
         return affixes
-    if tokenizer.eos_token_id is None:
+    eos = tokenizer.eos_token_id
+    if eos is None:
         raise ValueError("the checkpoint's tokenizer has no eos_token, but the run appended EOS to every text")
-    return SpecialAffixes(affixes.prefix, affixes.suffix + (tokenizer.eos_token_id,))
+    # The collator drops an EOS the tokenizer added itself before appending its own: exactly one EOS at the end.
+    suffix = affixes.suffix[:-1] if affixes.suffix[-1:] == (eos,) else affixes.suffix
+    return SpecialAffixes(affixes.prefix, suffix + (eos,))
 
 
 def bake_eos_contract(tokenizer, append_eos: bool = True) -> SpecialAffixes:
