@@ -45,8 +45,14 @@ def backend(server, tmp_path, **kwargs) -> BatchBackend:
 
 
 def run(backend_: BatchBackend, requests, tmp_path) -> dict:
+    async def go(journal):
+        try:
+            await backend_.run(requests, journal)
+        finally:
+            await backend_.client.close()
+
     with Journal(tmp_path / "journal") as journal:
-        asyncio.run(backend_.run(requests, journal))
+        asyncio.run(go(journal))
         return journal.latest()
 
 
@@ -135,6 +141,28 @@ class TestBatchRoundTrip:
         assert second.running == 0
         assert sorted(rid for rid, rec in latest.items() if rec["status"] == "ok") == ["req-000", "req-001", "req-002"]
 
+    def test_batches_of_another_stage_are_left_for_their_own_call(self, batch_server, tmp_path):
+        brainstorms, examples = make_requests(4)[:2], make_requests(4)[2:]
+        batch_server.polls_to_complete = 1
+        run(backend(batch_server, tmp_path, wait=False), brainstorms, tmp_path)  # batch_0000 keeps running
+        latest = run(backend(batch_server, tmp_path), examples, tmp_path)
+        assert sorted(latest) == ["req-002", "req-003"]  # only the examples' batch was collected
+        state = json.loads((tmp_path / "batch" / "state.json").read_text())
+        assert [(b["batch_id"], b["collected"]) for b in state["batches"]] == [("batch_0000", False), ("batch_0001", True)]
+        latest = run(backend(batch_server, tmp_path), brainstorms, tmp_path)
+        assert all(rec["status"] == "ok" for rec in latest.values()) and len(latest) == 4
+        assert len(batch_server.received_custom_ids) == 2  # nothing submitted twice
+
+    def test_answers_downloaded_for_unknown_requests_are_reused(self, batch_server, tmp_path):
+        requests = make_requests(3)
+        batch_server.polls_to_complete = 1
+        run(backend(batch_server, tmp_path, wait=False), requests, tmp_path)  # submitted with all three
+        latest = run(backend(batch_server, tmp_path), requests[:1], tmp_path)  # the plan shrank: collects req-000 only
+        assert sorted(latest) == ["req-000"]
+        latest = run(backend(batch_server, tmp_path), requests, tmp_path)  # the others come from the saved output
+        assert sorted(rid for rid, rec in latest.items() if rec["status"] == "ok") == ["req-000", "req-001", "req-002"]
+        assert len(batch_server.received_custom_ids) == 1
+
     def test_expired_and_unanswered_lines_are_failures(self, batch_server, tmp_path):
         batch_server.expire_ids = {"req-002"}
         batch_server.drop_ids = {"req-003"}
@@ -207,3 +235,32 @@ class TestImportResults:
         with Journal(tmp_path / "journal") as journal:
             counts = import_results(path, make_requests(2), journal)
         assert counts["ok"] == 1 and counts["missing"] == 1
+
+
+class TestWithSynthesisRun:
+    def test_generate_through_batch_backend_with_no_wait(self, tmp_path):
+        from e5_mistral.synthesis.config import SynthesisArguments
+        from e5_mistral.synthesis.runner import SynthesisRun
+
+        count = iter(range(10**6))
+
+        def responder(body: dict) -> str:
+            n = next(count)
+            if body["messages"][0]["content"].startswith("Brainstorm"):
+                return json.dumps([f"Retrieve documents for need {n}-{i}." for i in range(20)])
+            return json.dumps({"user_query": f"query {n}", "positive_document": f"answer to {n}",
+                               "hard_negative_document": f"not the answer to {n}"})
+
+        # the runner calls the backend once per brainstorm re-ask round (4), each polling once: 5 keeps it running
+        with FakeBatchServer(responder=responder, polls_to_complete=5) as server:
+            args = dict(model="fake", base_url=server.base_url, output=str(tmp_path), num_examples=6,
+                        families=["short_long"], languages=["English"], backend="batch", batch_poll_interval=0.01,
+                        no_progress=True)
+            first = SynthesisRun(SynthesisArguments(**args, batch_no_wait=True)).run(progress=False)
+            assert first.report["accepted"] == 0 and len(server.received_custom_ids) == 1  # brainstorm submitted
+            state = json.loads((tmp_path / "batch" / "state.json").read_text())
+            assert [(b["status"], b["collected"]) for b in state["batches"]] == [("in_progress", False)]
+            final = SynthesisRun(SynthesisArguments(**args)).run(progress=False)  # collects, submits examples, waits
+        assert final.report["accepted"] == 6
+        assert [len(ids) for ids in server.received_custom_ids] == [1, 6]
+        assert len(final.rows) == 6 and all(row["user_query"].startswith("query ") for row in final.rows)

@@ -269,20 +269,38 @@ class BatchBackend:
     async def run(self, requests: list[Request], journal: Journal) -> None:
         by_id = {request.request_id: request for request in requests}
         state = self.load_state()
+        self._reuse_collected(state, by_id, journal)
         done = journal.done_ids()
         running_ids = {cid for entry in state["batches"] if not entry["collected"] for cid in entry["custom_ids"]}
         missing = [r for r in by_id.values() if r.request_id not in done and r.request_id not in running_ids]
         if missing:
             self._write_round(missing, state)
         await self._submit(state)
+        # Only batches holding some of these requests are polled: a batch of another stage (say examples while
+        # this call is for brainstorms) stays uncollected until a call that knows its requests comes.
+        mine = [entry for entry in state["batches"] if any(cid in by_id for cid in entry["custom_ids"])]
         while True:
-            await self._poll_once(state, by_id, journal)
-            self.running = sum(1 for entry in state["batches"] if not entry["collected"])
+            await self._poll_once(state, mine, by_id, journal)
+            self.running = sum(1 for entry in mine if not entry["collected"])
             if not self.running or not self.wait:
                 break
             await asyncio.sleep(self.poll_interval)
         if self.running:
             logger.info("%d batch(es) still running; re-run to collect them", self.running)
+
+    def _reuse_collected(self, state: dict, by_id: dict[str, Request], journal: Journal) -> None:
+        """Journal answers already downloaded for requests that lack an ``ok`` record (their batch was
+        collected by a call that did not know them), so they are never paid for twice."""
+        done = journal.done_ids()
+        for entry in state["batches"]:
+            wanted = {cid: by_id[cid] for cid in entry["custom_ids"] if cid in by_id and cid not in done}
+            if not entry["collected"] or not wanted or not entry.get("batch_id"):
+                continue
+            local = self.directory / f"output-{entry['batch_id']}.jsonl"
+            if local.is_file():
+                results = read_results(local.read_text(encoding="utf-8"), str(local))
+                ok = {cid: r for cid, r in results.items() if r.ok and cid in wanted}
+                journal_results(ok, wanted, journal, done)
 
     def _write_round(self, requests: list[Request], state: dict) -> None:
         round_index = state["rounds"]
@@ -315,8 +333,8 @@ class BatchBackend:
                 entry["batch_id"], entry["status"] = batch.id, batch.status
                 self.save_state(state)
 
-    async def _poll_once(self, state: dict, by_id: dict[str, Request], journal: Journal) -> None:
-        for entry in state["batches"]:
+    async def _poll_once(self, state: dict, entries: list[dict], by_id: dict[str, Request], journal: Journal) -> None:
+        for entry in entries:
             if entry["collected"]:
                 continue
             batch = await self.client.batches.retrieve(entry["batch_id"])

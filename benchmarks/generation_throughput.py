@@ -1,0 +1,202 @@
+"""Throughput of the online generation path against a fake endpoint with a fixed latency.
+
+With ``--concurrency C`` requests in flight and ``--latency L`` seconds per answer, no client can beat C / L
+requests per second (64 / 0.2 s = 320/s); the script prints each mode's examples/s and its ratio to that ideal
+(target >= 0.9 for the library path):
+
+* ``raw gather``: plain ``asyncio.gather`` of ``AsyncOpenAI`` calls under a semaphore (the floor of overhead);
+* ``OnlineBackend``: ``e5_mistral.synthesis.online.OnlineBackend.run`` with a real (fsynced) journal;
+* ``OnlineBackend, no fsync``: the same with the journal's per-record ``os.fsync`` patched out (diagnostic
+  only: it shows what the durability guarantee costs on this disk, whose fsync latency is printed too);
+* ``SynthesisRun``: the whole ``e5-mistral generate`` path: plan, brainstorm stage, example stage, parsing,
+  dedup, report and dataset files (its brainstorm round trip and file writing count against it).
+
+The fake server runs in a child process by default (``--server-in-process`` to share this one).
+
+    python benchmarks/generation_throughput.py --requests 640 --concurrency 64 --latency 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # tests.fake_openai lives in the repository, not the package
+
+import openai  # noqa: E402
+
+from e5_mistral.synthesis.journal import Journal  # noqa: E402
+from e5_mistral.synthesis.online import OnlineBackend  # noqa: E402
+from e5_mistral.synthesis.parsing import Rejected, parse_example  # noqa: E402
+from e5_mistral.synthesis.plan import example_request, sample_slots  # noqa: E402
+from tests.fake_openai import FakeOpenAIServer  # noqa: E402
+
+FAMILY = "short_long"
+PARAMS = {"model": "fake", "temperature": 1.0, "top_p": 1.0, "max_tokens": 512}
+_counter = itertools.count()
+
+
+def responder(body: dict) -> str:
+    """A valid short_long example (or a task list for a brainstorm prompt); every answer is unique."""
+    n = next(_counter)
+    prompt = body["messages"][0]["content"]
+    if prompt.startswith("Brainstorm"):
+        return json.dumps([f"Retrieve documents answering question type {n}-{i}." for i in range(20)])
+    return json.dumps({"user_query": f"query number {n}",
+                       "positive_document": f"A document that answers query number {n} in detail.",
+                       "hard_negative_document": f"A document that looks related to query {n} but is not."})
+
+
+def _serve(latency: float, conn) -> None:
+    server = FakeOpenAIServer(responder=responder, latency=latency)
+    conn.send(server.port)
+    server._httpd.serve_forever()
+
+
+class ServerProcess:
+    """The fake server in its own process, so its threads do not share the client's GIL."""
+
+    def __init__(self, latency: float):
+        parent, child = multiprocessing.Pipe()
+        self.process = multiprocessing.get_context("fork").Process(target=_serve, args=(latency, child), daemon=True)
+        self.process.start()
+        self.base_url = f"http://127.0.0.1:{parent.recv()}/v1"
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.join()
+
+
+def example_requests(count: int) -> list:
+    tasks = [f"Retrieve documents for task {i}." for i in range(max(1, count // 3))]
+    languages = {"English": 1.0}
+    return [example_request(FAMILY, i, tasks[i % len(tasks)], sample_slots(FAMILY, 0, i, languages), PARAMS)
+            for i in range(count)]
+
+
+async def raw_gather(base_url: str, requests: list, concurrency: int) -> int:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0)
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(request) -> int:
+        async with semaphore:
+            response = await client.chat.completions.create(messages=list(request.messages), **request.params)
+        return _accepted(response.choices[0].message.content, response.choices[0].finish_reason)
+
+    try:
+        return sum(await asyncio.gather(*(one(r) for r in requests)))
+    finally:
+        await client.close()
+
+
+def online_backend_without_fsync(base_url: str, requests: list, concurrency: int, directory: Path) -> int:
+    from unittest import mock
+
+    from e5_mistral.synthesis import journal
+
+    with mock.patch.object(journal.os, "fsync", lambda fd: None):
+        return asyncio.run(online_backend(base_url, requests, concurrency, directory / "nofsync"))
+
+
+def fsync_latency(directory: Path, count: int = 50) -> float:
+    """Seconds per append+flush+fsync of a 1 kB line, as the journal does per record."""
+    with open(directory / "fsync-probe", "a") as handle:
+        start = time.perf_counter()
+        for _ in range(count):
+            handle.write("x" * 1000 + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    return (time.perf_counter() - start) / count
+
+
+async def online_backend(base_url: str, requests: list, concurrency: int, directory: Path) -> int:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0)
+    try:
+        with Journal(directory / "journal") as journal:
+            await OnlineBackend(client, concurrency=concurrency).run(requests, journal)
+            records = journal.latest().values()
+    finally:
+        await client.close()
+    return sum(_accepted(r["content"], r["finish_reason"]) for r in records if r["status"] == "ok")
+
+
+def synthesis_run(base_url: str, count: int, concurrency: int, directory: Path) -> int:
+    from e5_mistral.synthesis.config import SynthesisArguments
+    from e5_mistral.synthesis.runner import SynthesisRun
+
+    args = SynthesisArguments(model="fake", base_url=base_url, output=str(directory / "run"), num_examples=count,
+                              families=[FAMILY], languages=["English"], concurrency=concurrency, no_progress=True)
+    return SynthesisRun(args).run(progress=False).report["accepted"]
+
+
+def _accepted(content: str | None, finish_reason: str | None) -> int:
+    try:
+        parse_example(FAMILY, content, finish_reason)
+        return 1
+    except Rejected:
+        return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=640)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds the fake server waits before each answer")
+    parser.add_argument("--modes", default="raw,online,online-nofsync,run",
+                        help="comma-separated: raw, online, online-nofsync, run")
+    parser.add_argument("--server-in-process", action="store_true",
+                        help="run the fake server in this process (its threads then compete for the GIL)")
+    parser.add_argument("--min-ratio", type=float, default=None, help="exit 1 if OnlineBackend's ratio is below this")
+    args = parser.parse_args(argv)
+
+    ideal = args.concurrency / args.latency
+    requests = example_requests(args.requests)
+    rows = [("ideal (concurrency / latency)", None, args.requests, ideal)]
+    ratios = {}
+    server_cm = (FakeOpenAIServer(responder=responder, latency=args.latency) if args.server_in_process
+                 else ServerProcess(args.latency))
+    with server_cm as server, tempfile.TemporaryDirectory(dir=REPO_ROOT) as tmp:  # the disk the journal uses
+        fsync_ms = fsync_latency(Path(tmp)) * 1000
+        modes = {
+            "raw": ("raw gather + semaphore", lambda: asyncio.run(raw_gather(server.base_url, requests, args.concurrency))),
+            "online": ("OnlineBackend + journal", lambda: asyncio.run(online_backend(server.base_url, requests, args.concurrency, Path(tmp)))),
+            "online-nofsync": ("OnlineBackend, no fsync", lambda: online_backend_without_fsync(server.base_url, requests, args.concurrency, Path(tmp))),
+            "run": ("SynthesisRun (end to end)", lambda: synthesis_run(server.base_url, args.requests, args.concurrency, Path(tmp))),
+        }
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            if mode not in modes:
+                parser.error(f"unknown mode {mode!r}; choose from {', '.join(modes)}")
+            name, fn = modes[mode]
+            start = time.perf_counter()
+            accepted = fn()
+            seconds = time.perf_counter() - start
+            rows.append((name, seconds, accepted, accepted / seconds))
+            ratios[mode] = accepted / seconds / ideal
+    print(f"{args.requests} requests, concurrency {args.concurrency}, latency {args.latency:.3f} s, ideal {ideal:.1f}/s; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; fsync {fsync_ms:.2f} ms")
+    raw_rate = next((rate for name, _, _, rate in rows if name.startswith("raw")), None)
+    print(f"{'mode':32} {'seconds':>8} {'examples':>9} {'examples/s':>11} {'ratio':>6} {'vs raw':>7}")
+    for name, seconds, accepted, rate in rows:
+        secs = f"{seconds:8.2f}" if seconds is not None else f"{args.requests / ideal:8.2f}"
+        vs_raw = f"{rate / raw_rate:7.2f}" if raw_rate and seconds is not None else " " * 7
+        print(f"{name:32} {secs} {accepted:9d} {rate:11.1f} {rate / ideal:6.2f} {vs_raw}")
+    if args.min_ratio is not None and ratios.get("online", 0.0) < args.min_ratio:
+        print(f"OnlineBackend ratio {ratios.get('online', 0.0):.2f} is below --min-ratio {args.min_ratio}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
