@@ -1,0 +1,196 @@
+"""Load, validate and mix the training datasets into rows of (query, positive, negatives).
+
+Two input formats, told apart by their columns:
+
+* synthetic rows (a ``family`` column, the synthesis stage's schema): mapped by family as in paper §1.3,
+  the row's ``task`` is the instruction;
+* labeled rows: ``query``, ``positive``, optional ``negative`` (string or list of strings) and an optional
+  per-row ``instruction``; otherwise the dataset's ``instruction`` from the YAML (paper Table 14).
+
+Queries are formatted here with :func:`e5_mistral.instructions.format_query`; documents stay bare.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..instructions import format_query
+from .e5_config import E5DatasetConfig
+
+logger = logging.getLogger(__name__)
+
+# family -> (query, positive, hard negative or None), paper §1.3.
+FAMILY_FIELDS: dict[str, tuple[str, str, str | None]] = {
+    "short_long": ("user_query", "positive_document", "hard_negative_document"),
+    "long_short": ("input_text", "label", "misleading_label"),
+    "short_short": ("input", "positive_document", None),
+    "long_long": ("input", "positive_document", None),
+    "sts": ("S1", "S2", "S3"),
+    "bitext": ("S1", "S2", "S3"),
+}
+
+TRAINING_COLUMNS = ("query", "positive", "negatives", "dataset_id", "in_batch_negatives")
+
+
+@dataclass
+class DatasetInfo:
+    """What went into the mixture, for the run metadata (``e5_mistral_config.json``)."""
+
+    path: str
+    name: str | None
+    split: str
+    sampling_ratio: float
+    instruction: str | None
+    num_rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _text(row: dict, field: str, where: str, required: bool = True) -> str | None:
+    value = row.get(field)
+    if value is None:
+        if required:
+            raise ValueError(f"{where}: field {field!r} is missing")
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{where}: field {field!r} is empty")
+    return value
+
+
+def convert_row(row: dict, config: E5DatasetConfig, row_index: int, num_hard_negatives: int) -> dict[str, Any]:
+    """One raw row -> ``{query, positive, negatives}``; a ValueError names the dataset, row and field."""
+    where = f"dataset {config.label}, row {row_index}"
+    if "family" in row and row["family"] is not None:
+        family = row["family"]
+        if family not in FAMILY_FIELDS:
+            raise ValueError(f"{where}: field 'family' is {family!r}, expected one of {', '.join(FAMILY_FIELDS)}")
+        query_key, pos_key, neg_key = FAMILY_FIELDS[family]
+        instruction = _text(row, "task", where)
+        query = _text(row, query_key, where)
+        positive = _text(row, pos_key, where)
+        negatives = [_text(row, neg_key, where)] if neg_key else []
+    else:
+        query = _text(row, "query", where)
+        positive = _text(row, "positive", where)
+        instruction = _text(row, "instruction", where, required=False) if row.get("instruction") is not None else config.instruction
+        raw = row.get("negative")
+        if raw is None:
+            negatives = []
+        elif isinstance(raw, str):
+            negatives = [_text(row, "negative", where)]
+        elif isinstance(raw, (list, tuple)):
+            negatives = []
+            for k, item in enumerate(raw):
+                if not isinstance(item, str) or not item.strip():
+                    raise ValueError(f"{where}: field 'negative'[{k}] must be a non-empty string")
+                negatives.append(item)
+        else:
+            raise ValueError(f"{where}: field 'negative' must be a string or a list of strings, got {type(raw).__name__}")
+    return {"query": format_query(instruction, query), "positive": positive, "negatives": negatives[:num_hard_negatives]}
+
+
+def _is_local(config: E5DatasetConfig) -> bool:
+    return os.path.exists(config.path) or config.data_files is not None
+
+
+def _load(config: E5DatasetConfig, refresh_local: bool = True):
+    from datasets import load_dataset
+
+    # datasets (5.2) keys the cache of a local folder by its path only: a folder rewritten by a new synthesis
+    # run would silently load the old rows. Local data is cheap to re-read, so rebuild it.
+    # The stale split sizes it remembers would then fail verification, hence no_checks.
+    fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if refresh_local and _is_local(config) else {}
+    try:
+        dataset = load_dataset(config.path, config.name, split=config.split, data_dir=config.data_dir,
+                               data_files=config.data_files, **fresh)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"dataset {config.label}: {err}") from err
+    if config.columns:
+        missing = [c for c in config.columns if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"dataset {config.label}: columns to rename not found: {', '.join(missing)} (has {', '.join(dataset.column_names)})")
+        dataset = dataset.rename_columns(dict(config.columns))
+    return dataset
+
+
+def sample_indices(num_rows: int, ratio: float, seed: int) -> list[int]:
+    """``round(ratio * num_rows)`` indices: a seeded subset for ratio < 1, whole repeats plus a subset above 1."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    target = int(round(ratio * num_rows))
+    whole, rest = divmod(target, num_rows) if num_rows else (0, 0)
+    indices = list(range(num_rows)) * whole + rng.permutation(num_rows)[:rest].tolist()
+    return sorted(indices) if ratio <= 1 else indices
+
+
+def build_mixture(configs: Sequence[E5DatasetConfig], num_hard_negatives: int = 1, seed: int = 42, num_proc: int | None = None,
+                  refresh_local: bool = True):
+    """Load, sample (``sampling_ratio``), validate and concatenate the mixture.
+
+    ``refresh_local`` rebuilds the datasets cache of local data (set it on one process per machine only).
+
+    Returns ``(dataset, infos)``; the dataset has the columns ``query, positive, negatives, dataset_id,
+    in_batch_negatives``. Every sampled row is validated before training starts.
+    """
+    from datasets import Features, Sequence as HFSequence, Value, concatenate_datasets
+
+    if not configs:
+        raise ValueError("dataset_mixture is empty: list at least one dataset in the YAML")
+    features = Features({
+        "query": Value("string"), "positive": Value("string"), "negatives": HFSequence(Value("string")),
+        "dataset_id": Value("int32"), "in_batch_negatives": Value("bool"),
+    })
+    parts, infos = [], []
+    for dataset_id, config in enumerate(configs):
+        raw = _load(config, refresh_local)
+        indices = sample_indices(len(raw), config.sampling_ratio, seed + dataset_id)
+        if not indices:
+            raise ValueError(f"dataset {config.label}: no rows left after sampling_ratio={config.sampling_ratio} ({len(raw)} rows)")
+        raw = raw.select(indices)
+
+        def convert(batch, idx, config=config, dataset_id=dataset_id, indices=indices):
+            rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            out = [convert_row(r, config, indices[i], num_hard_negatives) for r, i in zip(rows, idx)]
+            return {
+                "query": [o["query"] for o in out], "positive": [o["positive"] for o in out],
+                "negatives": [o["negatives"] for o in out], "dataset_id": [dataset_id] * len(out),
+                "in_batch_negatives": [bool(config.in_batch_negatives)] * len(out),
+            }
+
+        converted = raw.map(
+            convert, batched=True, with_indices=True, remove_columns=raw.column_names, features=features,
+            num_proc=num_proc, desc=f"Preparing {config.label}",
+        )
+        parts.append(converted)
+        infos.append(DatasetInfo(config.path, config.name, config.split, float(config.sampling_ratio), config.instruction, len(converted)))
+        logger.info("dataset %s: %d rows after sampling ratio %s", config.label, len(converted), config.sampling_ratio)
+    return concatenate_datasets(parts), infos
+
+
+def same_dataset_order(dataset_ids: Sequence[int], global_batch_size: int, seed: int) -> list[int]:
+    """An index order in which every run of ``global_batch_size`` indices comes from one dataset.
+
+    Incomplete tail batches of each dataset are dropped; batches of different datasets are interleaved at random.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    by_dataset: dict[int, list[int]] = {}
+    for index, dataset_id in enumerate(dataset_ids):
+        by_dataset.setdefault(int(dataset_id), []).append(index)
+    batches = []
+    for dataset_id in sorted(by_dataset):
+        members = rng.permutation(by_dataset[dataset_id]).tolist()
+        usable = (len(members) // global_batch_size) * global_batch_size
+        batches += [members[i:i + global_batch_size] for i in range(0, usable, global_batch_size)]
+    if not batches:
+        raise ValueError(f"same_dataset_batches: no dataset has {global_batch_size} rows for one global batch")
+    order = rng.permutation(len(batches))
+    return [index for b in order for index in batches[b]]

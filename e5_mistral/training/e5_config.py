@@ -1,0 +1,133 @@
+"""Configuration of the training stage: model, data mixture and :class:`E5TrainingConfig`.
+
+Everything is a dataclass read by ``HfArgumentParser`` from one YAML file (``recipes/train.py``); the YAML
+keys equal the field names, and command-line flags override the YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class E5DatasetConfig:
+    """One entry of ``dataset_mixture``: a dataset read with ``datasets.load_dataset`` and how to use it."""
+
+    path: str
+    name: str | None = None
+    split: str = "train"
+    data_dir: str | None = None
+    data_files: Any = None
+    sampling_ratio: float = 1.0
+    instruction: str | None = None
+    in_batch_negatives: bool = True
+    # Optional renames {source column: target column}, e.g. {anchor: query} for sentence-transformers datasets.
+    columns: dict[str, str] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError("dataset_mixture: every entry needs a non-empty 'path'")
+        if not isinstance(self.sampling_ratio, (int, float)) or self.sampling_ratio <= 0:
+            raise ValueError(f"dataset_mixture: {self.path}: sampling_ratio must be a positive number, got {self.sampling_ratio!r}")
+        if self.instruction is not None and not str(self.instruction).strip():
+            raise ValueError(f"dataset_mixture: {self.path}: instruction must not be empty (leave it out instead)")
+
+    @property
+    def label(self) -> str:
+        """A short name for error messages and the run metadata."""
+        return self.path + (f" ({self.name})" if self.name else "") + f" [{self.split}]"
+
+
+@dataclass
+class ModelArguments:
+    """The backbone to train."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local folder of the backbone (loaded with AutoModel)."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa, eager, flash_attention_2 (default: transformers' choice)."})
+
+
+@dataclass
+class DataArguments:
+    """The training mixture (paper App. A) and an optional held-out split for the evaluation loss."""
+
+    dataset_mixture: list[E5DatasetConfig] = field(
+        default_factory=list,
+        metadata={"help": "List of datasets (path, name, split, sampling_ratio, instruction, in_batch_negatives, columns); set it in the YAML."},
+    )
+    eval_fraction: float | None = field(default=None, metadata={"help": "Hold out this fraction of the mixture for the evaluation loss."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
+
+    def __post_init__(self):
+        self.dataset_mixture = [E5DatasetConfig(**d) if isinstance(d, dict) else d for d in self.dataset_mixture]
+        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class E5TrainingConfig(TrainingArguments):
+    """``TrainingArguments`` plus the paper's contrastive-training knobs.
+
+    Parent defaults changed: ``remove_unused_columns=False`` (the collator needs the text columns),
+    ``dataloader_drop_last=True`` (all processes must gather equal shapes), ``ddp_find_unused_parameters=False``,
+    ``learning_rate=1e-4``, ``weight_decay=0.1``, ``logging_steps=10``, non-reentrant activation checkpointing.
+    """
+
+    # Embedding
+    pooling: str = field(default="lasttoken", metadata={"help": "lasttoken (decoders, the paper), mean or cls (encoders)."})
+    append_eos: bool | None = field(default=None, metadata={"help": "Append EOS to every text (default: True for lasttoken pooling)."})
+    max_seq_length: int = field(default=512, metadata={"help": "Maximum tokens per text, EOS included (paper: 512)."})
+    query_max_length: int | None = field(default=None, metadata={"help": "Maximum tokens per query, if not max_seq_length."})
+    # Loss
+    temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature on cosine similarity (paper: 0.02)."})
+    num_hard_negatives: int = field(default=1, metadata={"help": "Hard negatives per query (paper: 1); rows with fewer get masked slots."})
+    gather_across_devices: bool = field(default=True, metadata={"help": "Use the documents of every process as negatives."})
+    mask_identical_negatives: bool = field(default=False, metadata={"help": "Drop candidates whose text equals the query's positive."})
+    false_negative_margin: float | None = field(default=None, metadata={"help": "Drop candidates scoring above the positive plus this cosine margin."})
+    same_dataset_batches: bool = field(default=False, metadata={"help": "Draw each global batch from a single dataset."})
+    gradcache_chunk_size: int | None = field(default=None, metadata={"help": "GradCache: texts per forward chunk (memory grows with the chunk, not the batch)."})
+    # LoRA (paper / released adapter: r 16, alpha 32, dropout 0.1, all linear layers)
+    use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(default_factory=lambda: list(PAPER_LORA_TARGETS), metadata={"help": "Modules that get adapters."})
+
+    # Changed parent defaults
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator reads the text columns."})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Keep True: every process gathers equal shapes."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP find_unused_parameters."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (paper: 1e-4)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "Weight decay (paper: 0.1)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+
+    def __post_init__(self):
+        if self.pooling not in ("lasttoken", "mean", "cls"):
+            raise ValueError(f"pooling must be lasttoken, mean or cls, got {self.pooling!r}")
+        if self.append_eos is None:
+            self.append_eos = self.pooling == "lasttoken"
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.max_seq_length < 2 or (self.query_max_length is not None and self.query_max_length < 2):
+            raise ValueError("max_seq_length and query_max_length must be at least 2 (one token plus EOS)")
+        if self.num_hard_negatives < 0:
+            raise ValueError("num_hard_negatives must be >= 0")
+        if self.gradcache_chunk_size is not None and self.gradcache_chunk_size < 1:
+            raise ValueError("gradcache_chunk_size must be a positive integer")
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+        checkpointing = self.activation_checkpointing or self.gradient_checkpointing
+        if checkpointing and not (self.activation_checkpointing_kwargs or self.gradient_checkpointing_kwargs):
+            # Reentrant checkpointing breaks LoRA gradients and DDP with several forwards per step (lessons 2.3).
+            self.activation_checkpointing_kwargs = {"use_reentrant": False}
+        super().__post_init__()
+
+    @property
+    def query_length(self) -> int:
+        return self.query_max_length or self.max_seq_length

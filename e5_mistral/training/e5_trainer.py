@@ -1,0 +1,223 @@
+"""``E5Trainer``: ``transformers.Trainer`` with the paper's contrastive loss and optional GradCache.
+
+Only hooks are overridden (``compute_loss``, ``training_step`` for GradCache, ``prediction_step``,
+``_get_train_sampler``, ``_save``); the training loop, checkpointing, resuming, logging and ``push_to_hub``
+are the Trainer's own. ``self.model`` is the backbone itself (or its ``PeftModel``), so saved checkpoints are
+plain adapters or models, plus ``e5_mistral_config.json`` for the export stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from ..pooling import encode
+from .collator import E5DataCollator
+from .e5_config import E5TrainingConfig
+from .gradcache import RandContext, chunks
+from .loss import info_nce_loss
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "e5_mistral_config.json"
+
+
+class _FixedOrderSampler(torch.utils.data.Sampler):
+    """Yields a precomputed index order, recomputed per epoch (for same-dataset global batches)."""
+
+    def __init__(self, make_order, epoch: int = 0):
+        self.make_order, self.epoch = make_order, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.make_order(self.epoch))
+
+    def __len__(self) -> int:
+        return len(self.make_order(self.epoch))
+
+
+class E5Trainer(Trainer):
+    """Trains an embedding model from a decoder LLM as in Wang et al. (2024).
+
+    Args:
+        model: an ``AutoModel`` backbone or a ``PeftModel`` wrapping one.
+        args: an :class:`E5TrainingConfig`.
+        train_dataset / eval_dataset: rows with ``query`` (already instruction-formatted), ``positive``,
+            ``negatives`` and ``in_batch_negatives`` (see :func:`e5_mistral.training.data.build_mixture`).
+        processing_class: the tokenizer (saved with every checkpoint).
+        dataset_infos: what the mixture holds, written to ``e5_mistral_config.json``.
+        base_model_name_or_path: recorded in ``e5_mistral_config.json`` (default: from the model config).
+    """
+
+    # The loss is a per-batch mean; the Trainer divides it by the accumulation steps (lessons 2.4).
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model=None, args: E5TrainingConfig | None = None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, dataset_infos=None, base_model_name_or_path: str | None = None,
+                 **kwargs):
+        if not isinstance(args, E5TrainingConfig):
+            raise TypeError("E5Trainer needs an E5TrainingConfig as args")
+        if processing_class is None:
+            raise ValueError("E5Trainer needs the tokenizer as processing_class")
+        if data_collator is None:
+            data_collator = E5DataCollator(
+                processing_class, max_seq_length=args.max_seq_length, query_max_length=args.query_max_length,
+                num_hard_negatives=args.num_hard_negatives, append_eos=args.append_eos,
+            )
+        self.dataset_infos = [i.to_dict() if hasattr(i, "to_dict") else dict(i) for i in (dataset_infos or [])]
+        self.base_model_name_or_path = base_model_name_or_path
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        if args.gradcache_chunk_size and self.is_deepspeed_enabled:
+            raise ValueError("gradcache_chunk_size is not supported with DeepSpeed (its engine owns backward); use DDP or FSDP")
+        if args.gradient_accumulation_steps > 1 and not args.gradcache_chunk_size:
+            logger.warning("gradient_accumulation_steps > 1 does not add negatives to the contrastive batch; "
+                           "use gradcache_chunk_size to train a large batch in little memory")
+
+    # ---- loss -------------------------------------------------------------------------------------------
+    def _encode(self, model, input_ids, attention_mask) -> torch.Tensor:
+        return encode(model, input_ids, attention_mask, mode=self.args.pooling, normalize=True)
+
+    def _loss_from_embeddings(self, query, docs, inputs, gather: bool) -> torch.Tensor:
+        batch = query.shape[0]
+        return info_nce_loss(
+            query, docs[:batch], docs[batch:] if self.args.num_hard_negatives else None,
+            temperature=self.args.temperature, negative_mask=inputs["negative_mask"],
+            in_batch_negatives=inputs["in_batch_negatives"], positive_hash=inputs["positive_hash"],
+            negative_hash=inputs["negative_hash"], mask_identical_negatives=self.args.mask_identical_negatives,
+            false_negative_margin=self.args.false_negative_margin, gather=gather and self.args.gather_across_devices,
+        )
+
+    def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        query = self._encode(model, inputs["query_input_ids"], inputs["query_attention_mask"])
+        docs = self._encode(model, inputs["doc_input_ids"], inputs["doc_attention_mask"])
+        # Gather only while training: evaluation batches may differ in size across processes.
+        loss = self._loss_from_embeddings(query, docs, inputs, gather=model.training)
+        return (loss, {"query": query, "docs": docs}) if return_outputs else loss
+
+    def training_step(self, model, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        if not self.args.gradcache_chunk_size:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        size = self.args.gradcache_chunk_size
+        parts = [("query_input_ids", "query_attention_mask"), ("doc_input_ids", "doc_attention_mask")]
+        # Pass 1: embed every chunk without a graph, remembering each chunk's RNG state.
+        embeddings, plan = [], []
+        with torch.no_grad(), self.compute_loss_context_manager():
+            for ids_key, mask_key in parts:
+                reps = []
+                for start, ids, mask in chunks(inputs[ids_key], inputs[mask_key], size):
+                    state = RandContext(ids.device)
+                    reps.append(self._encode(model, ids, mask).float())
+                    plan.append((len(embeddings), start, ids, mask, state))
+                embeddings.append(torch.cat(reps).requires_grad_(True))
+        # Loss and its gradient with respect to the embeddings (cheap: no backbone in the graph).
+        with self.compute_loss_context_manager():
+            loss = self._loss_from_embeddings(embeddings[0], embeddings[1], inputs, gather=True)
+        scaled = loss / self.current_gradient_accumulation_steps
+        grads = torch.autograd.grad(scaled, embeddings)
+        # Pass 2: re-embed each chunk with a graph (same dropout) and backpropagate the cached gradient.
+        # Gradients are synchronised across processes only with the last chunk.
+        for n, (part, start, ids, mask, state) in enumerate(plan):
+            last = n == len(plan) - 1
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+            with sync, state.replay(), self.compute_loss_context_manager():
+                reps = self._encode(model, ids, mask).float()
+                surrogate = (reps * grads[part][start:start + reps.shape[0]]).sum()
+            self.accelerator.backward(surrogate)
+        return scaled.detach()
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ---- data order -------------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.args.same_dataset_batches:
+            return super()._get_train_sampler(dataset)
+        from .data import same_dataset_order
+
+        global_batch = self.args.per_device_train_batch_size * self.args.world_size
+        dataset_ids = dataset["dataset_id"]
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        # Accelerate hands per-device batch j to process j % W, so each run of W*B indices is one global step.
+        return _FixedOrderSampler(lambda epoch: same_dataset_order(dataset_ids, global_batch, seed + epoch))
+
+    # ---- saving -----------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            with open(os.path.join(output_dir, CONFIG_NAME), "w", encoding="utf-8") as f:
+                json.dump(self.e5_config(), f, indent=2)
+
+    def e5_config(self) -> dict[str, Any]:
+        """The run metadata the export stage reads (pooling, EOS, lengths, LoRA, data, hyper-parameters, versions)."""
+        import accelerate
+        import peft
+        import transformers
+
+        from .. import __version__
+
+        try:
+            import sentence_transformers
+
+            st_version = sentence_transformers.__version__
+        except ImportError:
+            st_version = None
+        args = self.args
+        model = self.accelerator.unwrap_model(self.model)
+        peft_config = getattr(model, "peft_config", None)
+        lora = None
+        base = self.base_model_name_or_path
+        if peft_config:
+            adapter = next(iter(peft_config.values()))
+            lora = {"r": adapter.r, "lora_alpha": adapter.lora_alpha, "lora_dropout": adapter.lora_dropout,
+                    "target_modules": sorted(adapter.target_modules) if not isinstance(adapter.target_modules, str) else adapter.target_modules}
+            base = base or adapter.base_model_name_or_path
+        base = base or getattr(getattr(model, "config", None), "_name_or_path", None)
+        return {
+            "base_model_name_or_path": base,
+            "pooling": args.pooling,
+            "normalize": True,
+            "append_eos": bool(args.append_eos),
+            "max_seq_length": args.max_seq_length,
+            "query_max_length": args.query_max_length,
+            "temperature": args.temperature,
+            "lora": lora,
+            "datasets": self.dataset_infos,
+            "training": {
+                "learning_rate": args.learning_rate,
+                "per_device_train_batch_size": args.per_device_train_batch_size,
+                # The contrastive batch: every process's documents are negatives; accumulation adds none.
+                "global_batch_size": args.per_device_train_batch_size * args.world_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "gradcache_chunk_size": args.gradcache_chunk_size,
+                "num_train_epochs": args.num_train_epochs,
+                "max_steps": args.max_steps,
+                "warmup_steps": args.warmup_steps,
+                "weight_decay": args.weight_decay,
+                "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+                "world_size": args.world_size,
+                "seed": args.seed,
+                "bf16": bool(args.bf16),
+                "fp16": bool(args.fp16),
+            },
+            "versions": {
+                "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
+                "torch": torch.__version__, "sentence_transformers": st_version, "e5_mistral": __version__,
+            },
+        }

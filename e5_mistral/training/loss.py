@@ -1,0 +1,114 @@
+"""InfoNCE over in-batch and hard negatives, with negatives gathered across processes (paper Eq. 2).
+
+Each process scores its *local* queries against the documents of *every* process (a differentiable
+``all_gather``), with labels offset by ``rank * B``. The loss is the mean over local queries; DDP averages
+gradients over the W processes and the gather's backward sums the gradients flowing into each process's
+documents, so W processes with batch B give exactly the loss and gradients of one process with batch W*B
+(``tests/test_training_loss.py`` checks both). No ``* world_size`` correction is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every process along dim 0, keeping the autograd graph."""
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # deprecated in torch 2.13 in favour of a private API; still correct
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def info_nce_loss(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    *,
+    temperature: float = 0.02,
+    negative_mask: torch.Tensor | None = None,
+    in_batch_negatives: torch.Tensor | None = None,
+    positive_hash: torch.Tensor | None = None,
+    negative_hash: torch.Tensor | None = None,
+    mask_identical_negatives: bool = False,
+    false_negative_margin: float | None = None,
+    gather: bool = True,
+) -> torch.Tensor:
+    """Mean InfoNCE of the local queries.
+
+    Args:
+        query, positive: (B, d) L2-normalized embeddings; row i of ``positive`` is the positive of query i.
+        negative: (B*K, d) hard negatives, K per query in row order (or None).
+        negative_mask: (B, K) bool, False for empty negative slots.
+        in_batch_negatives: (B,) bool; False rows see only their own positive and hard negatives.
+        positive_hash, negative_hash: (B,), (B, K) text ids, used by ``mask_identical_negatives``.
+        false_negative_margin: drop candidates with cosine above the positive's plus this margin.
+        gather: use the documents of every process (when torch.distributed is initialized).
+    """
+    batch = query.shape[0]
+    k = 0 if negative is None else negative.shape[0] // max(batch, 1)
+    device = query.device
+    if negative_mask is None:
+        negative_mask = torch.ones(batch, k, dtype=torch.bool, device=device)
+    if in_batch_negatives is None:
+        in_batch_negatives = torch.ones(batch, dtype=torch.bool, device=device)
+
+    rank, world = _world()
+    if gather and world > 1:
+        positive = gather_with_grad(positive)
+        negative = gather_with_grad(negative) if k else negative
+        all_negative_mask = gather_no_grad(negative_mask)
+        all_positive_hash = gather_no_grad(positive_hash) if positive_hash is not None else None
+        all_negative_hash = gather_no_grad(negative_hash) if negative_hash is not None else None
+    else:
+        rank, world = 0, 1
+        all_negative_mask, all_positive_hash, all_negative_hash = negative_mask, positive_hash, negative_hash
+
+    total = positive.shape[0]  # W * B
+    candidates = torch.cat([positive, negative], dim=0) if k else positive
+    # Logits in fp32: at tau = 0.02, bf16 cosine rounding would be amplified 50x.
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    scores = query.to(dtype) @ candidates.to(dtype).T  # (B, W*B + W*B*K) cosine
+    rows = torch.arange(batch, device=device)
+    labels = rank * batch + rows
+
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if k:
+        keep[:, total:] = all_negative_mask.reshape(1, -1)
+    # Rows without in-batch negatives keep only their own positive and own hard negatives.
+    own = torch.zeros_like(keep)
+    own[rows, labels] = True
+    if k:
+        own_neg_cols = total + labels.unsqueeze(1) * k + torch.arange(k, device=device).unsqueeze(0)
+        own.scatter_(1, own_neg_cols, True)
+    keep &= own | in_batch_negatives.unsqueeze(1)
+    if mask_identical_negatives and positive_hash is not None:
+        candidate_hash = torch.cat([all_positive_hash, all_negative_hash.reshape(-1)]) if k else all_positive_hash
+        keep &= candidate_hash.unsqueeze(0) != positive_hash.unsqueeze(1)
+    if false_negative_margin is not None:
+        positive_score = scores[rows, labels].detach().unsqueeze(1)
+        keep &= scores.detach() <= positive_score + false_negative_margin
+    keep[rows, labels] = True
+
+    logits = (scores / temperature).masked_fill(~keep, torch.finfo(dtype).min)
+    return F.cross_entropy(logits, labels)

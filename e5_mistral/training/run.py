@@ -1,0 +1,75 @@
+"""The body of ``recipes/train.py``: parse one YAML (+ CLI overrides), build the data, model and trainer, train."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Sequence
+
+from .e5_config import DataArguments, E5TrainingConfig, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    """``CONFIG.yaml [--flag value ...]`` -> (ModelArguments, DataArguments, E5TrainingConfig).
+
+    YAML keys are the dataclass field names; flags on the command line override them (TRL's ``TrlParser``).
+    Unknown keys are an error.
+    """
+    from trl import TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        if not os.path.isfile(argv[0]):
+            raise FileNotFoundError(f"config file {argv[0]} does not exist")
+        argv = ["--config", argv[0], *argv[1:]]
+    parser = TrlParser((ModelArguments, DataArguments, E5TrainingConfig))
+    return parser.parse_args_and_config(argv)
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: E5TrainingConfig):
+    """Train and save; returns the trainer (its ``state`` holds the log history)."""
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .data import build_mixture
+    from .e5_trainer import E5Trainer
+    from .model import load_backbone, load_tokenizer
+
+    set_seed(training_args.seed)
+    tokenizer = load_tokenizer(model_args)
+    # Validate every row on the main process first; the others then read the datasets cache.
+    with training_args.main_process_first(desc="dataset preparation"):
+        dataset, infos = build_mixture(
+            data_args.dataset_mixture, num_hard_negatives=training_args.num_hard_negatives,
+            seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+            num_proc=data_args.dataset_num_proc, refresh_local=training_args.local_process_index == 0,
+        )
+    eval_dataset = None
+    if data_args.eval_fraction:
+        split = dataset.train_test_split(test_size=data_args.eval_fraction, seed=training_args.seed)
+        dataset, eval_dataset = split["train"], split["test"]
+    model = load_backbone(model_args, training_args, tokenizer)
+    trainer = E5Trainer(
+        model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+        dataset_infos=infos, base_model_name_or_path=model_args.model_name_or_path,
+    )
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint in ("latest", "last", True, "True", "true"):
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint is None:
+            logger.info("no checkpoint in %s: starting from scratch", training_args.output_dir)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(dataset_name=[i.path for i in infos])
+    return trainer
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "recipes/train.py") -> int:
+    from ..cli import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(prog, lambda: train(*parse_args(argv)) and 0)

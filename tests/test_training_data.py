@@ -1,0 +1,126 @@
+"""Mixture loading: synthetic families mapped as paper §1.3, labeled rows, sampling ratios, bad rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from e5_mistral.instructions import STS_TASK, format_query
+from e5_mistral.training.data import build_mixture, same_dataset_order, sample_indices
+from e5_mistral.training.e5_config import E5DatasetConfig
+from tests.test_training_fixtures import synthetic_row, write_labeled, write_synthetic_folder
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    return write_synthetic_folder(tmp_path_factory.mktemp("synthetic"), rows_per_family=3)
+
+
+@pytest.mark.parametrize(
+    "family, query_key, positive_key, negative_key",
+    [
+        ("short_long", "user_query", "positive_document", "hard_negative_document"),
+        ("long_short", "input_text", "label", "misleading_label"),
+        ("short_short", "input", "positive_document", None),
+        ("long_long", "input", "positive_document", None),
+        ("sts", "S1", "S2", "S3"),
+        ("bitext", "S1", "S2", "S3"),
+    ],
+)
+def test_synthetic_family_maps_to_query_positive_negative(synthetic_dir, family, query_key, positive_key, negative_key):
+    dataset, infos = build_mixture([E5DatasetConfig(path=str(synthetic_dir), name=family)])
+    source = synthetic_row(family, 1)
+    row = dataset[1]
+    assert row["query"] == format_query(source["task"], source[query_key])
+    assert row["query"].startswith("Instruct: ") and "\nQuery: " in row["query"]
+    assert row["positive"] == source[positive_key]  # documents carry no instruction
+    assert row["negatives"] == ([source[negative_key]] if negative_key else [])
+    assert infos[0].num_rows == 3
+    if family == "sts":
+        assert row["query"] == f"Instruct: {STS_TASK}\nQuery: {source['S1']}"
+
+
+def test_all_config_and_mixture_ids(synthetic_dir, tmp_path):
+    labeled = write_labeled(tmp_path / "lab" / "train.jsonl", [
+        {"query": "q1", "positive": "p1", "negative": "n1"},
+        {"query": "q2", "positive": "p2", "negative": ["n2a", "n2b"], "instruction": "Own task"},
+        {"query": "q3", "positive": "p3"},
+    ])
+    configs = [
+        E5DatasetConfig(path=str(synthetic_dir), name="all"),
+        E5DatasetConfig(path="json", data_files=str(labeled), instruction="Given a web search query, retrieve passages", in_batch_negatives=False),
+    ]
+    dataset, infos = build_mixture(configs, num_hard_negatives=1)
+    assert [i.num_rows for i in infos] == [18, 3]
+    assert Counter(dataset["dataset_id"]) == {0: 18, 1: 3}
+    labeled_rows = [r for r in dataset if r["dataset_id"] == 1]
+    assert labeled_rows[0]["query"] == "Instruct: Given a web search query, retrieve passages\nQuery: q1"
+    assert labeled_rows[1]["query"] == "Instruct: Own task\nQuery: q2"  # the per-row instruction wins
+    assert labeled_rows[1]["negatives"] == ["n2a"]  # cut to num_hard_negatives
+    assert labeled_rows[2]["negatives"] == []
+    assert all(not r["in_batch_negatives"] for r in labeled_rows)
+
+
+def test_sampling_ratio(tmp_path):
+    data = write_labeled(tmp_path / "d.jsonl", [{"query": f"q{i}", "positive": f"p{i}"} for i in range(20)])
+    dataset, infos = build_mixture([E5DatasetConfig(path="json", data_files=str(data), sampling_ratio=0.1, instruction="t")])
+    assert infos[0].num_rows == 2 and len(set(dataset["positive"])) == 2
+    dataset, infos = build_mixture([E5DatasetConfig(path="json", data_files=str(data), sampling_ratio=1.5, instruction="t")])
+    assert infos[0].num_rows == 30 and len(set(dataset["positive"])) == 20
+    assert sample_indices(10, 0.5, seed=1) == sample_indices(10, 0.5, seed=1)
+
+
+@pytest.mark.parametrize(
+    "bad_row, field",
+    [
+        ({"query": "q", "negative": "n"}, "'positive' is missing"),
+        ({"query": "q", "positive": "   "}, "'positive' is empty"),
+        ({"query": 3, "positive": "p"}, "'query' must be a string"),
+        ({"query": "q", "positive": "p", "negative": ["ok", ""]}, "'negative'[1]"),
+    ],
+)
+def test_bad_labeled_row_names_dataset_row_and_field(tmp_path, bad_row, field):
+    rows = [{"query": "q0", "positive": "p0"}] * 3 + [bad_row]
+    data = write_labeled(tmp_path / "bad.jsonl", [dict(r) for r in rows])
+    with pytest.raises(ValueError) as err:
+        build_mixture([E5DatasetConfig(path="json", data_files=str(data), instruction="t")])
+    assert "row 3" in str(err.value) and field in str(err.value) and "json" in str(err.value)
+
+
+def test_bad_synthetic_row(tmp_path):
+    folder = write_synthetic_folder(tmp_path / "syn", rows_per_family=2, families=("short_long",))
+    path = folder / "short_long" / "train.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace('"positive_document": "', '"positive_document": "  ", "x": "')
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"short_long.*row 1: field 'positive_document' is empty"):
+        build_mixture([E5DatasetConfig(path=str(folder), name="short_long")])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        E5DatasetConfig(path="x", sampling_ratio=0)
+    with pytest.raises(ValueError, match="instruction"):
+        E5DatasetConfig(path="x", instruction=" ")
+
+
+def test_same_dataset_order_makes_homogeneous_global_batches():
+    ids = [0] * 10 + [1] * 7 + [2] * 3
+    order = same_dataset_order(ids, global_batch_size=4, seed=0)
+    assert len(order) == 8 + 4  # incomplete tails dropped; dataset 2 has no full batch
+    assert len(set(order)) == len(order)
+    for start in range(0, len(order), 4):
+        assert len({ids[i] for i in order[start:start + 4]}) == 1
+    assert same_dataset_order(ids, 4, seed=0) == order and same_dataset_order(ids, 4, seed=1) != order
+
+
+def test_rewritten_local_folder_is_not_read_from_a_stale_cache(tmp_path):
+    """datasets keys a local folder's cache by path; a new synthesis run into the same folder must be seen."""
+    import shutil
+
+    folder = write_synthetic_folder(tmp_path / "syn", rows_per_family=2, families=("sts",))
+    assert len(build_mixture([E5DatasetConfig(path=str(folder), name="sts")])[0]) == 2
+    shutil.rmtree(folder)
+    write_synthetic_folder(folder, rows_per_family=3, families=("sts",))
+    assert len(build_mixture([E5DatasetConfig(path=str(folder), name="sts")])[0]) == 3

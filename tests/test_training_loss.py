@@ -1,0 +1,89 @@
+"""InfoNCE against hand-computed values, its masking options, and W processes x B == 1 process x W*B."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from e5_mistral.training import loss as loss_module
+from e5_mistral.training.loss import info_nce_loss
+
+
+def unit(*rows):
+    return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+def test_matches_hand_computed_value():
+    q = unit([1.0, 0.0], [0.0, 1.0])
+    p = unit([1.0, 0.0], [1.0, 1.0])
+    n = unit([0.0, 1.0], [1.0, 0.0])
+    tau = 0.5
+    # Query 0 candidates: p0, p1, n0, n1 with cosines 1, 1/sqrt2, 0, 1; label p0.
+    c = 1 / math.sqrt(2)
+    l0 = -math.log(math.exp(1 / tau) / sum(math.exp(s / tau) for s in (1, c, 0, 1)))
+    # Query 1 candidates cosines: 0, 1/sqrt2, 1, 0; label p1.
+    l1 = -math.log(math.exp(c / tau) / sum(math.exp(s / tau) for s in (0, c, 1, 0)))
+    got = info_nce_loss(q, p, n, temperature=tau)
+    assert got.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_masks():
+    q = unit([1.0, 0.0], [0.0, 1.0])
+    p = unit([1.0, 0.0], [1.0, 1.0])
+    n = unit([0.0, 1.0], [1.0, 0.0])
+    tau, c = 0.5, 1 / math.sqrt(2)
+    e = lambda s: math.exp(s / tau)  # noqa: E731
+    # Empty negative slot for query 1 (its n1) and no in-batch negatives for query 0.
+    got = info_nce_loss(q, p, n, temperature=tau, negative_mask=torch.tensor([[True], [False]]),
+                        in_batch_negatives=torch.tensor([False, True]))
+    l0 = -math.log(e(1) / (e(1) + e(0)))  # own positive and own negative only
+    l1 = -math.log(e(c) / (e(0) + e(c) + e(1)))  # p0, p1, n0 (n1 masked)
+    assert got.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    # Identical-text masking: query 0's candidate n1 has the same text as its positive.
+    hashes = dict(positive_hash=torch.tensor([7, 8]), negative_hash=torch.tensor([[9], [7]]))
+    got = info_nce_loss(q, p, n, temperature=tau, mask_identical_negatives=True, **hashes)
+    l0 = -math.log(e(1) / (e(1) + e(c) + e(0)))
+    l1 = -math.log(e(c) / (e(0) + e(c) + e(1) + e(0)))
+    assert got.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    # Margin masking: for query 1, n0 (cos 1) scores above its positive (cos 0.707) + 0.1.
+    got = info_nce_loss(q, p, n, temperature=tau, false_negative_margin=0.1)
+    l0 = -math.log(e(1) / (e(1) + e(c) + e(0) + e(1)))
+    l1 = -math.log(e(c) / (e(0) + e(c) + e(0)))
+    assert got.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_world_processes_equal_one_full_batch(monkeypatch):
+    """Simulate W ranks: each scores its local queries against every rank's documents (as the differentiable
+    all_gather does); DDP averages the per-rank gradients. Loss and gradients must equal one rank with W*B."""
+    torch.manual_seed(0)
+    world, batch, k, dim = 4, 3, 2, 8
+    # float64, so that the comparison is about the algebra, not fp32 rounding at 1/tau = 50.
+    q = F.normalize(torch.randn(world * batch, dim, dtype=torch.float64), dim=-1).requires_grad_()
+    p = F.normalize(torch.randn(world * batch, dim, dtype=torch.float64), dim=-1).requires_grad_()
+    n = F.normalize(torch.randn(world * batch * k, dim, dtype=torch.float64), dim=-1).requires_grad_()
+    mask = torch.rand(world * batch, k) > 0.3
+    in_batch = torch.tensor([True, False, True] * world)
+    kwargs = dict(temperature=0.02, false_negative_margin=0.2)
+
+    full = info_nce_loss(q, p, n, negative_mask=mask, in_batch_negatives=in_batch, gather=False, **kwargs)
+    full_grads = torch.autograd.grad(full, (q, p, n))
+
+    gathered = {"p": p, "n": n}
+    per_rank = []
+    for rank in range(world):
+        sl, sn = slice(rank * batch, (rank + 1) * batch), slice(rank * batch * k, (rank + 1) * batch * k)
+        monkeypatch.setattr(loss_module, "_world", lambda rank=rank: (rank, world))
+        calls = iter([gathered["p"], gathered["n"]])
+        monkeypatch.setattr(loss_module, "gather_with_grad", lambda t: next(calls))
+        monkeypatch.setattr(loss_module, "gather_no_grad", lambda t: mask)
+        per_rank.append(info_nce_loss(q[sl], p[sl], n[sn], negative_mask=mask[sl], in_batch_negatives=in_batch[sl], **kwargs))
+    # Each rank's backward reaches every rank's documents through the gather (summed by its backward);
+    # DDP then averages over the W ranks: the effective objective is the mean of the per-rank losses.
+    ddp = torch.stack(per_rank).mean()
+    ddp_grads = torch.autograd.grad(ddp, (q, p, n))
+    torch.testing.assert_close(ddp, full, rtol=1e-12, atol=1e-12)
+    for got, want in zip(ddp_grads, full_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
