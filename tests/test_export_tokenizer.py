@@ -67,3 +67,23 @@ def test_tokenizer_without_eos_is_rejected(tiny_model_dir):
     tokenizer.eos_token = None
     with pytest.raises(ValueError, match="no eos_token"):
         bake_eos_contract(tokenizer)
+
+
+def test_eval_summary_shapes(tmp_path):
+    import json
+
+    from e5_mistral.export.model_card import load_eval_results
+
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"my-model": {"STSBenchmark": 0.8, "NoSuchTask": 0.5}}))
+    scores, source = load_eval_results(tmp_path)
+    assert source == path and [(s.task, s.score, s.type) for s in scores] == [
+        ("STSBenchmark", 0.8, "STS"), ("NoSuchTask", 0.5, "feature-extraction")]
+    path.write_text(json.dumps({"a": {"STSBenchmark": 0.8}, "b": {"STSBenchmark": 0.7}}))
+    with pytest.raises(ValueError, match="several models"):
+        load_eval_results(path)
+    path.write_text(json.dumps({"STSBenchmark": {"main_score": 0.81}}))
+    assert load_eval_results(path)[0][0].score == 0.81
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="non-empty JSON object"):
+        load_eval_results(path)

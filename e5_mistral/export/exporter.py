@@ -10,7 +10,6 @@ a half-written export behind; an upload failure afterwards leaves the complete e
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -216,7 +215,3 @@ def _verify_tokenizer(folder: Path, tokenizer, affixes) -> None:
             "post-processor on load, please report it"
         )
 
-
-def read_prompts(folder: str | Path) -> dict[str, str]:
-    """The prompts stored in an exported folder (used by tests and the evaluation stage)."""
-    return json.loads((Path(folder) / "config_sentence_transformers.json").read_text(encoding="utf-8"))["prompts"]

@@ -33,7 +33,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_
             message = message.replace(token, "***")
         raise RuntimeError(
             f"upload to the Hub repo {repo_id} failed ({type(err).__name__}: {message}); "
-            f"the local export in {folder} is complete, retry with --push-to-hub once the problem is fixed"
+            f"the local export in {folder} is complete; upload it later with: hf upload {repo_id} {folder}"
         ) from err
     logger.info("uploaded %s to %s", folder, url)
     return str(url)

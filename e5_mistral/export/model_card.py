@@ -63,6 +63,12 @@ def load_eval_results(path: str | Path) -> tuple[list[EvalScore], Path]:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"{path} must be a non-empty JSON object mapping task name to main score")
+    nested = [v for v in raw.values() if isinstance(v, dict) and "main_score" not in v]
+    if nested and len(nested) == len(raw):
+        # The evaluation stage's several-model shape {model: {task: score}}: only one model can go in a card.
+        if len(raw) > 1:
+            raise ValueError(f"{path} holds results of several models ({', '.join(raw)}); pass a single model's summary.json")
+        raw = nested[0]
     scores = []
     for task, value in raw.items():
         # Accept {"main_score": x, ...} objects as well as bare numbers.
@@ -83,7 +89,7 @@ def _add_task_metadata(scores: list[EvalScore]) -> None:
     for entry in scores:
         try:
             metadata = mteb.get_task(entry.task).metadata
-        except Exception:  # noqa: BLE001 - unknown task names keep the generic labels
+        except (KeyError, ValueError):  # a task mteb does not know keeps the generic labels
             continue
         entry.type, entry.metric = metadata.type, metadata.main_score
         entry.dataset = metadata.dataset.get("path") if isinstance(metadata.dataset, dict) else None
