@@ -1,0 +1,71 @@
+"""``e5-mistral evaluate MODEL [MODEL ...] --tasks T1 T2 ... --output DIR [options]``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+DESCRIPTION = (
+    "Evaluate one or more sentence-transformers models (folders or Hub ids) with mteb. Results go to OUTPUT in "
+    "mteb's results format, plus OUTPUT/summary.json (task -> mteb main_score, 0-1) and a markdown table with a "
+    "column per model."
+)
+
+
+@dataclass
+class EvaluateArguments:
+    tasks: list[str] = field(
+        metadata={"help": "Task names: folders of --benchmarks-dir, else mteb task names (downloaded from the Hub)."}
+    )
+    output: str = field(metadata={"help": "Folder for mteb's results, summary.json and summary.md."})
+    benchmarks_dir: Optional[str] = field(
+        default=None, metadata={"help": "Folder of offline tasks: task X is read from DIR/X/ (see docs/evaluation.md)."}
+    )
+    instructions: str = field(
+        default="paper",
+        metadata={
+            "help": "'paper': the paper's per-task instructions (queries only for retrieval, every input otherwise); "
+            "'none': no instruction (models trained without them).",
+            "choices": ["paper", "none"],
+        },
+    )
+    batch_size: int = field(default=32, metadata={"help": "Encoding batch size."})
+    max_rows: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Subsample each offline task deterministically to N pairs / test rows / queries, for quick runs. "
+            "Scores on subsets are not comparable to published ones."
+        },
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "Model weights dtype.", "choices": ["auto", "float32", "bfloat16", "float16"]}
+    )
+    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Truncate inputs to this many tokens."})
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral evaluate") -> int:
+    from ..cli import CommandParser, run
+
+    parser = CommandParser([EvaluateArguments], prog=prog, description=DESCRIPTION)
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="sentence-transformers folder(s) or Hub id(s)")
+    args, positionals = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from .evaluate import evaluate
+
+    def _evaluate() -> int:
+        evaluate(
+            positionals.models,
+            args.tasks,
+            args.output,
+            benchmarks_dir=args.benchmarks_dir,
+            instructions=args.instructions,
+            batch_size=args.batch_size,
+            max_rows=args.max_rows,
+            dtype=args.dtype,
+            max_seq_length=args.max_seq_length,
+        )
+        return 0
+
+    return run(prog, _evaluate)

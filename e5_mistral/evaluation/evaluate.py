@@ -1,0 +1,188 @@
+"""Evaluate sentence-transformers models with mteb, using the paper's instructions.
+
+mteb does the work: its tasks, evaluators and metrics, its results format (written by ``mteb.ResultCache``
+under ``OUTPUT/results/...``). This module only resolves task names (offline folders or mteb's registry),
+gives each task its instruction through mteb's ``model_prompts`` and writes ``summary.json`` plus a table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+from .offline_tasks import load_offline_task
+from .prompts import model_prompts_for
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_tasks(names: Sequence[str], benchmarks_dir: str | Path | None = None, max_rows: int | None = None) -> list:
+    """mteb task objects for ``names``: ``benchmarks_dir/NAME/`` when that folder exists, else mteb's registry."""
+    import mteb
+
+    if not names:
+        raise ValueError("no task given (--tasks T1 T2 ...)")
+    if benchmarks_dir is not None and not Path(benchmarks_dir).is_dir():
+        raise FileNotFoundError(f"--benchmarks-dir {benchmarks_dir} is not a folder")
+    tasks = []
+    for name in dict.fromkeys(names):  # keep order, drop repeats
+        folder = Path(benchmarks_dir) / name if benchmarks_dir is not None else None
+        if folder is not None and folder.is_dir():
+            tasks.append(load_offline_task(folder, name=name, max_rows=max_rows))
+            continue
+        try:
+            task = mteb.get_task(name)
+        except KeyError:
+            where = f"no folder {folder} and " if folder is not None else ""
+            raise ValueError(f"unknown task {name!r}: {where}no mteb task of that name") from None
+        if max_rows is not None:
+            logger.warning("--max-rows applies to offline tasks only; %s runs in full", name)
+        logger.info("%s: mteb task, data from the Hugging Face Hub", name)
+        tasks.append(task)
+    return tasks
+
+
+def model_label(model: str) -> str:
+    """How a model is named in the table and summary: a folder's name, or the Hub id."""
+    path = Path(model)
+    return path.resolve().name if path.exists() else model
+
+
+def _unique_labels(models: Sequence[str]) -> list[str]:
+    labels: list[str] = []
+    for model in models:
+        label = model_label(model)
+        base, n = label, 2
+        while label in labels:
+            label, n = f"{base}-{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def load_model(model: str, dtype: str = "auto", max_seq_length: int | None = None):
+    """A SentenceTransformer from a folder or Hub id; any failure is one RuntimeError naming the model."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    model_kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
+    try:
+        st_model = SentenceTransformer(model, model_kwargs=model_kwargs)
+    except Exception as err:  # noqa: BLE001 - any load failure is the user's model/path: report it in one line
+        raise RuntimeError(f"could not load model {model!r}: {type(err).__name__}: {err}") from err
+    if max_seq_length is not None:
+        st_model.max_seq_length = max_seq_length
+    return st_model
+
+
+def _wrap(st_model, name: str, prompts: dict[str, str]):
+    from mteb import SentenceTransformerEncoderWrapper
+
+    wrapper = SentenceTransformerEncoderWrapper(st_model)
+    # Set after construction: mteb's constructor drops prompt keys that are not registry task names,
+    # which would lose the prompts of offline tasks named after their folder.
+    wrapper.model_prompts = prompts
+    wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(update={"name": name if "/" in name else f"local/{name}"})
+    return wrapper
+
+
+def markdown_table(summary: dict[str, dict[str, float]], task_names: Sequence[str]) -> str:
+    """One row per task, one column per model, scores x100 (mteb main_score); '-' where a run failed."""
+    models = list(summary)
+    lines = ["| Task | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for task in task_names:
+        cells = [f"{summary[m][task] * 100:.2f}" if task in summary[m] else "-" for m in models]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if len(task_names) > 1:
+        means = []
+        for m in models:
+            scores = [summary[m][t] for t in task_names if t in summary[m]]
+            means.append(f"{100 * sum(scores) / len(scores):.2f}" if len(scores) == len(task_names) else "-")
+        lines.append("| **Average** | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def evaluate(
+    models: str | Sequence[str],
+    tasks: Sequence[str],
+    output_dir: str | Path,
+    benchmarks_dir: str | Path | None = None,
+    instructions: str = "paper",
+    batch_size: int = 32,
+    max_rows: int | None = None,
+    dtype: str = "auto",
+    max_seq_length: int | None = None,
+    show_progress_bar: bool = True,
+) -> dict:
+    """Evaluate one or more models on ``tasks`` with mteb and write ``output_dir/summary.json``.
+
+    Returns ``{task: main_score}`` for one model, ``{model: {task: main_score}}`` for several (the same shape
+    as ``summary.json``). Scores are mteb's ``main_score`` on its 0-1 scale. A task that fails is logged and left
+    out, the others are kept; a RuntimeError at the end names the failures.
+    """
+    import mteb
+
+    models = [models] if isinstance(models, str) else list(models)
+    if not models:
+        raise ValueError("no model given")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    model_prompts_for([], instructions)  # validates the mode before any loading
+    task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows)
+    task_names = [t.metadata.name for t in task_objects]
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    labels = _unique_labels(models)
+    several = len(models) > 1
+
+    summary: dict[str, dict[str, float]] = {}
+    failures: list[str] = []
+    for model, label in zip(models, labels):
+        logger.info("evaluating %s on %s", model, ", ".join(task_names))
+        st_model = load_model(model, dtype, max_seq_length)
+        own_prompts = {k: v for k, v in (getattr(st_model, "prompts", None) or {}).items() if v}
+        wrapper = _wrap(st_model, label, model_prompts_for(task_objects, instructions, own_prompts))
+        cache = mteb.ResultCache(cache_path=output_dir / label if several else output_dir)
+        # "always": results of an earlier run in the same folder (maybe on --max-rows subsets) are never reused.
+        result = mteb.evaluate(
+            wrapper,
+            task_objects,
+            cache=cache,
+            overwrite_strategy="always",
+            encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
+            raise_error=False,
+            show_progress_bar=show_progress_bar,
+        )
+        scores = {}
+        for task_result in result.task_results:
+            score = float(task_result.get_score())
+            if math.isnan(score):
+                failures.append(f"{label}/{task_result.task_name}: no score")
+                continue
+            scores[task_result.task_name] = score
+        for error in result.exceptions or []:
+            failures.append(f"{label}/{error.task_name}: {error.exception}")
+            logger.error("%s failed on %s: %s", label, error.task_name, error.exception)
+        summary[label] = {name: scores[name] for name in task_names if name in scores}
+        # Written after every model, so a crash later loses nothing already scored.
+        _write_summary(output_dir, summary, several)
+
+    table = markdown_table(summary, task_names)
+    (output_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
+    print(table, flush=True)
+    if failures:
+        raise RuntimeError(f"{len(failures)} evaluation(s) failed (the others are in {output_dir}): " + "; ".join(failures))
+    return summary if several else summary[labels[0]]
+
+
+def _write_summary(output_dir: Path, summary: dict[str, dict[str, float]], several: bool) -> None:
+    payload = summary if several else next(iter(summary.values()))
+    tmp = output_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(output_dir / "summary.json")

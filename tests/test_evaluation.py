@@ -1,0 +1,198 @@
+"""Evaluation stage: offline task folders -> mteb tasks, the paper's instructions through mteb prompts, CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from e5_mistral.evaluation.cli import main as evaluate_main
+from e5_mistral.evaluation.offline_tasks import detect_type, load_offline_task
+from e5_mistral.evaluation.prompts import model_prompts_for
+from e5_mistral.instructions import EVALUATION_INSTRUCTIONS, query_prompt
+
+PROG = "e5-mistral evaluate"
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+WORDS = "apple river stone cloud music garden window paper light forest engine bridge ocean candle pencil mirror".split()
+
+
+def _sentence(i: int) -> str:
+    return f"the {WORDS[i % len(WORDS)]} and the {WORDS[(3 * i + 1) % len(WORDS)]} number {i}"
+
+
+@pytest.fixture()
+def tiny_tasks(tmp_path) -> Path:
+    """One small folder per task type, named so mteb does not know them (generic tasks)."""
+    root = tmp_path / "bench"
+    _jsonl(root / "TinySTS" / "test.jsonl", [{"sentence1": _sentence(i), "sentence2": _sentence(i + i % 3), "score": float(i % 6)} for i in range(24)])
+    _jsonl(root / "TinyPairs" / "test.jsonl", [{"sentence1": _sentence(i), "sentence2": _sentence(i if i % 2 else i + 5), "label": i % 2} for i in range(20)])
+    _jsonl(root / "TinyBitext" / "test.jsonl", [{"source": _sentence(i).upper(), "target": _sentence(i)} for i in range(12)])
+    for split, n in (("train", 40), ("test", 16)):
+        _jsonl(root / "TinyClassification" / "en" / f"{split}.jsonl", [{"text": _sentence(i), "label": WORDS[i % 2]} for i in range(n)])
+    _jsonl(root / "TinyRetrieval" / "corpus.jsonl", [{"_id": f"d{i}", "title": WORDS[i % 16], "text": _sentence(i)} for i in range(30)])
+    _jsonl(root / "TinyRetrieval" / "queries.jsonl", [{"_id": f"q{i}", "text": f"which {WORDS[i % 16]} number {i}"} for i in range(8)])
+    (root / "TinyRetrieval" / "qrels").mkdir()
+    (root / "TinyRetrieval" / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(6)), encoding="utf-8"
+    )
+    (root / "Nothing").mkdir()
+    (root / "Nothing" / "notes.txt").write_text("no task here", encoding="utf-8")
+    return root
+
+
+class TestOfflineTasks:
+    def test_types_are_recognised_from_files_and_fields(self, tiny_tasks):
+        assert detect_type(tiny_tasks / "TinySTS") == "STS"
+        assert detect_type(tiny_tasks / "TinyPairs") == "PairClassification"
+        assert detect_type(tiny_tasks / "TinyBitext") == "BitextMining"
+        assert detect_type(tiny_tasks / "TinyRetrieval") == "Retrieval"
+        assert detect_type(tiny_tasks / "TinyClassification" / "en") == "Classification"
+        task = load_offline_task(tiny_tasks / "TinyClassification")
+        assert task.metadata.name == "TinyClassification" and task.metadata.type == "Classification"
+        assert task.hf_subsets == ["en"] and len(task.dataset["en"]["train"]) == 40
+
+    def test_retrieval_keeps_judged_queries_and_subsamples(self, tiny_tasks):
+        task = load_offline_task(tiny_tasks / "TinyRetrieval")
+        split = task.dataset["default"]["test"]
+        assert split["queries"]["id"] == [f"q{i}" for i in range(6)]  # q6, q7 have no qrels (dropped, as mteb does)
+        assert split["relevant_docs"]["q2"] == {"d2": 1}
+        small = load_offline_task(tiny_tasks / "TinyRetrieval", max_rows=2)
+        part = small.dataset["default"]["test"]
+        assert part["queries"]["id"] == ["q0", "q1"]
+        assert {"d0", "d1"} <= set(part["corpus"]["id"]) and len(part["corpus"]) == 2 + 2 * 10
+
+    def test_shared_tasks_use_mteb_task_classes(self, benchmarks_dir):
+        sick = load_offline_task(benchmarks_dir / "SICK-R")
+        assert type(sick).__name__ == "SickrSTS" and len(sick.dataset["default"]["test"]) == 9927  # full.jsonl
+        amazon = load_offline_task(benchmarks_dir / "AmazonCounterfactualClassification", max_rows=10)
+        assert amazon.hf_subsets == ["en"] and list(amazon.eval_splits) == ["test"] and amazon.samples_per_label == 32
+        twitter = load_offline_task(benchmarks_dir / "TwitterURLCorpus", max_rows=10)
+        assert twitter.metadata.main_score == "max_ap" and set(twitter.dataset["default"]["test"]["labels"]) <= {0, 1}
+
+    def test_bad_folders_name_the_problem(self, tiny_tasks, tmp_path):
+        with pytest.raises(ValueError, match=r"Nothing matches no task format"):
+            load_offline_task(tiny_tasks / "Nothing")
+        bad = tmp_path / "BadSTS"
+        _jsonl(bad / "test.jsonl", [{"sentence1": "a b", "sentence2": "c d", "score": 1.0}])
+        (bad / "test.jsonl").write_text((bad / "test.jsonl").read_text() + '{"sentence1": "x", "sentence2": "y"}\n')
+        with pytest.raises(ValueError, match=r"test.jsonl: row 2 lacks field\(s\) score"):
+            load_offline_task(bad)
+
+
+class TestInstructions:
+    def test_retrieval_queries_only_symmetric_everything(self, tiny_tasks, benchmarks_dir, caplog):
+        sci = load_offline_task(benchmarks_dir / "SciFact", max_rows=2)
+        sts = load_offline_task(tiny_tasks / "TinySTS")
+        with caplog.at_level(logging.WARNING):
+            prompts = model_prompts_for([sci, sts], "paper")
+        assert prompts["SciFact-query"] == query_prompt(EVALUATION_INSTRUCTIONS["SciFact"])
+        assert prompts["SciFact-document"] == "" and prompts["SciFact"] == ""
+        sts_prefix = "Instruct: Retrieve semantically similar text.\nQuery: "
+        assert prompts["TinySTS-query"] == prompts["TinySTS-document"] == prompts["TinySTS"] == sts_prefix
+        assert "TinySTS is not in the paper's instruction table" in caplog.text and "SciFact" not in caplog.text
+        assert set(model_prompts_for([sci, sts], "none").values()) == {""}
+        with pytest.raises(ValueError, match="--instructions"):
+            model_prompts_for([sts], "some")
+
+    def test_prompts_reach_the_model_through_mteb(self, tiny_tasks, minilm_dir):
+        """What the encoder is asked to embed: instructed queries, bare documents; both STS sides instructed."""
+        import mteb
+
+        from e5_mistral.evaluation.evaluate import _wrap, load_model
+
+        st_model = load_model(str(minilm_dir))
+        seen: list[tuple[str | None, list[str]]] = []
+        encode = st_model.encode
+
+        def spy(inputs, prompt=None, **kwargs):
+            seen.append((prompt, list(inputs)))
+            return encode(inputs, prompt=prompt, **kwargs)
+
+        st_model.encode = spy
+        tasks = [load_offline_task(tiny_tasks / "TinyRetrieval"), load_offline_task(tiny_tasks / "TinySTS")]
+        wrapper = _wrap(st_model, "minilm", model_prompts_for(tasks, "paper"))
+        mteb.evaluate(wrapper, tasks, cache=None, show_progress_bar=False, encode_kwargs={"batch_size": 64})
+        retrieval_prefix = query_prompt("Given a query, retrieve relevant documents that answer the query")
+        by_prompt = {}
+        for prompt, texts in seen:
+            by_prompt.setdefault(prompt, []).extend(texts)
+        assert any(t.startswith("which ") for t in by_prompt[retrieval_prefix])  # queries
+        assert f"{WORDS[0]} {_sentence(0)}" in by_prompt[""]  # documents (mteb joins title and text), no instruction
+        assert not any(t.startswith("which ") for t in by_prompt[""])
+        sts_texts = by_prompt["Instruct: Retrieve semantically similar text.\nQuery: "]
+        assert _sentence(0) in sts_texts and _sentence(23 + 23 % 3) in sts_texts  # sentence1 and sentence2
+
+
+class TestEvaluateCLI:
+    @pytest.mark.slow
+    def test_minilm_reproduces_published_mteb_scores(self, minilm_dir, benchmarks_dir, tmp_path, capsys):
+        """all-MiniLM-L6-v2, no instruction: STSBenchmark 0.8203 and SICK-R 0.7758 as on the MTEB leaderboard."""
+        out = tmp_path / "out"
+        argv = [str(minilm_dir), "--tasks", "STSBenchmark", "SICK-R", "--benchmarks-dir", str(benchmarks_dir)]
+        assert evaluate_main([*argv, "--instructions", "none", "--batch-size", "128", "--output", str(out)], prog=PROG) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert set(summary) == {"STSBenchmark", "SICK-R"}
+        assert summary["STSBenchmark"] == pytest.approx(0.8203, abs=0.001)
+        assert summary["SICK-R"] == pytest.approx(0.7758, abs=0.001)
+        # mteb's own results format, readable by mteb
+        import mteb
+
+        files = sorted(out.glob("results/*/*/STSBenchmark.json"))
+        assert len(files) == 1
+        result = mteb.TaskResult.from_disk(files[0])
+        assert result.get_score() == pytest.approx(summary["STSBenchmark"])
+        table = capsys.readouterr().out
+        assert "| STSBenchmark | 82.03 |" in table and "| SICK-R | 77.58 |" in table
+
+    @pytest.mark.slow
+    def test_several_models_one_table(self, minilm_dir, tiny_tasks, tmp_path, capsys):
+        out = tmp_path / "out"
+        copy = tmp_path / "minilm-copy"
+        shutil.copytree(minilm_dir, copy)
+        tasks = ["TinySTS", "TinyPairs", "TinyBitext", "TinyClassification", "TinyRetrieval"]
+        argv = [str(minilm_dir), str(copy), "--tasks", *tasks, "--benchmarks-dir", str(tiny_tasks), "--output", str(out), "--max-rows", "10"]
+        assert evaluate_main(argv, prog=PROG) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        labels = [minilm_dir.resolve().name, "minilm-copy"]
+        assert list(summary) == labels and all(list(summary[m]) == tasks for m in labels)
+        for task in tasks:
+            assert -1.0 <= summary[labels[0]][task] <= 1.0
+            assert summary[labels[0]][task] == pytest.approx(summary[labels[1]][task], abs=1e-6)
+        assert summary[labels[0]]["TinyBitext"] == pytest.approx(1.0)  # case-only differences are found
+        for label in labels:
+            assert len(list((out / label).glob("results/*/*/TinyRetrieval.json"))) == 1
+        table = capsys.readouterr().out
+        assert f"| Task | {labels[0]} | minilm-copy |" in table and "| **Average** |" in table
+
+    @pytest.mark.parametrize(
+        "case, message",
+        [
+            ("unknown-task", "unknown task 'NoSuchTask'"),
+            ("bad-folder", "Nothing matches no task format"),
+            ("bad-model", "could not load model"),
+        ],
+    )
+    def test_bad_input_is_one_line_and_non_zero(self, case, message, tiny_tasks, minilm_dir, tmp_path, capsys):
+        model, task = str(minilm_dir), "TinySTS"
+        if case == "unknown-task":
+            task = "NoSuchTask"
+        elif case == "bad-folder":
+            task = "Nothing"
+        else:
+            model = str(tmp_path / "not-a-model")
+            (tmp_path / "not-a-model").mkdir()
+        argv = [model, "--tasks", task, "--benchmarks-dir", str(tiny_tasks), "--output", str(tmp_path / "out")]
+        assert evaluate_main(argv, prog=PROG) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"{PROG}: error:") and message in err[0]
+        if case == "bad-model":
+            assert "not-a-model" in err[0]
