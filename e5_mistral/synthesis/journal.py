@@ -1,7 +1,7 @@
 """The request plan's unit and the append-only journal of responses: the contract every backend honours.
 
 A run is a deterministic list of :class:`Request` (ids derived from the plan, never from time). Every answer,
-online or from a batch file, is appended to ``OUTPUT/journal/*.jsonl`` as one JSON line, flushed and fsynced
+online or from a batch file, is appended to ``OUTPUT/journal/*.jsonl`` as one JSON line, flushed to the OS
 as it arrives, so a SIGKILL loses at most the requests in flight. On restart, ids with an ``ok`` record are
 never requested again. The journal never holds API keys or request headers.
 """
