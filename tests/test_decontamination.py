@@ -91,12 +91,13 @@ class TestDecontaminateCLI:
         assert "| LeakSTS | 2 | 1 | 1 |" in printed  # 2 test texts of 5+ words and "removed 1 row(s)" in printed
 
         n_short_long = sum(r["family"] == "short_long" for r in rows)
-        cleaned = load_dataset(str(out), "short_long", split="train")
+        cache = str(tmp_path / "hf-cache")  # a fresh datasets cache: recycled pytest tmp paths can hit stale entries
+        cleaned = load_dataset(str(out), "short_long", split="train", cache_dir=cache)
         assert len(cleaned) == n_short_long - 1 and short_long["request_id"] not in cleaned["request_id"]
-        assert len(load_dataset(str(out), "all", split="train")) == len(rows) - 1
-        assert len(load_dataset(str(out), "sts", split="train")) == sum(r["family"] == "sts" for r in rows)
+        assert len(load_dataset(str(out), "all", split="train", cache_dir=cache)) == len(rows) - 1
+        assert len(load_dataset(str(out), "sts", split="train", cache_dir=cache)) == sum(r["family"] == "sts" for r in rows)
         assert (out / "README.md").read_text() == (dataset / "README.md").read_text()
-        assert len(load_dataset(str(dataset), "short_long", split="train")) == n_short_long  # input untouched
+        assert len(load_dataset(str(dataset), "short_long", split="train", cache_dir=cache)) == n_short_long  # input untouched
 
         # Retrieval corpora count only when asked.
         assert decontaminate_main([*argv, "--include_corpus", "--report", str(report)], prog=PROG) == 0
