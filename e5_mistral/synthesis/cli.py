@@ -1,0 +1,51 @@
+"""``e5-mistral generate``: synthesize the paper's training data with any OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+DESCRIPTION = (
+    "Generate synthetic embedding training data as in Wang et al. (2024): brainstorm tasks, then one JSON "
+    "example per (task, sampled slots). Rerunning the same command resumes from OUTPUT/journal."
+)
+
+
+def _generate(args) -> int:
+    from .dataset import push_to_hub
+    from .runner import generate
+
+    result = generate(args)
+    report = result.report
+    print(
+        f"{report['accepted']} accepted, {sum(report['rejected'].values())} rejected, "
+        f"{report['duplicates_removed']} duplicates, {report['failed']} failed of {report['planned']} planned; "
+        f"{report['prompt_tokens'] + report['completion_tokens']} tokens, ~${report['estimated_cost_usd']:.4f}; "
+        f"dataset in {result.output / 'dataset'}"
+    )
+    if report["budget_stopped"]:
+        print("budget reached: rerun the same command (with a larger --max-cost/--max-total-tokens) to resume", file=sys.stderr)
+    elif report["failed"]:
+        print(f"{report['failed']} examples are not finished: rerun the same command to retry them", file=sys.stderr)
+    if args.push_to_hub:
+        url = push_to_hub(result.output / "dataset", args.push_to_hub, private=args.private)
+        print(f"pushed to {url}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral generate") -> int:
+    from ..cli import CommandParser, fail, run
+    from .config import SynthesisArguments
+
+    parser = CommandParser([SynthesisArguments], prog=prog, description=DESCRIPTION)
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    except ValueError as err:  # raised by SynthesisArguments.__post_init__
+        return fail(prog, err, code=2)
+    logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(message)s")
+    return run(prog, _generate, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""``SynthesisArguments``: every setting of a synthesis run (CLI flags, builder config and library calls)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+from urllib.parse import urlparse
+
+from .templates import FAMILIES
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class SynthesisArguments:
+    # Endpoint
+    model: Optional[str] = _help("model name sent to the endpoint (for `transformers serve`: the served path)", default=None)
+    base_url: Optional[str] = _help("OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: the OpenAI API)", default=None)
+    api_key_env: str = _help("environment variable that holds the API key (loopback endpoints default to 'EMPTY')", default="OPENAI_API_KEY")
+    azure_api_version: Optional[str] = _help("use Azure OpenAI with this api-version; --base-url is the azure_endpoint", default=None)
+    extra_body: Optional[str] = _help("JSON object merged into every request body (e.g. transformers serve's generation_config)", default=None)
+    # What to generate
+    output: Optional[str] = _help("output folder: journal, report.json, rejected.jsonl, diversity.json, dataset/", default=None)
+    num_examples: int = _help("number of examples to plan over all families", default=100)
+    families: Optional[list[str]] = _help(f"families to generate (default: all of {' '.join(FAMILIES)})", default=None)
+    family_mix: Optional[str] = _help("JSON object family -> weight (default: the paper's counts 167/122/99/89/17/13k)", default=None)
+    languages: Optional[list[str]] = _help("language names (uniform over them) or one JSON object name -> weight (default: the paper's Figure 2 weights over 93 XLM-R languages)", default=None)
+    seed: int = _help("seed of the plan: the same seed gives the same slots, languages and request ids", default=42)
+    examples_per_task: float = _help("brainstorm enough ~20-task lists that each task is used about this often", default=3.0)
+    # Decoding
+    temperature: float = _help("sampling temperature (paper: 1.0)", default=1.0)
+    top_p: float = _help("nucleus sampling top_p (paper: 1.0)", default=1.0)
+    max_tokens: int = _help("max completion tokens per request; a cut answer is rejected as `truncated`", default=4096)
+    # Reliability
+    concurrency: int = _help("requests in flight at once", default=16)
+    rpm: Optional[float] = _help("requests per minute limit", default=None)
+    tpm: Optional[float] = _help("tokens per minute limit (prompt estimate + max_tokens)", default=None)
+    max_attempts: int = _help("attempts per request before it is journaled as failed (retried by the next run)", default=6)
+    timeout: float = _help("seconds before one attempt times out", default=600.0)
+    retry_initial_wait: float = _help("first backoff in seconds (exponential with jitter; Retry-After wins)", default=1.0)
+    retry_max_wait: float = _help("longest backoff in seconds", default=60.0)
+    # Cost
+    price_table: Optional[str] = _help('JSON (or a JSON file) of USD per 1M tokens: {"MODEL": {"input": 0.15, "output": 0.6}}', default=None)
+    max_cost: Optional[float] = _help("stop sending new requests at this estimated cost in USD (needs --price-table)", default=None)
+    max_total_tokens: Optional[int] = _help("stop sending new requests after this many prompt+completion tokens", default=None)
+    # Backend
+    backend: str = _help("online (concurrent requests) or batch (OpenAI Batch API, 50%% cheaper)", default="online")
+    batch_no_wait: bool = _help("batch backend: submit and return; rerun later to collect", default=False)
+    batch_poll_interval: float = _help("batch backend: seconds between status polls", default=30.0)
+    # Task dedup beyond the paper's exact match
+    dedup_tasks: str = _help("extra dedup of brainstormed tasks: none, minhash or semantic", default="none")
+    dedup_model: Optional[str] = _help("embedding model for --dedup-tasks semantic (default: the bundled all-MiniLM-L6-v2)", default=None)
+    dedup_threshold: Optional[float] = _help("similarity threshold for --dedup-tasks (default: 0.8 minhash, 0.9 semantic)", default=None)
+    # Output
+    push_to_hub: Optional[str] = _help("push the dataset to this Hub repo id", default=None)
+    private: bool = _help("make the Hub repo private", default=False)
+    no_progress: bool = _help("hide the progress bar", default=False)
+
+    def __post_init__(self):
+        if self.families is not None and len(self.families) == 1 and "," in self.families[0]:
+            self.families = [f.strip() for f in self.families[0].split(",") if f.strip()]
+        for family in self.families or ():
+            if family not in FAMILIES:
+                raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+        if self.backend not in ("online", "batch"):
+            raise ValueError(f"--backend must be online or batch, not {self.backend!r}")
+        if self.dedup_tasks not in ("none", "minhash", "semantic"):
+            raise ValueError(f"--dedup-tasks must be none, minhash or semantic, not {self.dedup_tasks!r}")
+        if self.num_examples < 0 or self.concurrency < 1 or self.max_attempts < 1 or self.max_tokens < 1:
+            raise ValueError("--num-examples must be >= 0 and --concurrency, --max-attempts, --max-tokens >= 1")
+        for name in ("extra_body", "family_mix"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parsed = json.loads(value)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"--{name.replace('_', '-')} is not valid JSON: {err}") from None
+                if not isinstance(parsed, dict):
+                    raise ValueError(f"--{name.replace('_', '-')} must be a JSON object")
+
+    def generation_params(self) -> dict:
+        """The request parameters that go into every request id (never the key or the URL)."""
+        params = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if self.extra_body:
+            params["extra_body"] = json.loads(self.extra_body)
+        return params
+
+    def api_key(self) -> str:
+        """The key from ``api_key_env``; loopback endpoints (vLLM, transformers serve) accept any key."""
+        key = os.environ.get(self.api_key_env)
+        if key:
+            return key
+        if is_loopback(self.base_url):
+            return "EMPTY"
+        raise ValueError(f"no API key: set the environment variable {self.api_key_env} (or choose another with --api-key-env)")
+
+    def public_dict(self) -> dict:
+        """Settings safe to write to disk and cards (the key is never a field, only its variable's name)."""
+        return asdict(self)
+
+
+def is_loopback(url: str | None) -> bool:
+    host = urlparse(url or "").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

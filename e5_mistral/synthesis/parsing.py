@@ -1,0 +1,148 @@
+"""Turn raw LLM answers into examples or task lists, or into a reject reason code. Never ``eval``.
+
+Repair is bounded: the text as is, then inside a code fence, then the first balanced ``{...}`` / ``[...]``,
+each also with trailing commas removed. Validation then follows the family's template: exactly its keys,
+non-empty strings, no nesting, and the pairs the paper needs distinct.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+
+from .templates import OUTPUT_KEYS
+
+_FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+
+
+class Rejected(ValueError):
+    """An answer that is not usable; ``reason`` is a short code (``missing_key:label``, ``truncated``, ...)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def normalize(text: str) -> str:
+    """The exact-dedup key: case-folded, whitespace collapsed (paper Appendix B style matching)."""
+    return " ".join(text.casefold().split())
+
+
+def _balanced(text: str, opener: str) -> str | None:
+    """The first balanced ``{...}`` (or ``[...]``) span, skipping brackets inside JSON strings."""
+    closer = {"{": "}", "[": "]"}[opener]
+    start = text.find(opener)
+    if start < 0:
+        return None
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == opener:
+            depth += 1
+        elif ch == closer:
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1]
+    return None
+
+
+def _candidates(text: str, opener: str):
+    stripped = text.strip()
+    yield stripped
+    fence = _FENCE.search(stripped)
+    if fence:
+        yield fence.group(1).strip()
+    span = _balanced(stripped, opener)
+    if span:
+        yield span
+
+
+def extract_json(text: str, opener: str = "{", allow_python_literal: bool = False):
+    """Parse ``text`` as JSON after bounded repair; raises ``Rejected("invalid_json")``."""
+    for candidate in _candidates(text, opener):
+        for attempt in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
+            try:
+                return json.loads(attempt)
+            except json.JSONDecodeError:
+                pass
+            if allow_python_literal:
+                # The brainstorm prompt asks for "a python list of strings": accept Python literal syntax
+                # (single quotes) through ast.literal_eval, which evaluates literals only, never code.
+                try:
+                    return ast.literal_eval(attempt)
+                except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+                    pass
+    raise Rejected("invalid_json")
+
+
+def _check_answer(content: str | None, finish_reason: str | None) -> str:
+    if finish_reason == "length":
+        raise Rejected("truncated")  # cut by max_tokens: never parsed as if whole
+    if content is None or not content.strip():
+        raise Rejected("empty_response")
+    return content
+
+
+def parse_example(family: str, content: str | None, finish_reason: str | None = "stop") -> dict[str, str]:
+    """The example's fields (stripped strings) or ``Rejected`` with a reason code."""
+    obj = extract_json(_check_answer(content, finish_reason), "{")
+    if not isinstance(obj, dict):
+        raise Rejected("not_an_object")
+    keys = OUTPUT_KEYS[family]
+    row: dict[str, str] = {}
+    for key in keys:
+        if key not in obj:
+            raise Rejected(f"missing_key:{key}")
+        value = obj[key]
+        if isinstance(value, (dict, list)):
+            raise Rejected(f"nested_value:{key}")
+        if not isinstance(value, str):
+            raise Rejected(f"not_a_string:{key}")
+        if not value.strip():
+            raise Rejected(f"empty_value:{key}")
+        row[key] = value.strip()
+    for key in obj:
+        if key not in keys:
+            raise Rejected(f"extra_key:{key}")
+    _check_family_rules(family, row)
+    return row
+
+
+def _check_family_rules(family: str, row: dict[str, str]) -> None:
+    same = lambda a, b: normalize(row[a]) == normalize(row[b])  # noqa: E731
+    if family == "short_long" and same("user_query", "positive_document"):
+        raise Rejected("query_equals_positive")
+    if family in ("short_short", "long_long") and same("input", "positive_document"):
+        raise Rejected("query_equals_positive")
+    if family == "long_short":
+        if same("label", "misleading_label"):
+            raise Rejected("label_equals_misleading")
+        if same("input_text", "label"):
+            raise Rejected("query_equals_positive")
+    if family in ("sts", "bitext") and len({normalize(row[k]) for k in ("S1", "S2", "S3")}) < 3:
+        raise Rejected("sentences_not_distinct")
+
+
+def parse_brainstorm(content: str | None, finish_reason: str | None = "stop") -> list[str]:
+    """The brainstormed task definitions (stripped, exact duplicates within the list removed)."""
+    obj = extract_json(_check_answer(content, finish_reason), "[", allow_python_literal=True)
+    if not isinstance(obj, list) or not obj or not all(isinstance(t, str) and t.strip() for t in obj):
+        raise Rejected("brainstorm_not_a_list_of_strings")
+    tasks, seen = [], set()
+    for task in obj:
+        key = normalize(task)
+        if key not in seen:
+            seen.add(key)
+            tasks.append(task.strip())
+    return tasks

@@ -1,0 +1,374 @@
+"""A synthesis run: brainstorm -> tasks -> example plan -> answers -> parsed rows, report and dataset.
+
+Everything downstream of the journal is recomputed from it on every run, so a resumed run ends exactly where
+an uninterrupted one would: ``report.json`` is cumulative and its invariant holds by construction
+(every planned example is accepted, rejected, a duplicate or failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import SynthesisArguments
+from .cost import Budget, load_price_table, price_for, record_cost
+from .journal import STATUS_OK, Journal, Request
+from .parsing import Rejected, normalize, parse_brainstorm, parse_example
+from .plan import (
+    BRAINSTORM_REASKS,
+    assign_tasks,
+    brainstorm_calls,
+    brainstorm_request,
+    example_request,
+    family_counts,
+    needs_brainstorm,
+    resolve_languages,
+    resolve_mix,
+    sample_slots,
+)
+from .templates import DEDUP_KEY, FAMILIES, template_version
+
+logger = logging.getLogger(__name__)
+
+
+class ObservedJournal(Journal):
+    """A journal that tells listeners (budget, progress bar) about every record it writes."""
+
+    def __init__(self, directory, listeners: list[Callable[[dict], None]] | None = None):
+        super().__init__(directory)
+        self.listeners = listeners or []
+
+    def append(self, record: dict) -> None:
+        super().append(record)
+        for listener in self.listeners:
+            listener(record)
+
+
+@dataclass
+class FamilyPlan:
+    family: str
+    count: int
+    brainstorms: list[Request]  # per brainstorm call, the request that counts (the last re-ask)
+    tasks: list[str] | None = None  # None until every brainstorm request has an answer
+    task_stats: Counter = field(default_factory=Counter)
+    examples: list[tuple[Request, dict]] = field(default_factory=list)  # (request, row metadata)
+    brainstorm_history: list[Request] = field(default_factory=list)  # every brainstorm request asked, re-asks included
+
+
+@dataclass
+class RunResult:
+    report: dict
+    rows: list[dict]
+    rejects: list[dict]
+    output: Path
+
+
+class SynthesisRun:
+    def __init__(self, args: SynthesisArguments):
+        if not args.output:
+            raise ValueError("--output is required")
+        if not args.model:
+            raise ValueError("--model is required")
+        self.args = args
+        self.output = Path(args.output)
+        self.languages = resolve_languages(args.languages)
+        self.counts = family_counts(args.num_examples, resolve_mix(args.families, args.family_mix))
+        if self.counts.get("bitext") and len(self.languages) < 2:
+            raise ValueError("bitext needs at least two languages (source and target must differ)")
+        self.params = args.generation_params()
+        self.prices = load_price_table(args.price_table)
+        if args.max_cost is not None and price_for(self.prices, args.model) is None:
+            raise ValueError(f"--max-cost needs a price for model {args.model!r} in --price-table")
+        self._dedup_cache: dict[tuple, tuple[list[str], int]] = {}
+
+    # -- plan ----------------------------------------------------------------------------------------------
+    def plan(self, latest: dict[str, dict]) -> list[FamilyPlan]:
+        plans = []
+        for family, count in self.counts.items():
+            calls = brainstorm_calls(count, self.args.examples_per_task) if needs_brainstorm(family) else 0
+            fp = FamilyPlan(family, count, [])
+            for index in range(calls):
+                fp.brainstorms.append(self._brainstorm(family, index, latest, fp.task_stats, fp.brainstorm_history))
+            if needs_brainstorm(family):
+                self._resolve_tasks(fp, latest)
+            else:
+                fp.tasks = []
+            if fp.tasks is not None:
+                tasks = assign_tasks(family, fp.tasks, count, self.args.seed)
+                for index, task in enumerate(tasks):
+                    slots = sample_slots(family, self.args.seed, index, self.languages)
+                    request = example_request(family, index, task, slots, self.params)
+                    meta = {"request_id": request.request_id, "family": family, "task": task,
+                            "language": slots.get("language") or slots["src_lang"], "slots": slots,
+                            "template_version": template_version(family, "generate"), "generator_model": self.args.model}
+                    fp.examples.append((request, meta))
+            plans.append(fp)
+        return plans
+
+    def _brainstorm(self, family: str, index: int, latest: dict[str, dict], stats: Counter, history: list) -> Request:
+        """The request that stands for brainstorm call ``index``: asked again while its answer is unusable."""
+        for reask in range(BRAINSTORM_REASKS + 1):
+            request = brainstorm_request(family, index, self.params, reask)
+            history.append(request)
+            rec = latest.get(request.request_id)
+            if rec is None or rec["status"] != STATUS_OK or reask == BRAINSTORM_REASKS:
+                break
+            try:
+                parse_brainstorm(rec["content"], rec["finish_reason"])
+                break
+            except Rejected:
+                stats["reasked"] += 1
+        return request
+
+    def _resolve_tasks(self, fp: FamilyPlan, latest: dict[str, dict]) -> None:
+        records = [latest.get(r.request_id) for r in fp.brainstorms]
+        if any(rec is None or rec["status"] != STATUS_OK for rec in records):
+            return
+        tasks, seen = [], set()
+        for rec in records:
+            try:
+                listed = parse_brainstorm(rec["content"], rec["finish_reason"])
+            except Rejected as err:
+                fp.task_stats[f"rejected:{err.reason}"] += 1
+                continue
+            fp.task_stats["generated"] += len(listed)
+            for task in listed:
+                if normalize(task) not in seen:
+                    seen.add(normalize(task))
+                    tasks.append(task)
+        fp.task_stats["removed_duplicate"] = fp.task_stats["generated"] - len(tasks)
+        tasks, removed = self._near_dedup(tasks)
+        fp.task_stats["removed_near_duplicate"] = removed
+        fp.task_stats["unique"] = len(tasks)
+        fp.tasks = tasks
+
+    def _near_dedup(self, tasks: list[str]) -> tuple[list[str], int]:
+        mode = self.args.dedup_tasks
+        if mode == "none" or len(tasks) < 2:
+            return tasks, 0
+        key = (mode, tuple(tasks))
+        if key not in self._dedup_cache:
+            try:
+                from . import dedup
+            except ImportError as err:
+                raise RuntimeError(f"--dedup-tasks {mode} needs e5_mistral.synthesis.dedup ({err})") from None
+            if mode == "minhash":
+                kwargs = {} if self.args.dedup_threshold is None else {"threshold": self.args.dedup_threshold}
+                keep = dedup.near_duplicate_mask(tasks, **kwargs)
+            else:
+                model = self.args.dedup_model
+                if model is None:
+                    from ..local_models import minilm_path
+
+                    model = str(minilm_path())
+                kwargs = {} if self.args.dedup_threshold is None else {"threshold": self.args.dedup_threshold}
+                keep = dedup.semantic_duplicate_mask(tasks, model, **kwargs)
+            kept = [t for t, k in zip(tasks, keep) if k]
+            self._dedup_cache[key] = (kept, len(tasks) - len(kept))
+        return self._dedup_cache[key]
+
+    # -- execution -----------------------------------------------------------------------------------------
+    def run(self, progress: bool | None = None) -> RunResult:
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / "run_config.json").write_text(json.dumps(self.args.public_dict(), indent=2) + "\n", encoding="utf-8")
+        journal = ObservedJournal(self.output / "journal")
+        try:
+            budget = Budget(self.args.max_cost, self.args.max_total_tokens, self.prices)
+            for record in journal.records():  # money already spent counts against the budget
+                budget.add(record)
+            journal.listeners.append(budget.add)
+            stopped = asyncio.run(self._execute(journal, budget, self.args.no_progress if progress is None else not progress))
+        finally:
+            journal.close()
+        result = self.finalize(journal.latest(), budget_stopped=stopped)
+        if stopped:
+            logger.warning("budget reached: stopped sending requests; rerun the same command (with a larger budget) to resume")
+        return result
+
+    async def _execute(self, journal: ObservedJournal, budget: Budget, hide_progress: bool) -> bool:
+        latest = journal.latest()
+        plans = self.plan(latest)
+        todo = [r for fp in plans for r in fp.brainstorms if _pending(r, latest)]
+        if not todo and not any(_pending(r, latest) for fp in plans for r, _ in fp.examples):
+            return False  # nothing to send: no client, no key needed
+        backend = self._backend(budget)
+        try:
+            if hasattr(backend, "check_endpoint"):
+                await backend.check_endpoint()
+            for _ in range(BRAINSTORM_REASKS + 1):  # a stage per round of re-asks for unusable task lists
+                if not todo or budget.exhausted or getattr(backend, "stopped_by_budget", False):
+                    break
+                await self._stage("brainstorm", backend, todo, journal, budget, hide_progress)
+                latest = journal.latest()
+                todo = [r for fp in self.plan(latest) for r in fp.brainstorms if _pending(r, latest)]
+            if not budget.exhausted and not getattr(backend, "stopped_by_budget", False):
+                todo = [r for fp in self.plan(latest) for r, _ in fp.examples if _pending(r, latest)]
+                if todo:
+                    await self._stage("examples", backend, todo, journal, budget, hide_progress)
+        finally:
+            await self._client.close()
+        return bool(getattr(backend, "stopped_by_budget", False) or budget.exhausted)
+
+    async def _stage(self, name, backend, requests, journal, budget, hide_progress) -> None:
+        from tqdm.auto import tqdm
+
+        counts = Counter()
+        bar = tqdm(total=len(requests), desc=name, unit="req", disable=hide_progress)
+
+        def on_record(record: dict) -> None:
+            bar.update(1)
+            if record["status"] != STATUS_OK:
+                counts["failed"] += 1
+            elif record["kind"] == "example":
+                try:
+                    parse_example(record["family"], record["content"], record["finish_reason"])
+                    counts["accepted"] += 1
+                except Rejected:
+                    counts["rejected"] += 1
+            bar.set_postfix(accepted=counts["accepted"], rejected=counts["rejected"], failed=counts["failed"],
+                            tokens=budget.tokens, cost=f"${budget.cost:.4f}", refresh=False)
+
+        journal.listeners.append(on_record)
+        try:
+            await backend.run(requests, journal)
+        finally:
+            journal.listeners.remove(on_record)
+            bar.close()
+
+    def _backend(self, budget: Budget):
+        import openai
+
+        args = self.args
+        api_key = args.api_key()
+        if args.azure_api_version:
+            if not args.base_url:
+                raise ValueError("--azure-api-version needs --base-url (the Azure endpoint)")
+            self._client = openai.AsyncAzureOpenAI(azure_endpoint=args.base_url, api_version=args.azure_api_version,
+                                                   api_key=api_key, max_retries=0, timeout=args.timeout)
+        else:
+            self._client = openai.AsyncOpenAI(base_url=args.base_url, api_key=api_key, max_retries=0, timeout=args.timeout)
+        if args.backend == "batch":
+            try:
+                from .batch import BatchBackend
+            except ImportError as err:
+                raise RuntimeError(f"--backend batch needs e5_mistral.synthesis.batch ({err})") from None
+            return BatchBackend(self._client, self.output, poll_interval=args.batch_poll_interval, wait=not args.batch_no_wait)
+        from .online import OnlineBackend
+
+        return OnlineBackend(self._client, concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm,
+                             max_attempts=args.max_attempts, initial_wait=args.retry_initial_wait,
+                             max_wait=args.retry_max_wait, budget=budget, endpoint=args.base_url or "the OpenAI API")
+
+    # -- results -------------------------------------------------------------------------------------------
+    def finalize(self, latest: dict[str, dict], budget_stopped: bool = False) -> RunResult:
+        """Parse every answer of the plan, dedup, write report.json, rejected.jsonl, diversity.json, dataset/."""
+        from .dataset import write_outputs
+
+        rows, rejects, failed_reasons = [], [], Counter()
+        rejected, per_family = Counter(), {}
+        duplicates = 0
+        brainstorm = Counter()
+        plans = self.plan(latest)
+        for fp in plans:
+            stats = Counter(planned=fp.count)
+            brainstorm["planned"] += len(fp.brainstorms)
+            for request in fp.brainstorms:
+                rec = latest.get(request.request_id)
+                brainstorm["ok" if rec and rec["status"] == STATUS_OK else "failed"] += 1
+            for request in fp.brainstorm_history:
+                rec = latest.get(request.request_id)
+                if rec and rec["status"] == STATUS_OK:
+                    try:
+                        parse_brainstorm(rec["content"], rec["finish_reason"])
+                    except Rejected as err:
+                        rejects.append(_reject(rec, "brainstorm", err.reason, {"family": fp.family}))
+            for key, value in fp.task_stats.items():
+                brainstorm[key if not key.startswith("rejected:") else "rejected"] += value
+            if fp.tasks is None:  # brainstorm not finished: these examples could not be planned yet
+                stats["failed"] += fp.count
+                failed_reasons["brainstorm_incomplete"] += fp.count
+            elif fp.count and not fp.examples:
+                stats["rejected"] += fp.count
+                rejected["no_valid_tasks"] += fp.count
+            seen = set()
+            for request, meta in fp.examples:
+                rec = latest.get(request.request_id)
+                if rec is None or rec["status"] != STATUS_OK:
+                    stats["failed"] += 1
+                    failed_reasons[_failure_reason(rec, budget_stopped)] += 1
+                    continue
+                try:
+                    fields = parse_example(fp.family, rec["content"], rec["finish_reason"])
+                except Rejected as err:
+                    stats["rejected"] += 1
+                    rejected[err.reason] += 1
+                    rejects.append(_reject(rec, "example", err.reason, meta))
+                    continue
+                key = normalize(fields[DEDUP_KEY[fp.family]])
+                if key in seen:
+                    stats["duplicates_removed"] += 1
+                    duplicates += 1
+                    continue
+                seen.add(key)
+                stats["accepted"] += 1
+                rows.append({**meta, "generator_model": rec.get("model") or meta["generator_model"], **fields})
+            per_family[fp.family] = {k: stats[k] for k in ("planned", "accepted", "rejected", "duplicates_removed", "failed")}
+
+        records = list(Journal(self.output / "journal").records())  # reading opens no new file
+        report = {
+            "planned": sum(fp.count for fp in plans),
+            "requests_sent": sum(int(r.get("attempts") or 0) for r in records),
+            "responses_ok": sum(1 for r in latest.values() if r["status"] == STATUS_OK),
+            "accepted": len(rows),
+            "rejected": dict(sorted(rejected.items())),
+            "duplicates_removed": duplicates,
+            "failed": sum(failed_reasons.values()),
+            "failed_reasons": dict(sorted(failed_reasons.items())),
+            "prompt_tokens": sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in records),
+            "completion_tokens": sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records),
+            "estimated_cost_usd": round(sum(record_cost(r, self.prices) for r in records), 6),
+            "cost_priced": price_for(self.prices, self.args.model) is not None,
+            "brainstorm": {
+                "planned": brainstorm["planned"], "ok": brainstorm["ok"], "failed": brainstorm["failed"],
+                "rejected": brainstorm["rejected"], "reasked": brainstorm["reasked"], "tasks_generated": brainstorm["generated"],
+                "tasks_unique": brainstorm["unique"], "tasks_removed_duplicate": brainstorm["removed_duplicate"],
+                "tasks_removed_near_duplicate": brainstorm["removed_near_duplicate"],
+            },
+            "per_family": per_family,
+            "per_language": dict(Counter(row["language"] for row in rows).most_common()),
+            "generator_models": sorted({row["generator_model"] for row in rows}),
+            "budget_stopped": budget_stopped,
+            "seed": self.args.seed,
+        }
+        report["complete"] = report["failed"] == 0
+        rows_sorted = rows  # plan order: family order, then row index
+        write_outputs(self.output, report, rows_sorted, rejects, self.args)
+        return RunResult(report, rows_sorted, rejects, self.output)
+
+
+def _pending(request: Request, latest: dict[str, dict]) -> bool:
+    rec = latest.get(request.request_id)
+    return rec is None or rec["status"] != STATUS_OK
+
+
+def _failure_reason(rec: dict | None, budget_stopped: bool) -> str:
+    if rec is None:
+        return "budget" if budget_stopped else "not_sent"
+    error = rec.get("error") or "unknown"
+    return error.split(":", 1)[0]  # the exception class, e.g. RateLimitError
+
+
+def _reject(rec: dict, kind: str, reason: str, meta: dict) -> dict:
+    return {"request_id": rec["request_id"], "kind": kind, "family": rec["family"], "reason": reason,
+            "raw": rec.get("content"), "finish_reason": rec.get("finish_reason"),
+            **({"task": meta.get("task"), "language": meta.get("language")} if kind == "example" else {})}
+
+
+def generate(args: SynthesisArguments, progress: bool | None = None) -> RunResult:
+    """Run (or resume) the synthesis described by ``args``."""
+    return SynthesisRun(args).run(progress=progress)

@@ -1,0 +1,93 @@
+"""The paper's prompt templates (Tables 8-13), slot value sets and XLM-R languages, loaded from data files.
+
+The texts live in ``templates/*.txt`` verbatim, with the paper's ``{slot}`` placeholders; a template's
+version is a hash of its text, so editing a template gives new request ids instead of silently reusing
+answers generated from the old text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from functools import lru_cache
+from pathlib import Path
+
+from ..instructions import BITEXT_TASK, STS_TASK
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+ASYMMETRIC_FAMILIES = ("short_long", "long_short", "short_short", "long_long")
+SYMMETRIC_FAMILIES = ("sts", "bitext")
+FAMILIES = ASYMMETRIC_FAMILIES + SYMMETRIC_FAMILIES
+
+# Symmetric families skip brainstorming; their task definitions are fixed (paper Table 16).
+FIXED_TASKS = {"sts": STS_TASK, "bitext": BITEXT_TASK}
+
+# The JSON keys each family's generation template asks for (verbatim from the templates).
+OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
+    "short_long": ("user_query", "positive_document", "hard_negative_document"),
+    "long_short": ("input_text", "label", "misleading_label"),
+    "short_short": ("input", "positive_document"),
+    "long_long": ("input", "positive_document"),
+    "sts": ("S1", "S2", "S3"),
+    "bitext": ("S1", "S2", "S3"),
+}
+
+# The field whose normalised text identifies an example for exact dedup (lessons: query / input_text / input / S1).
+DEDUP_KEY = {"short_long": "user_query", "long_short": "input_text", "short_short": "input",
+             "long_long": "input", "sts": "S1", "bitext": "S1"}
+
+LANGUAGE_SLOT = "languages"  # marker in slots.json: the slot draws from the language distribution
+
+
+def check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    return family
+
+
+@lru_cache(maxsize=None)
+def template_text(family: str, kind: str) -> str:
+    """The template of ``family`` for ``kind`` ("brainstorm" or "generate")."""
+    path = TEMPLATE_DIR / f"{check_family(family)}_{kind}.txt"
+    if not path.is_file():
+        raise ValueError(f"family {family!r} has no {kind} template (symmetric families skip brainstorming)")
+    return path.read_text(encoding="utf-8").removesuffix("\n")
+
+
+def template_version(family: str, kind: str) -> str:
+    return hashlib.sha256(template_text(family, kind).encode("utf-8")).hexdigest()[:12]
+
+
+def placeholders(text: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(text) if name]
+
+
+def render(family: str, kind: str, values: dict[str, str]) -> str:
+    """Fill a template; every placeholder must have a value and no value may be left unused."""
+    text = template_text(family, kind)
+    needed = set(placeholders(text))
+    missing, unused = needed - values.keys(), values.keys() - needed
+    if missing or unused:
+        raise ValueError(f"{family} {kind} template: missing slots {sorted(missing)}, unused {sorted(unused)}")
+    return text.format_map(values)
+
+
+@lru_cache(maxsize=None)
+def _slots() -> dict:
+    data = json.loads((TEMPLATE_DIR / "slots.json").read_text(encoding="utf-8"))
+    data.pop("_comment", None)
+    return data
+
+
+def slot_values(family: str) -> dict[str, list[str] | str]:
+    """Slot name -> the paper's value set, or ``"languages"`` for language slots."""
+    return dict(_slots()[check_family(family)])
+
+
+@lru_cache(maxsize=None)
+def default_languages() -> dict[str, float]:
+    """The 93 XLM-R language names with the default (Figure 2) weights."""
+    data = json.loads((TEMPLATE_DIR / "languages.json").read_text(encoding="utf-8"))
+    return {entry["name"]: float(entry["weight"]) for entry in data["languages"]}

@@ -1,0 +1,92 @@
+"""Parsing LLM answers: bounded repair, per-family validation with reason codes, never eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e5_mistral.synthesis.parsing import Rejected, normalize, parse_brainstorm, parse_example
+
+SL = {"user_query": "how to bake bread", "positive_document": "Mix flour and water.", "hard_negative_document": "Bread is old."}
+
+
+def _reason(family, content, finish_reason="stop"):
+    with pytest.raises(Rejected) as info:
+        parse_example(family, content, finish_reason)
+    return info.value.reason
+
+
+@pytest.mark.parametrize("content", [
+    json.dumps(SL),
+    "```json\n" + json.dumps(SL, indent=2) + "\n```",
+    "Sure! Here it is:\n" + json.dumps(SL) + "\nHope this helps {not json}",
+    json.dumps(SL)[:-1] + ",}",  # trailing comma
+    '{"user_query": "how to bake bread {x}", "positive_document": "Mix flour and water.", "hard_negative_document": "Bread is old.",}',
+])
+def test_repairs_recover_the_object(content):
+    row = parse_example("short_long", content)
+    assert row["positive_document"] == "Mix flour and water."
+    assert set(row) == set(SL)
+
+
+def test_values_are_stripped_strings():
+    row = parse_example("sts", json.dumps({"S1": " a ", "S2": "b\n", "S3": "c"}))
+    assert row == {"S1": "a", "S2": "b", "S3": "c"}
+
+
+@pytest.mark.parametrize("family,content,reason", [
+    ("short_long", json.dumps(SL), "truncated"),
+])
+def test_truncated_answers_are_never_parsed(family, content, reason):
+    assert _reason(family, content, finish_reason="length") == reason
+
+
+@pytest.mark.parametrize("family,content,reason", [
+    ("short_long", "", "empty_response"),
+    ("short_long", None, "empty_response"),
+    ("short_long", "Sure! Here is the JSON you asked for: {\"user_query\": \"x", "invalid_json"),
+    ("short_long", "__import__('os').system('echo pwned')", "invalid_json"),
+    ("short_long", json.dumps([SL]), "not_an_object"),
+    ("short_long", json.dumps({k: v for k, v in SL.items() if k != "hard_negative_document"}), "missing_key:hard_negative_document"),
+    ("short_long", json.dumps({**SL, "positive_document": "  "}), "empty_value:positive_document"),
+    ("short_long", json.dumps({**SL, "positive_document": {"text": "x"}}), "nested_value:positive_document"),
+    ("short_long", json.dumps({**SL, "positive_document": ["x"]}), "nested_value:positive_document"),
+    ("short_long", json.dumps({**SL, "positive_document": 3}), "not_a_string:positive_document"),
+    ("short_long", json.dumps({**SL, "explanation": "because"}), "extra_key:explanation"),
+    ("short_long", json.dumps({**SL, "positive_document": "HOW to  bake bread"}), "query_equals_positive"),
+    ("long_short", json.dumps({"input_text": "great film", "label": "Positive", "misleading_label": " positive"}), "label_equals_misleading"),
+    ("short_short", json.dumps({"input": "cat", "positive_document": "Cat"}), "query_equals_positive"),
+    ("long_long", json.dumps({"input": "a b", "positive_document": "a  b"}), "query_equals_positive"),
+    ("sts", json.dumps({"S1": "a", "S2": "b", "S3": "A"}), "sentences_not_distinct"),
+    ("bitext", json.dumps({"S1": "a", "S2": "b", "S3": "b"}), "sentences_not_distinct"),
+])
+def test_reject_reason_codes(family, content, reason):
+    assert _reason(family, content) == reason
+
+
+def test_brainstorm_lists():
+    assert parse_brainstorm(json.dumps(["Find X.", "find  x.", "Retrieve Y."])) == ["Find X.", "Retrieve Y."]
+    # "a python list of strings" (single quotes) is read with ast.literal_eval, which runs no code
+    assert parse_brainstorm("```python\n['Find X.', 'Retrieve Y.',]\n```") == ["Find X.", "Retrieve Y."]
+    assert parse_brainstorm("Here you go:\n[\"A task.\", \"B task.\"]\nEnjoy!") == ["A task.", "B task."]
+
+
+@pytest.mark.parametrize("content,reason", [
+    ("1. Find X\n2. Retrieve Y", "invalid_json"),
+    (json.dumps({"tasks": ["a"]}), "brainstorm_not_a_list_of_strings"),
+    (json.dumps([]), "brainstorm_not_a_list_of_strings"),
+    (json.dumps(["a", 2]), "brainstorm_not_a_list_of_strings"),
+    (json.dumps(["a", ""]), "brainstorm_not_a_list_of_strings"),
+    ("[__import__('os').getcwd()]", "invalid_json"),
+])
+def test_brainstorm_rejects(content, reason):
+    with pytest.raises(Rejected) as info:
+        parse_brainstorm(content)
+    assert info.value.reason == reason
+    with pytest.raises(Rejected, match="truncated"):
+        parse_brainstorm(json.dumps(["a"]), finish_reason="length")
+
+
+def test_normalize_folds_case_and_whitespace():
+    assert normalize("  Hello\n  WORLD\t") == "hello world"
