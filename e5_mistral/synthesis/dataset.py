@@ -76,7 +76,10 @@ def write_hub_folder(
         counts[config] = len(subset)
         (tmp / config).mkdir(parents=True)
         table = datasets.Dataset.from_dict({c: [r[c] for r in subset] for c in columns(config)}, features=features(config)).data.table
-        pq.write_table(table, tmp / config / DATA_FILE)  # the schema metadata carries the datasets features
+        if table.num_rows:
+            pq.write_table(table, tmp / config / DATA_FILE)  # the schema metadata carries the datasets features
+        else:  # no row group at all: datasets' parquet reader fails on an empty row group
+            pq.ParquetWriter(tmp / config / DATA_FILE, table.schema).close()
     card = dataset_card(rows, counts, report or {}, settings or {}, diversity, repo_id or str(folder))
     card.save(tmp / "README.md")
     shutil.rmtree(folder, ignore_errors=True)
