@@ -136,3 +136,39 @@ def test_truncated_answers_are_rejected(fake_openai, tmp_path):
     fake_openai.faults = FaultRates(rate_truncated=1.0)
     report = generate(run_args(fake_openai, tmp_path / "out", num_examples=3, families=["sts"])).report
     assert report["rejected"] == {"truncated": 3} and report["accepted"] == 0
+
+
+def test_backend_batch_is_wired_to_the_batch_backend(fake_openai, tmp_path, monkeypatch):
+    from e5_mistral.synthesis import batch
+    from e5_mistral.synthesis.journal import make_record
+
+    created = {}
+
+    class FakeBatchBackend:  # answers like the Batch API would, through the same journal
+        def __init__(self, client, output_dir, completion_window="24h", poll_interval=30.0, wait=True):
+            created.update(output_dir=output_dir, poll_interval=poll_interval, wait=wait)
+            self.running = 0
+
+        async def run(self, requests, journal):
+            for request in requests:
+                body = {"messages": list(request.messages)}
+                journal.append(make_record(request, "ok", content=responder(body), finish_reason="stop",
+                                           usage={"prompt_tokens": 100, "completion_tokens": 50}, source="batch"))
+
+    monkeypatch.setattr(batch, "BatchBackend", FakeBatchBackend)
+    args = run_args(fake_openai, tmp_path / "out", num_examples=6, families=["sts"], backend="batch",
+                    batch_poll_interval=5.0, price_table='{"*": {"input": 1.0, "output": 1.0}}')
+    report = generate(args).report
+    assert created == {"output_dir": tmp_path / "out", "poll_interval": 5.0, "wait": True}
+    assert report["accepted"] + report["duplicates_removed"] + sum(report["rejected"].values()) == 6
+    assert report["estimated_cost_usd"] == pytest.approx(6 * 150 / 1e6 * 0.5)  # the Batch API's 50% discount
+    assert fake_openai.stats.requests == 0
+
+
+def test_minhash_task_dedup_is_counted(fake_openai, tmp_path):
+    fake_openai.responder = responder
+    args = run_args(fake_openai, tmp_path / "out", num_examples=30, families=["short_long"], dedup_tasks="minhash", dedup_threshold=0.3)
+    report = generate(args).report
+    removed = report["brainstorm"]["tasks_removed_near_duplicate"]
+    assert removed > 0 and report["brainstorm"]["tasks_unique"] == 20 - removed
+    _invariant(report)

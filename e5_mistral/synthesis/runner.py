@@ -85,6 +85,7 @@ class SynthesisRun:
         if args.max_cost is not None and price_for(self.prices, args.model) is None:
             raise ValueError(f"--max-cost needs a price for model {args.model!r} in --price-table")
         self._dedup_cache: dict[tuple, tuple[list[str], int]] = {}
+        self.batches_running = 0  # batches the batch backend left running (--batch-no-wait)
 
     # -- plan ----------------------------------------------------------------------------------------------
     def plan(self, latest: dict[str, dict]) -> list[FamilyPlan]:
@@ -212,6 +213,7 @@ class SynthesisRun:
                     await self._stage("examples", backend, todo, journal, budget, hide_progress)
         finally:
             await self._client.close()
+        self.batches_running = int(getattr(backend, "running", 0) or 0)
         return bool(getattr(backend, "stopped_by_budget", False) or budget.exhausted)
 
     async def _stage(self, name, backend, requests, journal, budget, hide_progress) -> None:
@@ -300,7 +302,7 @@ class SynthesisRun:
                 rec = latest.get(request.request_id)
                 if rec is None or rec["status"] != STATUS_OK:
                     stats["failed"] += 1
-                    failed_reasons[_failure_reason(rec, budget_stopped)] += 1
+                    failed_reasons[_failure_reason(rec, budget_stopped, self.batches_running)] += 1
                     continue
                 try:
                     fields = parse_example(fp.family, rec["content"], rec["finish_reason"])
@@ -343,6 +345,7 @@ class SynthesisRun:
             "per_language": dict(Counter(row["language"] for row in rows).most_common()),
             "generator_models": sorted({row["generator_model"] for row in rows}),
             "budget_stopped": budget_stopped,
+            "batches_running": self.batches_running,
             "seed": self.args.seed,
         }
         report["complete"] = report["failed"] == 0
@@ -356,9 +359,9 @@ def _pending(request: Request, latest: dict[str, dict]) -> bool:
     return rec is None or rec["status"] != STATUS_OK
 
 
-def _failure_reason(rec: dict | None, budget_stopped: bool) -> str:
+def _failure_reason(rec: dict | None, budget_stopped: bool, batches_running: int = 0) -> str:
     if rec is None:
-        return "budget" if budget_stopped else "not_sent"
+        return "budget" if budget_stopped else "batch_in_progress" if batches_running else "not_sent"
     error = rec.get("error") or "unknown"
     return error.split(":", 1)[0]  # the exception class, e.g. RateLimitError
 
