@@ -64,3 +64,52 @@ def test_trained_checkpoint_round_trips(tiny_model_dir, tmp_path, use_lora):
     torch.testing.assert_close(single, reference, atol=1e-5, rtol=0)
     prompted = model.encode(["rice recipes"], prompt_name="query", convert_to_tensor=True)
     torch.testing.assert_close(prompted[0], reference[0], atol=1e-5, rtol=0)
+
+
+def test_smollm2_tokenizer_lora_export_round_trips(smollm2_dir, tmp_path):
+    """SmolLM2's real tokenizer (adds no BOS by default, pad == eos) on a shrunken random Llama of its vocab."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from e5_mistral.export import ExportArguments, export_checkpoint
+    from e5_mistral.pooling import encode
+    from e5_mistral.training.collator import E5DataCollator
+
+    config = AutoConfig.from_pretrained(smollm2_dir)
+    config.update({"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "head_dim": 8})
+    torch.manual_seed(0)
+    base_dir = tmp_path / "base"
+    AutoModel.from_config(config).save_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer.save_pretrained(base_dir)
+    base = AutoModel.from_pretrained(base_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    gen = torch.Generator().manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data = torch.randn(param.shape, generator=gen) * 0.5
+    ckpt = tmp_path / "run"
+    model.save_pretrained(ckpt)
+    tokenizer.save_pretrained(ckpt)
+    (ckpt / "e5_mistral_config.json").write_text(json.dumps({"base_model_name_or_path": str(base_dir), "max_seq_length": 32}))
+
+    texts = [format_query(TASK, "rice recipes"), ROWS[1][1], "word " * 100, "x"]
+    collator = E5DataCollator(tokenizer, max_seq_length=32)
+    batch = collator.pad(collator.tokenize(texts, 32))
+    with torch.no_grad():
+        reference = encode(model.eval(), batch["input_ids"], batch["attention_mask"], "lasttoken")
+
+    out = tmp_path / "export"
+    export_checkpoint(ExportArguments(checkpoint_dir=str(ckpt), output_dir=str(out)))
+    exported = AutoTokenizer.from_pretrained(out)
+    assert exported(texts, truncation=True).input_ids == collator.tokenize(texts, 32)
+    ids = exported("x").input_ids
+    assert ids[0] != exported.bos_token_id and ids[-1] == exported.eos_token_id == exported.convert_tokens_to_ids("<|im_end|>")
+    st_model = SentenceTransformer(str(out), device="cpu")
+    torch.testing.assert_close(st_model.encode(texts, convert_to_tensor=True), reference, atol=1e-5, rtol=0)
+    single = torch.stack([st_model.encode([t], convert_to_tensor=True)[0] for t in texts])
+    torch.testing.assert_close(single, reference, atol=1e-5, rtol=0)
