@@ -136,11 +136,12 @@ def render_model_card(
     embedding_dim: int,
     max_seq_length: int,
     dtype: str,
-    query_prompt: str,
+    query_instruction: str,
     custom_prompt: str,
     task_prompt_names: list[str],
     special_tokens_template: str,
     adapter_included: bool,
+    is_lora: bool = False,
     eval_results: list[EvalScore] | None = None,
     eval_source: str | None = None,
     license: str | None = None,
@@ -148,6 +149,8 @@ def render_model_card(
 ) -> str:
     """Render the template into README.md text (YAML metadata + markdown)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from ..instructions import query_prompt
 
     datasets = dataset_entries(run_config.datasets)
     hub_base = base_model if not Path(base_model).expanduser().exists() else None
@@ -188,14 +191,15 @@ def render_model_card(
         embedding_dim=embedding_dim,
         normalize=run_config.normalize,
         pooling=run_config.pooling,
-        lora=run_config.lora,
+        is_lora=is_lora,
+        lora=run_config.lora if is_lora else None,
         adapter_included=adapter_included,
         temperature=run_config.temperature,
         max_seq_length=max_seq_length,
         dtype=dtype,
         special_tokens_template=special_tokens_template,
-        default_instruction=query_prompt.strip().replace("\n", " "),
-        query_prompt_literal=repr(query_prompt),
+        default_instruction=query_instruction,
+        query_prompt_literal=repr(query_prompt(query_instruction)),
         custom_prompt_literal=repr(custom_prompt),
         num_task_prompts=len(task_prompt_names),
         example_prompt_names=[f"`{name}`" for name in task_prompt_names[:4]],
