@@ -5,7 +5,8 @@ turns a local folder into an mteb task; ``find_contamination`` / ``decontaminate
 against test sets. Heavy libraries (mteb, datasets, torch) load only when these are called.
 """
 
+from .decontamination import decontaminate, find_contamination
 from .evaluate import evaluate, markdown_table, resolve_tasks
 from .offline_tasks import load_offline_task
 
-__all__ = ["evaluate", "load_offline_task", "markdown_table", "resolve_tasks"]
+__all__ = ["decontaminate", "evaluate", "find_contamination", "load_offline_task", "markdown_table", "resolve_tasks"]

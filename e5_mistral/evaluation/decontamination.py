@@ -113,7 +113,7 @@ def _dataset_texts(dataset, skip: Sequence[str] = ()) -> Iterator[str]:
             continue
         dtype = getattr(feature, "dtype", None)
         inner = getattr(getattr(feature, "feature", None), "dtype", None)
-        if dtype == "string" or inner == "string" or type(feature).__name__ in ("List", "Sequence") and inner is None:
+        if dtype == "string" or inner == "string":  # text, or lists of texts
             yield from _strings(dataset[name])
 
 
@@ -308,7 +308,7 @@ def write_clean(dataset: str | Path, files: Sequence[DataFile], flagged: dict[st
         target = tmp / (file.relative if source.is_dir() or file.path is None else file.path.name)
         target.parent.mkdir(parents=True, exist_ok=True)
         drop = flagged.get(file.relative, set())
-        if file.path is not None and file.path.suffix == ".parquet" or file.path is None:
+        if file.path is None or file.path.suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
