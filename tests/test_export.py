@@ -316,6 +316,8 @@ def test_bad_checkpoint_path_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         export_main([str(empty)])
     assert usage.value.code == 2 and "OUTPUT_DIR" in capsys.readouterr().err
+    assert export_main([str(empty), str(tmp_path / "out"), "--private"]) == 2
+    assert "--private only applies together with --push-to-hub" in _one_error_line(capsys)
 
 
 def test_unsupported_architectures_are_named(tmp_path, capsys):
