@@ -103,6 +103,14 @@ class TestInstructions:
         with pytest.raises(ValueError, match="--instructions"):
             model_prompts_for([sts], "some")
 
+    def test_model_prompt_named_after_task_beats_the_type_default(self, tiny_tasks, benchmarks_dir):
+        sts = load_offline_task(tiny_tasks / "TinySTS")
+        sick = load_offline_task(benchmarks_dir / "SICK-R", max_rows=3)
+        own = {"TinySTS": "Instruct: Compare two tiny sentences\nQuery: ", "SICK-R": "ignored: the paper's table wins"}
+        prompts = model_prompts_for([sts, sick], "paper", own)
+        assert prompts["TinySTS"] == own["TinySTS"]
+        assert prompts["SICK-R"] == query_prompt("Retrieve semantically similar text.")
+
     def test_prompts_reach_the_model_through_mteb(self, tiny_tasks, minilm_dir):
         """What the encoder is asked to embed: instructed queries, bare documents; both STS sides instructed."""
         import mteb
