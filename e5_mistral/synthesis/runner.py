@@ -31,7 +31,7 @@ from .plan import (
     resolve_mix,
     sample_slots,
 )
-from .templates import DEDUP_KEY, FAMILIES, template_version
+from .templates import DEDUP_KEY, template_version
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,8 @@ class SynthesisRun:
                     break
                 await self._stage("brainstorm", backend, todo, journal, budget, hide_progress)
                 latest = journal.latest()
-                todo = [r for fp in self.plan(latest) for r in fp.brainstorms if _pending(r, latest)]
+                # next round: only the new re-asks; requests that failed wait for the next run
+                todo = [r for fp in self.plan(latest) for r in fp.brainstorms if r.request_id not in latest]
             if not budget.exhausted and not getattr(backend, "stopped_by_budget", False):
                 todo = [r for fp in self.plan(latest) for r, _ in fp.examples if _pending(r, latest)]
                 if todo:
@@ -349,9 +350,8 @@ class SynthesisRun:
             "seed": self.args.seed,
         }
         report["complete"] = report["failed"] == 0
-        rows_sorted = rows  # plan order: family order, then row index
-        write_outputs(self.output, report, rows_sorted, rejects, self.args)
-        return RunResult(report, rows_sorted, rejects, self.output)
+        write_outputs(self.output, report, rows, rejects, self.args)  # rows in plan order: family, then row index
+        return RunResult(report, rows, rejects, self.output)
 
 
 def _pending(request: Request, latest: dict[str, dict]) -> bool:
