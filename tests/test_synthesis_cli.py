@@ -90,3 +90,20 @@ def test_secrets_never_reach_disk_or_output(fake_openai, tmp_path, capsys, monke
     assert any(p.name == "report.json" for p in files) and any(p.suffix == ".jsonl" for p in files)
     for path in files:  # ...but never written anywhere
         assert secret.encode() not in path.read_bytes(), path
+
+
+def test_azure_uses_the_azure_client(tmp_path, monkeypatch):
+    import openai
+
+    from e5_mistral.synthesis.config import SynthesisArguments
+    from e5_mistral.synthesis.cost import Budget
+    from e5_mistral.synthesis.runner import SynthesisRun
+
+    monkeypatch.setenv("AZURE_KEY", "k")
+    args = SynthesisArguments(model="my-deployment", output=str(tmp_path), base_url="https://res.openai.azure.com",
+                              azure_api_version="2024-10-21", api_key_env="AZURE_KEY")
+    run = SynthesisRun(args)
+    backend = run._backend(Budget())
+    assert isinstance(run._client, openai.AsyncAzureOpenAI)
+    assert str(run._client.base_url).startswith("https://res.openai.azure.com/openai")
+    assert backend.concurrency == args.concurrency
