@@ -124,3 +124,40 @@ def test_rewritten_local_folder_is_not_read_from_a_stale_cache(tmp_path):
     shutil.rmtree(folder)
     write_synthetic_folder(folder, rows_per_family=3, families=("sts",))
     assert len(build_mixture([E5DatasetConfig(path=str(folder), name="sts")])[0]) == 3
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("recipe", ["smollm2-135m/cpu.yaml", "e5-mistral-7b/full.yaml", "e5-mistral-7b/synthetic-only.yaml",
+                                    "e5-mistral-7b/synthetic-msmarco.yaml"])
+def test_recipes_parse(recipe, tmp_path):
+    from e5_mistral.training.run import parse_args
+
+    model_args, data_args, args = parse_args([str(REPO / "recipes" / recipe), "--output_dir", str(tmp_path), "--use_cpu", "true",
+                                              "--bf16", "false"])
+    assert args.temperature == 0.02 and args.lora_r == 16 and args.lora_alpha == 32 and args.pooling == "lasttoken"
+    if recipe.startswith("e5-mistral-7b"):
+        assert model_args.model_name_or_path == "mistralai/Mistral-7B-v0.1"
+        assert args.learning_rate == 1e-4 and args.warmup_steps == 100 and args.weight_decay == 0.1 and args.max_seq_length == 512
+        assert args.lora_dropout == 0.1 and set(args.lora_target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    if recipe.endswith("full.yaml"):
+        ratios = {d.path.split("/")[-1]: d.sampling_ratio for d in data_args.dataset_mixture}
+        # synthetic + the 13 labeled datasets, MS-MARCO counted twice (passage and document, own ratios)
+        assert len(data_args.dataset_mixture) == 15
+        assert ratios["eli5"] == 0.1 and ratios["msmarco-bm25"] == 0.5 and ratios["msmarco-document"] == 0.2
+        assert ratios["quora-duplicates"] == 0.1 and ratios["t2ranking-train"] == 0.5
+        assert all(d.instruction for d in data_args.dataset_mixture[1:])
+
+
+def test_bundled_sample_feeds_the_cpu_recipe(monkeypatch):
+    from e5_mistral.training.run import parse_args
+
+    sample = REPO / "e5_mistral" / "data" / "synthetic_sample"
+    if not (sample / "README.md").is_file():
+        pytest.skip("the bundled sample is not there yet")
+    monkeypatch.chdir(REPO)
+    _, data_args, args = parse_args([str(REPO / "recipes" / "smollm2-135m" / "cpu.yaml"), "--output_dir", "/tmp/unused"])
+    dataset, infos = build_mixture(data_args.dataset_mixture, num_hard_negatives=args.num_hard_negatives)
+    assert all(info.num_rows > 0 for info in infos) and len(infos) == 6
+    assert all(q.startswith("Instruct: ") for q in dataset["query"])

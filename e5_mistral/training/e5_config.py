@@ -98,6 +98,7 @@ class E5TrainingConfig(TrainingArguments):
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(default_factory=lambda: list(PAPER_LORA_TARGETS), metadata={"help": "Modules that get adapters."})
+    lora_layers_to_transform: list[int] | None = field(default=None, metadata={"help": "Only these layer indices get adapters (default: all; the paper: all)."})
 
     # Changed parent defaults
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator reads the text columns."})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from .collator import ensure_pad_token
 from .e5_config import E5TrainingConfig, ModelArguments
@@ -21,9 +22,15 @@ def load_tokenizer(model_args: ModelArguments):
 def lora_config(args: E5TrainingConfig):
     from peft import LoraConfig, TaskType
 
+    targets = list(args.lora_target_modules)
+    if args.lora_layers_to_transform:
+        # A full-match regex: peft's own layers_to_transform expects a prefix before "layers." that a bare
+        # AutoModel backbone does not have.
+        layers = "|".join(str(int(i)) for i in args.lora_layers_to_transform)
+        targets = rf"(.*\.)?layers\.({layers})\..*\.({'|'.join(map(re.escape, targets))})"
     return LoraConfig(
         r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, bias="none",
-        target_modules=list(args.lora_target_modules), task_type=TaskType.FEATURE_EXTRACTION,
+        target_modules=targets, task_type=TaskType.FEATURE_EXTRACTION,
     )
 
 
