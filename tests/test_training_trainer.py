@@ -158,3 +158,14 @@ def test_parser_rejects_unknown_yaml_keys_and_reads_mixture(tmp_path):
     assert isinstance(model_args, ModelArguments) and isinstance(data_args, DataArguments) and isinstance(args, E5TrainingConfig)
     assert args.temperature == 0.02 and args.lora_r == 4 and data_args.dataset_mixture[0].sampling_ratio == 0.5
     assert args.remove_unused_columns is False and args.dataloader_drop_last is True
+
+
+def test_same_dataset_batches_sampler(tiny_model_dir, data_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, data_dir, tmp_path / "same", same_dataset_batches=True, per_device_train_batch_size=2,
+                           dataset_mixture=[{"path": str(data_dir), "name": "short_long"}, {"path": str(data_dir), "name": "sts"},
+                                            {"path": str(data_dir), "name": "bitext"}])
+    ids = trainer.train_dataset["dataset_id"]
+    order = list(trainer._get_train_sampler())
+    assert sorted(order) == list(range(12))
+    assert all(len({ids[i] for i in order[s:s + 2]}) == 1 for s in range(0, 12, 2))
+    assert len({ids[order[s]] for s in range(0, 12, 2)}) == 3

@@ -62,9 +62,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
         if checkpoint is None:
             logger.info("no checkpoint in %s: starting from scratch", training_args.output_dir)
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
+    # _internal_call: save without the Trainer's own push, so that the one push below carries the card's metadata.
+    trainer.save_model(training_args.output_dir, _internal_call=True)
     if trainer.args.push_to_hub:
-        trainer.push_to_hub(dataset_name=[i.path for i in infos])
+        trainer.push_to_hub(dataset=[i.path for i in infos], finetuned_from=model_args.model_name_or_path, tags=["e5-mistral", "sentence-embeddings"])
     return trainer
 
 
