@@ -34,6 +34,15 @@ class CommandParser(HfArgumentParser):
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 
+    def parse_args_into_dataclasses(self, args=None, **kwargs):
+        # HfArgumentParser raises ValueError for unknown flags; make them the same usage error as argparse's own.
+        if kwargs.get("return_remaining_strings"):
+            return super().parse_args_into_dataclasses(args=args, **kwargs)
+        *parsed, remaining = super().parse_args_into_dataclasses(args=args, return_remaining_strings=True, **kwargs)
+        if remaining:
+            self.error(f"unrecognized arguments: {' '.join(remaining)}")
+        return tuple(parsed)
+
 
 def fail(prog: str, err: BaseException, code: int = 1) -> int:
     """Print ``prog: error: <message>`` on one line and return ``code``."""
