@@ -29,8 +29,12 @@ def free_port() -> int:
 
 
 def sampling_body(max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0) -> str:
-    """``--extra-body`` for ``transformers serve``: it samples only when sent a generation_config with do_sample."""
-    config = {"do_sample": True, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+    """``--extra-body`` for ``transformers serve``: it samples only when sent a generation_config with do_sample.
+
+    ``temperature`` 0 means greedy decoding.
+    """
+    config = {"do_sample": False, "max_new_tokens": max_new_tokens} if temperature == 0 else {
+        "do_sample": True, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
     return json.dumps({"generation_config": json.dumps(config)})
 
 
