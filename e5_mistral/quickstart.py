@@ -123,13 +123,9 @@ def training_config(args: QuickstartArguments, generated: Optional[Path], out: P
 def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
     """The sample's test split as offline tasks: retrieval over every family (BEIR layout) and STS."""
     from .instructions import format_query
+    from .training.data import FAMILY_FIELDS  # the paper's §1.3 mapping, as training reads the rows
 
     rows = {family: [json.loads(line) for line in open(sample_dir / family / "test.jsonl", encoding="utf-8")] for family in FAMILIES}
-    # (query, positive, negative) keys per family (paper §1.3); STS and bitext retrieve S2 for S1, S3 distracts.
-    keys = {"short_long": ("user_query", "positive_document", "hard_negative_document"),
-            "long_short": ("input_text", "label", "misleading_label"),
-            "short_short": ("input", "positive_document", None), "long_long": ("input", "positive_document", None),
-            "sts": ("S1", "S2", "S3"), "bitext": ("S1", "S2", "S3")}
     ids: dict[str, str] = {}  # normalised text -> doc id: identical labels become one document
     documents, queries, qrels = {}, [], []
 
@@ -138,7 +134,8 @@ def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
         documents[doc] = text
         return doc
 
-    for family, (query_key, positive_key, negative_key) in keys.items():
+    # STS and bitext rows retrieve S2 for S1; S3 joins the corpus as a distractor.
+    for family, (query_key, positive_key, negative_key) in FAMILY_FIELDS.items():
         for row in rows[family]:
             qrels.append((row["request_id"], add_document(row[positive_key])))
             if negative_key:
