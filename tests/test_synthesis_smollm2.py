@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from e5_mistral.local_server import sampling_body, transformers_serve
 from e5_mistral.synthesis.cli import main
 
 KNOWN_REASONS = ("truncated", "empty_response", "invalid_json", "not_an_object", "missing_key:", "empty_value:",
@@ -21,52 +14,23 @@ KNOWN_REASONS = ("truncated", "empty_response", "invalid_json", "not_an_object",
                  "sentences_not_distinct", "brainstorm_not_a_list_of_strings", "no_valid_tasks")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def smollm2_server(smollm2_dir, tmp_path):
-    port = _free_port()
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    (tmp_path / "hf" / "hub").mkdir(parents=True)  # GET /v1/models needs the hub cache folder
-    serve = Path(sys.executable).with_name("transformers")
-    log = open(tmp_path / "serve.log", "wb")
-    process = subprocess.Popen([str(serve), "serve", str(smollm2_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "transformers serve did not start"
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
-        log.close()
+def smollm2_server(smollm2_dir, tmp_path, monkeypatch):
+    """`transformers serve` on 127.0.0.1, stopped by PID (SIGTERM, then SIGKILL) when the test ends."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with transformers_serve(smollm2_dir, startup_timeout=120, log_path=tmp_path / "serve.log") as base_url:
+        yield base_url
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_smollm2_produces_accepted_rows_and_explained_rejects(smollm2_server, smollm2_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    # transformers serve samples only when sent a generation_config; greedy keeps this 135M model's JSON usable.
-    generation_config = json.dumps({"do_sample": False, "max_new_tokens": 96})
+    # Greedy decoding (temperature 0) keeps this 135M model's JSON usable.
     code = main(["--base-url", smollm2_server, "--model", str(smollm2_dir), "--output", str(tmp_path / "out"),
                  "--families", "sts", "--num-examples", "2", "--languages", "English", "--max-tokens", "96",
                  "--concurrency", "1", "--timeout", "300", "--max-attempts", "1", "--no-progress",
-                 "--extra-body", json.dumps({"generation_config": generation_config})], prog="e5-mistral generate")
+                 "--extra-body", sampling_body(96, temperature=0)], prog="e5-mistral generate")
     assert code == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["planned"] == report["accepted"] + sum(report["rejected"].values()) + report["duplicates_removed"] + report["failed"]
