@@ -44,6 +44,7 @@ class SynthesisArguments:
     timeout: float = _help("seconds before one attempt times out", default=600.0)
     retry_initial_wait: float = _help("first backoff in seconds (exponential with jitter; Retry-After wins)", default=1.0)
     retry_max_wait: float = _help("longest backoff in seconds", default=60.0)
+    http_client: str = _help("HTTP transport of the online backend: auto (aiohttp when installed, else httpx), aiohttp or httpx", default="auto")
     # Cost
     price_table: Optional[str] = _help('JSON (or a JSON file) of USD per 1M tokens: {"MODEL": {"input": 0.15, "output": 0.6}}', default=None)
     max_cost: Optional[float] = _help("stop sending new requests at this estimated cost in USD (needs --price-table)", default=None)
@@ -69,6 +70,8 @@ class SynthesisArguments:
                 raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
         if self.backend not in ("online", "batch"):
             raise ValueError(f"--backend must be online or batch, not {self.backend!r}")
+        if self.http_client not in ("auto", "aiohttp", "httpx"):
+            raise ValueError(f"--http-client must be auto, aiohttp or httpx, not {self.http_client!r}")
         if self.dedup_tasks not in ("none", "minhash", "semantic"):
             raise ValueError(f"--dedup-tasks must be none, minhash or semantic, not {self.dedup_tasks!r}")
         if self.num_examples < 0 or self.concurrency < 1 or self.max_attempts < 1 or self.max_tokens < 1:

@@ -85,6 +85,7 @@ class SynthesisRun:
         if args.max_cost is not None and price_for(self.prices, args.model) is None:
             raise ValueError(f"--max-cost needs a price for model {args.model!r} in --price-table")
         self._dedup_cache: dict[tuple, tuple[list[str], int]] = {}
+        self._examples_cache: dict[str, tuple[tuple, list[tuple[Request, dict]]]] = {}  # family -> (key, plan)
         self.batches_running = 0  # batches the batch backend left running (--batch-no-wait)
 
     # -- plan ----------------------------------------------------------------------------------------------
@@ -100,16 +101,25 @@ class SynthesisRun:
             else:
                 fp.tasks = []
             if fp.tasks is not None:
-                tasks = assign_tasks(family, fp.tasks, count, self.args.seed)
-                for index, task in enumerate(tasks):
-                    slots = sample_slots(family, self.args.seed, index, self.languages)
-                    request = example_request(family, index, task, slots, self.params)
-                    meta = {"request_id": request.request_id, "family": family, "task": task,
-                            "language": slots.get("language") or slots["src_lang"], "slots": slots,
-                            "template_version": template_version(family, "generate"), "generator_model": self.args.model}
-                    fp.examples.append((request, meta))
+                fp.examples = self._examples(family, count, tuple(fp.tasks))
             plans.append(fp)
         return plans
+
+    def _examples(self, family: str, count: int, tasks: tuple[str, ...]) -> list[tuple[Request, dict]]:
+        """The example requests for a family's task list, built once: a run plans up to four times (before and
+        after each stage, and for the report) and a request costs seeded sampling, rendering and hashing."""
+        cached = self._examples_cache.get(family)
+        if cached is None or cached[0] != (count, tasks):  # only a family's current task list is asked for again
+            examples = []
+            for index, task in enumerate(assign_tasks(family, list(tasks), count, self.args.seed)):
+                slots = sample_slots(family, self.args.seed, index, self.languages)
+                request = example_request(family, index, task, slots, self.params)
+                meta = {"request_id": request.request_id, "family": family, "task": task,
+                        "language": slots.get("language") or slots["src_lang"], "slots": slots,
+                        "template_version": template_version(family, "generate"), "generator_model": self.args.model}
+                examples.append((request, meta))
+            cached = self._examples_cache[family] = ((count, tasks), examples)
+        return cached[1]
 
     def _brainstorm(self, family: str, index: int, latest: dict[str, dict], stats: Counter, history: list) -> Request:
         """The request that stands for brainstorm call ``index``: asked again while its answer is unusable."""
@@ -246,15 +256,19 @@ class SynthesisRun:
     def _backend(self, budget: Budget):
         import openai
 
+        from .online import make_http_client
+
         args = self.args
         api_key = args.api_key()
+        if args.azure_api_version and not args.base_url:
+            raise ValueError("--azure-api-version needs --base-url (the Azure endpoint)")
+        # aiohttp only where CPU per request matters; the batch backend uploads files through httpx
+        common = dict(api_key=api_key, max_retries=0, timeout=args.timeout,
+                      http_client=make_http_client(args.http_client) if args.backend == "online" else None)
         if args.azure_api_version:
-            if not args.base_url:
-                raise ValueError("--azure-api-version needs --base-url (the Azure endpoint)")
-            self._client = openai.AsyncAzureOpenAI(azure_endpoint=args.base_url, api_version=args.azure_api_version,
-                                                   api_key=api_key, max_retries=0, timeout=args.timeout)
+            self._client = openai.AsyncAzureOpenAI(azure_endpoint=args.base_url, api_version=args.azure_api_version, **common)
         else:
-            self._client = openai.AsyncOpenAI(base_url=args.base_url, api_key=api_key, max_retries=0, timeout=args.timeout)
+            self._client = openai.AsyncOpenAI(base_url=args.base_url, **common)
         if args.backend == "batch":
             try:
                 from .batch import BatchBackend
