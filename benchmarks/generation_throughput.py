@@ -4,8 +4,11 @@ With ``--concurrency C`` requests in flight and ``--latency L`` seconds per answ
 requests per second (64 / 0.2 s = 320/s); the script prints each mode's examples/s and its ratio to that ideal
 (target >= 0.9 for the library path):
 
-* ``raw gather``: plain ``asyncio.gather`` of ``AsyncOpenAI`` calls under a semaphore (the floor of overhead);
-* ``OnlineBackend``: ``e5_mistral.synthesis.online.OnlineBackend.run`` with a real (fsynced) journal;
+* ``raw gather``: plain ``asyncio.gather`` of ``AsyncOpenAI().chat.completions.create`` calls under a
+  semaphore, with the client's default httpx transport (the baseline: what a hand-written loop gets);
+* ``raw gather, aiohttp``: the same over ``openai.DefaultAioHttpClient``;
+* ``OnlineBackend``: ``e5_mistral.synthesis.online.OnlineBackend.run`` with a real (fsynced) journal, over the
+  transport ``--http-client`` picks (default ``auto``: aiohttp when installed), and ``OnlineBackend, httpx``;
 * ``OnlineBackend, no fsync``: the same with the journal's per-record ``os.fsync`` patched out (diagnostic
   only: it shows what the durability guarantee costs on this disk, whose fsync latency is printed too);
 * ``SynthesisRun``: the whole ``e5-mistral generate`` path: plan, brainstorm stage, example stage, parsing,
@@ -35,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))  # tests.fake_openai lives in the repository,
 import openai  # noqa: E402
 
 from e5_mistral.synthesis.journal import Journal  # noqa: E402
-from e5_mistral.synthesis.online import OnlineBackend  # noqa: E402
+from e5_mistral.synthesis.online import HTTP_CLIENTS, OnlineBackend, make_http_client  # noqa: E402
 from e5_mistral.synthesis.parsing import Rejected, parse_example  # noqa: E402
 from e5_mistral.synthesis.plan import example_request, sample_slots  # noqa: E402
 from tests.fake_openai import FakeOpenAIServer  # noqa: E402
@@ -86,8 +89,8 @@ def example_requests(count: int) -> list:
             for i in range(count)]
 
 
-async def raw_gather(base_url: str, requests: list, concurrency: int) -> int:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0)
+async def raw_gather(base_url: str, requests: list, concurrency: int, http_client: str = "httpx") -> int:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, http_client=make_http_client(http_client))
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(request) -> int:
@@ -101,13 +104,13 @@ async def raw_gather(base_url: str, requests: list, concurrency: int) -> int:
         await client.close()
 
 
-def online_backend_without_fsync(base_url: str, requests: list, concurrency: int, directory: Path) -> int:
+def online_backend_without_fsync(base_url: str, requests: list, concurrency: int, directory: Path, http_client: str) -> int:
     from unittest import mock
 
     from e5_mistral.synthesis import journal
 
     with mock.patch.object(journal.os, "fsync", lambda fd: None):
-        return asyncio.run(online_backend(base_url, requests, concurrency, directory / "nofsync"))
+        return asyncio.run(online_backend(base_url, requests, concurrency, directory / "nofsync", http_client))
 
 
 def fsync_latency(directory: Path, count: int = 50) -> float:
@@ -121,10 +124,10 @@ def fsync_latency(directory: Path, count: int = 50) -> float:
     return (time.perf_counter() - start) / count
 
 
-async def online_backend(base_url: str, requests: list, concurrency: int, directory: Path) -> int:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0)
+async def online_backend(base_url: str, requests: list, concurrency: int, directory: Path, http_client: str) -> int:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, http_client=make_http_client(http_client))
     try:
-        with Journal(directory / "journal") as journal:
+        with Journal(directory / f"journal-{http_client}") as journal:
             await OnlineBackend(client, concurrency=concurrency).run(requests, journal)
             records = journal.latest().values()
     finally:
@@ -132,13 +135,27 @@ async def online_backend(base_url: str, requests: list, concurrency: int, direct
     return sum(_accepted(r["content"], r["finish_reason"]) for r in records if r["status"] == "ok")
 
 
-def synthesis_run(base_url: str, count: int, concurrency: int, directory: Path) -> int:
+def synthesis_run(base_url: str, count: int, concurrency: int, directory: Path, http_client: str, stages: dict) -> int:
+    """The whole run; ``stages`` gets each stage's seconds (a timing wrapper, diagnostic only)."""
+    from unittest import mock
+
     from e5_mistral.synthesis.config import SynthesisArguments
     from e5_mistral.synthesis.runner import SynthesisRun
 
+    stage = SynthesisRun._stage
+
+    async def timed_stage(self, name, *rest):
+        start = time.perf_counter()
+        try:
+            await stage(self, name, *rest)
+        finally:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+
     args = SynthesisArguments(model="fake", base_url=base_url, output=str(directory / "run"), num_examples=count,
-                              families=[FAMILY], languages=["English"], concurrency=concurrency, no_progress=True)
-    return SynthesisRun(args).run(progress=False).report["accepted"]
+                              families=[FAMILY], languages=["English"], concurrency=concurrency, no_progress=True,
+                              http_client=http_client)
+    with mock.patch.object(SynthesisRun, "_stage", timed_stage):
+        return SynthesisRun(args).run(progress=False).report["accepted"]
 
 
 def _accepted(content: str | None, finish_reason: str | None) -> int:
@@ -154,8 +171,10 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=640)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the fake server waits before each answer")
-    parser.add_argument("--modes", default="raw,online,online-nofsync,run",
-                        help="comma-separated: raw, online, online-nofsync, run")
+    parser.add_argument("--modes", default="raw,raw-aiohttp,online,online-httpx,online-nofsync,run",
+                        help="comma-separated: raw, raw-aiohttp, online, online-httpx, online-nofsync, run")
+    parser.add_argument("--http-client", default="auto", choices=HTTP_CLIENTS,
+                        help="transport of the online, online-nofsync and run modes")
     parser.add_argument("--server-in-process", action="store_true",
                         help="run the fake server in this process (its threads then compete for the GIL)")
     parser.add_argument("--min-ratio", type=float, default=None, help="exit 1 if OnlineBackend's ratio is below this")
@@ -164,16 +183,20 @@ def main(argv=None) -> int:
     ideal = args.concurrency / args.latency
     requests = example_requests(args.requests)
     rows = [("ideal (concurrency / latency)", None, args.requests, ideal)]
-    ratios = {}
+    ratios, run_split = {}, None
     server_cm = (FakeOpenAIServer(responder=responder, latency=args.latency) if args.server_in_process
                  else ServerProcess(args.latency))
     with server_cm as server, tempfile.TemporaryDirectory(dir=REPO_ROOT) as tmp:  # the disk the journal uses
         fsync_ms = fsync_latency(Path(tmp)) * 1000
+        url, n, conc, tmp_path, http = server.base_url, args.requests, args.concurrency, Path(tmp), args.http_client
+        stages = {}
         modes = {
-            "raw": ("raw gather + semaphore", lambda: asyncio.run(raw_gather(server.base_url, requests, args.concurrency))),
-            "online": ("OnlineBackend + journal", lambda: asyncio.run(online_backend(server.base_url, requests, args.concurrency, Path(tmp)))),
-            "online-nofsync": ("OnlineBackend, no fsync", lambda: online_backend_without_fsync(server.base_url, requests, args.concurrency, Path(tmp))),
-            "run": ("SynthesisRun (end to end)", lambda: synthesis_run(server.base_url, args.requests, args.concurrency, Path(tmp))),
+            "raw": ("raw gather + semaphore", lambda: asyncio.run(raw_gather(url, requests, conc))),
+            "raw-aiohttp": ("raw gather, aiohttp", lambda: asyncio.run(raw_gather(url, requests, conc, "aiohttp"))),
+            "online": (f"OnlineBackend + journal ({http})", lambda: asyncio.run(online_backend(url, requests, conc, tmp_path, http))),
+            "online-httpx": ("OnlineBackend + journal (httpx)", lambda: asyncio.run(online_backend(url, requests, conc, tmp_path, "httpx"))),
+            "online-nofsync": (f"OnlineBackend, no fsync ({http})", lambda: online_backend_without_fsync(url, requests, conc, tmp_path, http)),
+            "run": (f"SynthesisRun, end to end ({http})", lambda: synthesis_run(url, n, conc, tmp_path, http, stages)),
         }
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             if mode not in modes:
@@ -184,14 +207,20 @@ def main(argv=None) -> int:
             seconds = time.perf_counter() - start
             rows.append((name, seconds, accepted, accepted / seconds))
             ratios[mode] = accepted / seconds / ideal
+            if mode == "run" and "examples" in stages:  # the steady state that a long run converges to
+                rows.append(("  its example stage", stages["examples"], accepted, accepted / stages["examples"]))
+                run_split = (stages.get("brainstorm", 0.0), stages["examples"], seconds - sum(stages.values()))
     print(f"{args.requests} requests, concurrency {args.concurrency}, latency {args.latency:.3f} s, ideal {ideal:.1f}/s; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; fsync {fsync_ms:.2f} ms")
     raw_rate = next((rate for name, _, _, rate in rows if name.startswith("raw")), None)
-    print(f"{'mode':32} {'seconds':>8} {'examples':>9} {'examples/s':>11} {'ratio':>6} {'vs raw':>7}")
+    print(f"{'mode':38} {'seconds':>8} {'examples':>9} {'examples/s':>11} {'ratio':>6} {'vs raw':>7}")
     for name, seconds, accepted, rate in rows:
         secs = f"{seconds:8.2f}" if seconds is not None else f"{args.requests / ideal:8.2f}"
         vs_raw = f"{rate / raw_rate:7.2f}" if raw_rate and seconds is not None else " " * 7
-        print(f"{name:32} {secs} {accepted:9d} {rate:11.1f} {rate / ideal:6.2f} {vs_raw}")
+        print(f"{name:38} {secs} {accepted:9d} {rate:11.1f} {rate / ideal:6.2f} {vs_raw}")
+    if run_split is not None:
+        print("SynthesisRun: brainstorm stage {:.2f} s, example stage {:.2f} s, the rest {:.2f} s (plan, endpoint check, "
+              "parsing, dedup, report and dataset files: fixed costs that a long run amortizes)".format(*run_split))
     if args.min_ratio is not None and ratios.get("online", 0.0) < args.min_ratio:
         print(f"OnlineBackend ratio {ratios.get('online', 0.0):.2f} is below --min-ratio {args.min_ratio}", file=sys.stderr)
         return 1
