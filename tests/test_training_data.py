@@ -146,7 +146,7 @@ def test_recipes_parse(recipe, tmp_path):
         # synthetic + the 13 labeled datasets, MS-MARCO counted twice (passage and document, own ratios)
         assert len(data_args.dataset_mixture) == 15
         assert ratios["eli5"] == 0.1 and ratios["msmarco-bm25"] == 0.5 and ratios["msmarco-document"] == 0.2
-        assert ratios["quora-duplicates"] == 0.1 and ratios["t2ranking-train"] == 0.5
+        assert ratios["quora-duplicates"] == 0.1 and ratios["t2ranking"] == 0.5
         assert all(d.instruction for d in data_args.dataset_mixture[1:])
 
 
