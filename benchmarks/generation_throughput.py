@@ -12,7 +12,11 @@ requests per second (64 / 0.2 s = 320/s); the script prints each mode's examples
 * ``OnlineBackend, no fsync``: the same with the journal's per-record ``os.fsync`` patched out (diagnostic
   only: it shows what the durability guarantee costs on this disk, whose fsync latency is printed too);
 * ``SynthesisRun``: the whole ``e5-mistral generate`` path: plan, brainstorm stage, example stage, parsing,
-  dedup, report and dataset files (its brainstorm round trip and file writing count against it).
+  dedup, report and dataset files (its brainstorm round trip and file writing count against it), then its
+  example stage alone (the rate a long run converges to) and how its time splits.
+
+Every mode pays its own fixed costs (client and SSL context, 64 connections, the first wave sent at once),
+which weigh more in a short run: ``--requests 1920`` shows the steady state better than the default 640.
 
 The fake server runs in a child process by default (``--server-in-process`` to share this one).
 
