@@ -224,7 +224,7 @@ def main(argv=None) -> int:
         print(f"{name:38} {secs} {accepted:9d} {rate:11.1f} {rate / ideal:6.2f} {vs_raw}")
     if run_split is not None:
         print("SynthesisRun: brainstorm stage {:.2f} s, example stage {:.2f} s, the rest {:.2f} s (plan, endpoint check, "
-              "parsing, dedup, report and dataset files: fixed costs that a long run amortizes)".format(*run_split))
+              "parsing, dedup, report and dataset files: mostly fixed costs that a long run amortizes)".format(*run_split))
     if args.min_ratio is not None and ratios.get("online", 0.0) < args.min_ratio:
         print(f"OnlineBackend ratio {ratios.get('online', 0.0):.2f} is below --min-ratio {args.min_ratio}", file=sys.stderr)
         return 1
