@@ -172,3 +172,15 @@ def test_minhash_task_dedup_is_counted(fake_openai, tmp_path):
     removed = report["brainstorm"]["tasks_removed_near_duplicate"]
     assert removed > 0 and report["brainstorm"]["tasks_unique"] == 20 - removed
     _invariant(report)
+
+
+@pytest.mark.parametrize("temperature, reasks, expected_calls", [(1.0, None, 4), (0.0, None, 1), (0.0, 2, 3)])
+def test_unusable_task_lists_are_asked_again_unless_decoding_is_greedy(fake_openai, tmp_path, temperature, reasks, expected_calls):
+    # A greedy endpoint answers a re-ask word for word, so by default it is asked once only.
+    fake_openai.responder = lambda body: "- not a list of strings"
+    args = run_args(fake_openai, tmp_path / "out", num_examples=2, families=["short_long"], temperature=temperature,
+                    brainstorm_reasks=reasks)
+    report = generate(args).report
+    assert fake_openai.stats.requests == expected_calls
+    assert report["accepted"] == 0 and report["failed"] == 0
+    assert report["rejected"] == {"no_valid_tasks": 2}

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 from urllib.parse import urlparse
 
+from .plan import BRAINSTORM_REASKS
 from .templates import FAMILIES
 
 
@@ -32,6 +33,8 @@ class SynthesisArguments:
     languages: Optional[list[str]] = _help("language names (uniform over them) or one JSON object name -> weight (default: the paper's Figure 2 weights over 93 XLM-R languages)", default=None)
     seed: int = _help("seed of the plan: the same seed gives the same slots, languages and request ids", default=42)
     examples_per_task: float = _help("brainstorm enough ~20-task lists that each task is used about this often", default=3.0)
+    brainstorm_reasks: Optional[int] = _help(
+        "times an unusable task list is asked for again (default: 3, or 0 at --temperature 0, where it would come back the same)", default=None)
     # Decoding
     temperature: float = _help("sampling temperature (paper: 1.0)", default=1.0)
     top_p: float = _help("nucleus sampling top_p (paper: 1.0)", default=1.0)
@@ -74,6 +77,8 @@ class SynthesisArguments:
             raise ValueError(f"--http-client must be auto, aiohttp or httpx, not {self.http_client!r}")
         if self.dedup_tasks not in ("none", "minhash", "semantic"):
             raise ValueError(f"--dedup-tasks must be none, minhash or semantic, not {self.dedup_tasks!r}")
+        if self.brainstorm_reasks is not None and self.brainstorm_reasks < 0:
+            raise ValueError(f"--brainstorm-reasks must be >= 0, got {self.brainstorm_reasks}")
         if self.num_examples < 0 or self.concurrency < 1 or self.max_attempts < 1 or self.max_tokens < 1:
             raise ValueError("--num-examples must be >= 0 and --concurrency, --max-attempts, --max-tokens >= 1")
         for name in ("extra_body", "family_mix"):
@@ -85,6 +90,12 @@ class SynthesisArguments:
                     raise ValueError(f"--{name.replace('_', '-')} is not valid JSON: {err}") from None
                 if not isinstance(parsed, dict):
                     raise ValueError(f"--{name.replace('_', '-')} must be a JSON object")
+
+    def reask_limit(self) -> int:
+        """Re-asks per brainstorm call: greedy decoding answers a re-ask exactly as before, so none by default."""
+        if self.brainstorm_reasks is not None:
+            return self.brainstorm_reasks
+        return 0 if self.temperature == 0 else BRAINSTORM_REASKS
 
     def generation_params(self) -> dict:
         """The request parameters that go into every request id (never the key or the URL)."""

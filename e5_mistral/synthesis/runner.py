@@ -20,7 +20,6 @@ from .cost import Budget, load_price_table, price_for, record_cost
 from .journal import STATUS_OK, Journal, Request
 from .parsing import Rejected, normalize, parse_brainstorm, parse_example
 from .plan import (
-    BRAINSTORM_REASKS,
     assign_tasks,
     brainstorm_calls,
     brainstorm_request,
@@ -123,11 +122,12 @@ class SynthesisRun:
 
     def _brainstorm(self, family: str, index: int, latest: dict[str, dict], stats: Counter, history: list) -> Request:
         """The request that stands for brainstorm call ``index``: asked again while its answer is unusable."""
-        for reask in range(BRAINSTORM_REASKS + 1):
+        limit = self.args.reask_limit()
+        for reask in range(limit + 1):
             request = brainstorm_request(family, index, self.params, reask)
             history.append(request)
             rec = latest.get(request.request_id)
-            if rec is None or rec["status"] != STATUS_OK or reask == BRAINSTORM_REASKS:
+            if rec is None or rec["status"] != STATUS_OK or reask == limit:
                 break
             try:
                 parse_brainstorm(rec["content"], rec["finish_reason"])
@@ -211,7 +211,7 @@ class SynthesisRun:
         try:
             if hasattr(backend, "check_endpoint"):
                 await backend.check_endpoint()
-            for _ in range(BRAINSTORM_REASKS + 1):  # a stage per round of re-asks for unusable task lists
+            for _ in range(self.args.reask_limit() + 1):  # a stage per round of re-asks for unusable task lists
                 if not todo or budget.exhausted or getattr(backend, "stopped_by_budget", False):
                     break
                 await self._stage("brainstorm", backend, todo, journal, budget, hide_progress)
