@@ -92,6 +92,7 @@ class E5TrainingConfig(TrainingArguments):
     false_negative_margin: float | None = field(default=None, metadata={"help": "Drop candidates scoring above the positive plus this cosine margin."})
     same_dataset_batches: bool = field(default=False, metadata={"help": "Draw each global batch from a single dataset."})
     gradcache_chunk_size: int | None = field(default=None, metadata={"help": "GradCache: texts per forward chunk (memory grows with the chunk, not the batch)."})
+    length_groups: int = field(default=4, metadata={"help": "Without GradCache: encode each step's queries and documents together, sorted by length, in this many forward passes, each padded only to its own longest text."})
     # LoRA (paper / released adapter: r 16, alpha 32, dropout 0.1, all linear layers)
     use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -121,6 +122,8 @@ class E5TrainingConfig(TrainingArguments):
             raise ValueError("num_hard_negatives must be >= 0")
         if self.gradcache_chunk_size is not None and self.gradcache_chunk_size < 1:
             raise ValueError("gradcache_chunk_size must be a positive integer")
+        if self.length_groups < 1:
+            raise ValueError(f"length_groups must be a positive integer, got {self.length_groups}")
         if isinstance(self.lora_target_modules, str):
             self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
         checkpointing = self.activation_checkpointing or self.gradient_checkpointing

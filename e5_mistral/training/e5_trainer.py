@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from typing import Any
 
@@ -20,7 +21,8 @@ from transformers import Trainer
 from ..pooling import encode
 from .collator import E5DataCollator
 from .e5_config import E5TrainingConfig
-from .gradcache import RandContext, chunks
+from .gradcache import RandContext
+from .length_groups import length_sorted_groups, merge_padded, trim_padding
 from .loss import info_nce_loss
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,11 @@ class E5Trainer(Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         self.model_accepts_loss_kwargs = False
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.is_fsdp_enabled:
+            # accelerate turns a multi-process CPU launch into MULTI_CPU before it looks at FSDP.
+            kind = self.accelerator.distributed_type
+            logger.warning("FSDP was requested but accelerate runs %s without it (it shards only on accelerators): "
+                           "training as plain data parallel", getattr(kind, "value", kind))
         if args.gradcache_chunk_size and self.is_deepspeed_enabled:
             raise ValueError("gradcache_chunk_size is not supported with DeepSpeed (its engine owns backward); use DDP or FSDP")
         if args.gradient_accumulation_steps > 1 and not args.gradcache_chunk_size:
@@ -97,9 +104,19 @@ class E5Trainer(Trainer):
             false_negative_margin=self.args.false_negative_margin, gather=gather and self.args.gather_across_devices,
         )
 
+    def _step_texts(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every text of the step, queries first then documents, as one padded batch."""
+        tokenizer = self.processing_class
+        return merge_padded([(inputs["query_input_ids"], inputs["query_attention_mask"]),
+                             (inputs["doc_input_ids"], inputs["doc_attention_mask"])],
+                            pad_id=tokenizer.pad_token_id or 0, padding_side=getattr(tokenizer, "padding_side", "right"))
+
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
-        query = self._encode(model, inputs["query_input_ids"], inputs["query_attention_mask"])
-        docs = self._encode(model, inputs["doc_input_ids"], inputs["doc_attention_mask"])
+        ids, mask = self._step_texts(inputs)
+        groups = length_sorted_groups(mask, math.ceil(ids.shape[0] / self.args.length_groups))
+        sorted_embeddings = torch.cat([self._encode(model, *trim_padding(ids[g], mask[g])) for g in groups])
+        embeddings = sorted_embeddings[torch.argsort(torch.cat(groups))]  # back to row order
+        query, docs = embeddings.split([inputs["query_input_ids"].shape[0], inputs["doc_input_ids"].shape[0]])
         # Gather only while training: evaluation batches may differ in size across processes.
         loss = self._loss_from_embeddings(query, docs, inputs, gather=model.training)
         return (loss, {"query": query, "docs": docs}) if return_outputs else loss
@@ -109,32 +126,36 @@ class E5Trainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
-        size = self.args.gradcache_chunk_size
-        parts = [("query_input_ids", "query_attention_mask"), ("doc_input_ids", "doc_attention_mask")]
+        ids, mask = self._step_texts(inputs)
+        # Chunks of texts of similar length (queries and documents mixed), each trimmed to its longest text.
+        groups = length_sorted_groups(mask, self.args.gradcache_chunk_size)
         # Pass 1: embed every chunk without a graph, remembering each chunk's RNG state.
-        embeddings, plan = [], []
+        reps, plan = [], []
         with torch.no_grad(), self.compute_loss_context_manager():
-            for ids_key, mask_key in parts:
-                reps = []
-                for start, ids, mask in chunks(inputs[ids_key], inputs[mask_key], size):
-                    state = RandContext(ids.device)
-                    reps.append(self._encode(model, ids, mask).float())
-                    plan.append((len(embeddings), start, ids, mask, state))
-                embeddings.append(torch.cat(reps).requires_grad_(True))
+            for rows in groups:
+                chunk_ids, chunk_mask = trim_padding(ids[rows], mask[rows])
+                state = RandContext(chunk_ids.device)
+                reps.append(self._encode(model, chunk_ids, chunk_mask).float())
+                plan.append((chunk_ids, chunk_mask, state))
+        sorted_embeddings = torch.cat(reps).requires_grad_(True)
+        embeddings = sorted_embeddings[torch.argsort(torch.cat(groups))]
+        query, docs = embeddings.split([inputs["query_input_ids"].shape[0], inputs["doc_input_ids"].shape[0]])
         # Loss and its gradient with respect to the embeddings (cheap: no backbone in the graph).
         with self.compute_loss_context_manager():
-            loss = self._loss_from_embeddings(embeddings[0], embeddings[1], inputs, gather=True)
+            loss = self._loss_from_embeddings(query, docs, inputs, gather=True)
         scaled = loss / self.current_gradient_accumulation_steps
-        grads = torch.autograd.grad(scaled, embeddings)
+        (grads,) = torch.autograd.grad(scaled, sorted_embeddings)
         # Pass 2: re-embed each chunk with a graph (same dropout) and backpropagate the cached gradient.
         # Gradients are synchronised across processes only with the last chunk.
-        for n, (part, start, ids, mask, state) in enumerate(plan):
+        start = 0
+        for n, (chunk_ids, chunk_mask, state) in enumerate(plan):
             last = n == len(plan) - 1
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
             with sync, state.replay(), self.compute_loss_context_manager():
-                reps = self._encode(model, ids, mask).float()
-                surrogate = (reps * grads[part][start:start + reps.shape[0]]).sum()
+                chunk = self._encode(model, chunk_ids, chunk_mask).float()
+                surrogate = (chunk * grads[start:start + chunk.shape[0]]).sum()
             self.accelerator.backward(surrogate)
+            start += chunk.shape[0]
         return scaled.detach()
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):

@@ -29,13 +29,3 @@ class RandContext:
                 torch.cuda.set_rng_state(state, device)
             yield
 
-
-def chunks(input_ids: torch.Tensor, attention_mask: torch.Tensor, size: int):
-    """Slices of at most ``size`` rows, each trimmed to its own longest row (saves compute on padding)."""
-    for start in range(0, input_ids.shape[0], size):
-        ids, mask = input_ids[start:start + size], attention_mask[start:start + size]
-        used = mask.any(dim=0).nonzero()
-        if used.numel():  # drop all-padding columns on either side, keeping the padding side intact
-            lo, hi = int(used.min()), int(used.max()) + 1
-            ids, mask = ids[:, lo:hi], mask[:, lo:hi]
-        yield start, ids, mask
