@@ -78,6 +78,15 @@ class TestOfflineTasks:
         twitter = load_offline_task(benchmarks_dir / "TwitterURLCorpus", max_rows=10)
         assert twitter.metadata.main_score == "max_ap" and set(twitter.dataset["default"]["test"]["labels"]) <= {0, 1}
 
+    def test_subsets_keep_only_those_language_pairs(self, benchmarks_dir):
+        tatoeba = load_offline_task(benchmarks_dir / "Tatoeba", max_rows=5, subsets=["deu-eng", "fra-eng"])
+        assert tatoeba.hf_subsets == ["deu-eng", "fra-eng"] and set(tatoeba.dataset) == {"deu-eng", "fra-eng"}
+        assert len(tatoeba.dataset["fra-eng"]["test"]) == 5
+        sick = load_offline_task(benchmarks_dir / "SICK-R", max_rows=5, subsets=["deu-eng"])  # one subset: left whole
+        assert len(sick.dataset["default"]["test"]) == 5
+        with pytest.raises(ValueError, match=r"Tatoeba: no subset xxx-eng \(it has afr-eng"):
+            load_offline_task(benchmarks_dir / "Tatoeba", max_rows=5, subsets=["deu-eng", "xxx-eng"])
+
     def test_bad_folders_name_the_problem(self, tiny_tasks, tmp_path):
         with pytest.raises(ValueError, match=r"Nothing matches no task format"):
             load_offline_task(tiny_tasks / "Nothing")

@@ -38,6 +38,11 @@ class EvaluateArguments:
             "Scores on subsets are not comparable to published ones."
         },
     )
+    subsets: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Only these subsets of tasks that have several (e.g. Tatoeba's deu-eng fra-eng); "
+                  "single-subset tasks run whole."},
+    )
     dtype: str = field(
         default="auto", metadata={"help": "Model weights dtype.", "choices": ["auto", "float32", "bfloat16", "float16"]}
     )
@@ -65,6 +70,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral evaluate") -
             max_rows=args.max_rows,
             dtype=args.dtype,
             max_seq_length=args.max_seq_length,
+            subsets=args.subsets,
         )
         return 0
 

@@ -21,8 +21,12 @@ logger = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def resolve_tasks(names: Sequence[str], benchmarks_dir: str | Path | None = None, max_rows: int | None = None) -> list:
-    """mteb task objects for ``names``: ``benchmarks_dir/NAME/`` when that folder exists, else mteb's registry."""
+def resolve_tasks(names: Sequence[str], benchmarks_dir: str | Path | None = None, max_rows: int | None = None,
+                  subsets: Sequence[str] | None = None) -> list:
+    """mteb task objects for ``names``: ``benchmarks_dir/NAME/`` when that folder exists, else mteb's registry.
+
+    ``subsets`` restricts tasks that have several subsets (languages, language pairs) to those.
+    """
     import mteb
 
     if not names:
@@ -33,13 +37,18 @@ def resolve_tasks(names: Sequence[str], benchmarks_dir: str | Path | None = None
     for name in dict.fromkeys(names):  # keep order, drop repeats
         folder = Path(benchmarks_dir) / name if benchmarks_dir is not None else None
         if folder is not None and folder.is_dir():
-            tasks.append(load_offline_task(folder, name=name, max_rows=max_rows))
+            tasks.append(load_offline_task(folder, name=name, max_rows=max_rows, subsets=subsets))
             continue
         try:
             task = mteb.get_task(name)
         except KeyError:
             where = f"no folder {folder} and " if folder is not None else ""
             raise ValueError(f"unknown task {name!r}: {where}no mteb task of that name") from None
+        if subsets and task.metadata.hf_subsets != ["default"]:
+            missing = sorted(set(subsets) - set(task.metadata.hf_subsets))
+            if missing:
+                raise ValueError(f"mteb's {name} has no subset {', '.join(missing)}")
+            task = mteb.get_task(name, hf_subsets=[s for s in task.metadata.hf_subsets if s in set(subsets)])
         if max_rows is not None:
             logger.warning("--max-rows applies to offline tasks only; %s runs in full", name)
         logger.info("%s: mteb task, data from the Hugging Face Hub", name)
@@ -119,6 +128,7 @@ def evaluate(
     dtype: str = "auto",
     max_seq_length: int | None = None,
     show_progress_bar: bool = True,
+    subsets: Sequence[str] | None = None,
 ) -> dict:
     """Evaluate one or more models on ``tasks`` with mteb and write ``output_dir/summary.json``.
 
@@ -134,7 +144,7 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     model_prompts_for([], instructions)  # validates the mode before any loading
-    task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows)
+    task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows, subsets)
     task_names = [t.metadata.name for t in task_objects]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

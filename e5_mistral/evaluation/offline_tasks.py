@@ -22,7 +22,7 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -280,11 +280,23 @@ def _known_task(name: str, task_type: str):
     return task if task.metadata.type == task_type else None
 
 
-def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int | None = None):
+def _select_subsets(data: dict[str, Any], subsets: Sequence[str] | None, folder: Path) -> dict[str, Any]:
+    """Only the requested subsets of a several-subset task; single-subset tasks are left whole."""
+    if not subsets or data.keys() == {"default"}:
+        return data
+    missing = sorted(set(subsets) - set(data))
+    if missing:
+        raise ValueError(f"{folder}: no subset {', '.join(missing)} (it has {', '.join(sorted(data))})")
+    return {key: data[key] for key in data if key in set(subsets)}
+
+
+def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int | None = None,
+                      subsets: Sequence[str] | None = None):
     """An mteb task (``AbsTask*`` instance, data loaded) built from a local folder.
 
     ``max_rows`` subsamples deterministically: N pairs/test rows (per subset), or N queries with their relevant
     documents plus ``10 N`` other documents. Scores on such subsets are not comparable to published ones.
+    ``subsets`` keeps only those subsets (e.g. Tatoeba's ``deu-eng``) of a task that has several.
     """
     from datasets import DatasetDict
 
@@ -317,6 +329,7 @@ def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int
                 raise ValueError(f"{path}: pair-classification labels must be 0 or 1")
             data[subset] = DatasetDict({SPLIT: ds.rename_column("__value__", "labels")})
 
+    data = _select_subsets(data, subsets, folder)
     task = _known_task(name, task_type)
     if task is None:
         task = _generic_task(name, task_type, sorted(data), folder, extra if task_type == "STS" else {})
