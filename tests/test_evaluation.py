@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import shutil
@@ -69,6 +70,8 @@ class TestOfflineTasks:
         part = small.dataset["default"]["test"]
         assert part["queries"]["id"] == ["q0", "q1"]
         assert {"d0", "d1"} <= set(part["corpus"]["id"]) and len(part["corpus"]) == 2 + 2 * 10
+        fewer = load_offline_task(tiny_tasks / "TinyRetrieval", max_rows=2, corpus_per_query=3).dataset["default"]["test"]
+        assert {"d0", "d1"} <= set(fewer["corpus"]["id"]) and len(fewer["corpus"]) == 2 + 2 * 3
 
     def test_shared_tasks_use_mteb_task_classes(self, benchmarks_dir):
         sick = load_offline_task(benchmarks_dir / "SICK-R")
@@ -169,6 +172,29 @@ class TestEvaluateCLI:
         assert result.get_score() == pytest.approx(summary["STSBenchmark"])
         table = capsys.readouterr().out
         assert "| STSBenchmark | 82.03 |" in table and "| SICK-R | 77.58 |" in table
+
+    def test_raw_classification_embeddings_skip_only_the_final_normalize(self, minilm_dir, tiny_tasks, tmp_path, monkeypatch):
+        import numpy as np
+        from sentence_transformers import SentenceTransformer
+
+        evaluate_module = importlib.import_module("e5_mistral.evaluation.evaluate")  # the package exports the function
+        model = SentenceTransformer(str(minilm_dir))
+        raw = evaluate_module.without_normalize(model)
+        assert [type(m).__name__ for m in raw] == ["Transformer", "Pooling"] and raw.prompts == model.prompts
+        texts = ["A man is playing a guitar.", "Stocks fell sharply."]
+        unnormalised = raw.encode(texts)
+        norms = np.linalg.norm(unnormalised, axis=1)
+        assert not np.allclose(norms, 1.0)
+        assert np.allclose(unnormalised / norms[:, None], model.encode(texts), atol=1e-5)
+        assert evaluate_module.without_normalize(raw) is raw  # nothing to remove
+
+        seen = {}  # task type -> was the encoder's last module a Normalize
+        real_wrap = evaluate_module._wrap
+        monkeypatch.setattr(evaluate_module, "_wrap", lambda st, *a: seen.setdefault(id(st), type(list(st)[-1]).__name__) and real_wrap(st, *a))
+        tasks = ["TinyClassification", "TinySTS"]
+        scores = evaluate_module.evaluate(str(minilm_dir), tasks, tmp_path / "out", benchmarks_dir=tiny_tasks, max_rows=10,
+                                          raw_classification_embeddings=True, show_progress_bar=False)
+        assert set(scores) == set(tasks) and sorted(seen.values()) == ["Normalize", "Pooling"]
 
     @pytest.mark.slow
     def test_several_models_one_table(self, minilm_dir, tiny_tasks, tmp_path, capsys):

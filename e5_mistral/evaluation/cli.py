@@ -38,6 +38,15 @@ class EvaluateArguments:
             "Scores on subsets are not comparable to published ones."
         },
     )
+    corpus_per_query: int = field(
+        default=10,
+        metadata={"help": "With --max-rows, retrieval keeps this many other documents per kept query (besides the relevant ones)."},
+    )
+    raw_classification_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Classification tasks get the embeddings before the model's final Normalize, as in the "
+                  "paper's evaluation (default: the model's own output, as mteb)."},
+    )
     subsets: Optional[list[str]] = field(
         default=None,
         metadata={"help": "Only these subsets of tasks that have several (e.g. Tatoeba's deu-eng fra-eng); "
@@ -71,6 +80,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral evaluate") -
             dtype=args.dtype,
             max_seq_length=args.max_seq_length,
             subsets=args.subsets,
+            corpus_per_query=args.corpus_per_query,
+            raw_classification_embeddings=args.raw_classification_embeddings,
         )
         return 0
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .offline_tasks import load_offline_task
+from .offline_tasks import CORPUS_SAMPLE_PER_QUERY, load_offline_task
 from .prompts import model_prompts_for
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_tasks(names: Sequence[str], benchmarks_dir: str | Path | None = None, max_rows: int | None = None,
-                  subsets: Sequence[str] | None = None) -> list:
+                  subsets: Sequence[str] | None = None, corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY) -> list:
     """mteb task objects for ``names``: ``benchmarks_dir/NAME/`` when that folder exists, else mteb's registry.
 
     ``subsets`` restricts tasks that have several subsets (languages, language pairs) to those.
@@ -37,7 +37,8 @@ def resolve_tasks(names: Sequence[str], benchmarks_dir: str | Path | None = None
     for name in dict.fromkeys(names):  # keep order, drop repeats
         folder = Path(benchmarks_dir) / name if benchmarks_dir is not None else None
         if folder is not None and folder.is_dir():
-            tasks.append(load_offline_task(folder, name=name, max_rows=max_rows, subsets=subsets))
+            tasks.append(load_offline_task(folder, name=name, max_rows=max_rows, subsets=subsets,
+                                           corpus_per_query=corpus_per_query))
             continue
         try:
             task = mteb.get_task(name)
@@ -90,6 +91,17 @@ def load_model(model: str, dtype: str = "auto", max_seq_length: int | None = Non
     return st_model
 
 
+def without_normalize(st_model):
+    """The same modules minus a final Normalize: the paper classifies raw embeddings ("slightly better results")."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize
+
+    modules = list(st_model)
+    if not modules or not isinstance(modules[-1], Normalize):
+        return st_model
+    return SentenceTransformer(modules=modules[:-1], prompts=st_model.prompts, device=str(st_model.device))
+
+
 def _wrap(st_model, name: str, prompts: dict[str, str]):
     from mteb import SentenceTransformerEncoderWrapper
 
@@ -129,12 +141,15 @@ def evaluate(
     max_seq_length: int | None = None,
     show_progress_bar: bool = True,
     subsets: Sequence[str] | None = None,
+    corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY,
+    raw_classification_embeddings: bool = False,
 ) -> dict:
     """Evaluate one or more models on ``tasks`` with mteb and write ``output_dir/summary.json``.
 
     Returns ``{task: main_score}`` for one model, ``{model: {task: main_score}}`` for several (the same shape
     as ``summary.json``). Scores are mteb's ``main_score`` on its 0-1 scale. A task that fails is logged and left
-    out, the others are kept; a RuntimeError at the end names the failures.
+    out, the others are kept; a RuntimeError at the end names the failures. ``raw_classification_embeddings``
+    gives classification tasks the embeddings before the model's final Normalize, as the paper's evaluation does.
     """
     import mteb
 
@@ -144,7 +159,7 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     model_prompts_for([], instructions)  # validates the mode before any loading
-    task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows, subsets)
+    task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows, subsets, corpus_per_query)
     task_names = [t.metadata.name for t in task_objects]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -157,28 +172,33 @@ def evaluate(
         logger.info("evaluating %s on %s", model, ", ".join(task_names))
         st_model = load_model(model, dtype, max_seq_length)
         own_prompts = {k: v for k, v in (getattr(st_model, "prompts", None) or {}).items() if v}
-        wrapper = _wrap(st_model, label, model_prompts_for(task_objects, instructions, own_prompts))
+        prompts = model_prompts_for(task_objects, instructions, own_prompts)
         cache = mteb.ResultCache(cache_path=output_dir / label if several else output_dir)
-        # "always": results of an earlier run in the same folder (maybe on --max-rows subsets) are never reused.
-        result = mteb.evaluate(
-            wrapper,
-            task_objects,
-            cache=cache,
-            overwrite_strategy="always",
-            encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
-            raise_error=False,
-            show_progress_bar=show_progress_bar,
-        )
+        classification = [t for t in task_objects if t.metadata.type == "Classification" and raw_classification_embeddings]
+        others = [t for t in task_objects if t not in classification]
         scores = {}
-        for task_result in result.task_results:
-            score = float(task_result.get_score())
-            if math.isnan(score):
-                failures.append(f"{label}/{task_result.task_name}: no score")
+        for group, encoder in ((others, st_model), (classification, without_normalize(st_model) if classification else None)):
+            if not group:
                 continue
-            scores[task_result.task_name] = score
-        for error in result.exceptions or []:
-            failures.append(f"{label}/{error.task_name}: {error.exception}")
-            logger.error("%s failed on %s: %s", label, error.task_name, error.exception)
+            # "always": results of an earlier run in the same folder (maybe on --max-rows subsets) are never reused.
+            result = mteb.evaluate(
+                _wrap(encoder, label, prompts),
+                group,
+                cache=cache,
+                overwrite_strategy="always",
+                encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
+                raise_error=False,
+                show_progress_bar=show_progress_bar,
+            )
+            for task_result in result.task_results:
+                score = float(task_result.get_score())
+                if math.isnan(score):
+                    failures.append(f"{label}/{task_result.task_name}: no score")
+                    continue
+                scores[task_result.task_name] = score
+            for error in result.exceptions or []:
+                failures.append(f"{label}/{error.task_name}: {error.exception}")
+                logger.error("%s failed on %s: %s", label, error.task_name, error.exception)
         summary[label] = {name: scores[name] for name in task_names if name in scores}
         # Written after every model, so a crash later loses nothing already scored.
         _write_summary(output_dir, summary, several)

@@ -143,7 +143,7 @@ def _pairs(path: Path, columns: dict[str, str], value: str, max_rows: int | None
         raise ValueError(f"{path}: field {value!r} must be a number ({err})") from None
 
 
-def _load_retrieval(folder: Path, max_rows: int | None) -> dict[str, Any]:
+def _load_retrieval(folder: Path, max_rows: int | None, corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY) -> dict[str, Any]:
     from datasets import Dataset
 
     qrels_path = folder / "qrels" / f"{SPLIT}.tsv"
@@ -170,7 +170,7 @@ def _load_retrieval(folder: Path, max_rows: int | None) -> dict[str, Any]:
     if max_rows is not None and len(queries) > max_rows:
         queries = queries[:max_rows]
         keep_relevant = {doc for q in queries for doc in relevant[str(q["_id"])]}
-        others = [d for d in corpus if str(d["_id"]) not in keep_relevant][: max_rows * CORPUS_SAMPLE_PER_QUERY]
+        others = [d for d in corpus if str(d["_id"]) not in keep_relevant][: max_rows * corpus_per_query]
         keep = keep_relevant | {str(d["_id"]) for d in others}
         corpus = [d for d in corpus if str(d["_id"]) in keep]
     query_ids = [str(q["_id"]) for q in queries]
@@ -291,12 +291,12 @@ def _select_subsets(data: dict[str, Any], subsets: Sequence[str] | None, folder:
 
 
 def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int | None = None,
-                      subsets: Sequence[str] | None = None):
+                      subsets: Sequence[str] | None = None, corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY):
     """An mteb task (``AbsTask*`` instance, data loaded) built from a local folder.
 
     ``max_rows`` subsamples deterministically: N pairs/test rows (per subset), or N queries with their relevant
-    documents plus ``10 N`` other documents. Scores on such subsets are not comparable to published ones.
-    ``subsets`` keeps only those subsets (e.g. Tatoeba's ``deu-eng``) of a task that has several.
+    documents plus ``corpus_per_query`` x N other documents. Scores on such subsets are not comparable to
+    published ones. ``subsets`` keeps only those subsets (e.g. Tatoeba's ``deu-eng``) of a task that has several.
     """
     from datasets import DatasetDict
 
@@ -304,13 +304,15 @@ def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int
     name = name or folder.name
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    if corpus_per_query < 0:
+        raise ValueError(f"corpus_per_query must be at least 0, got {corpus_per_query}")
     task_type, subset_dirs = _layout(folder)
 
     data: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for subset, sub in subset_dirs.items():
         if task_type == "Retrieval":
-            data[subset] = {SPLIT: _load_retrieval(sub, max_rows)}
+            data[subset] = {SPLIT: _load_retrieval(sub, max_rows, corpus_per_query)}
         elif task_type == "BitextMining":
             for key, ds in _load_bitext(sub / "test.jsonl", max_rows).items():
                 data[key if subset == "default" else f"{subset}-{key}" if key != "default" else subset] = DatasetDict({SPLIT: ds})
