@@ -73,3 +73,30 @@ def test_failing_step_is_named_and_earlier_results_stay(tmp_path, smollm2_dir):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("e5-mistral quickstart: error: step 'train' failed"), last
     assert (out / "synthetic" / "kept.txt").read_text() == "earlier result"
+
+
+def test_background_step_failure_is_named_when_waited_for(tmp_path):
+    from e5_mistral.quickstart import BackgroundSteps
+
+    timings = {}
+    ok = [sys.executable, "-c", "import os; print('threads', os.environ['OMP_NUM_THREADS'])"]
+    fail = [sys.executable, "-c", "raise SystemExit(3)"]
+    never = [sys.executable, "-c", "open('never-run', 'w')"]
+    steps = BackgroundSteps("evaluate-before", [ok, fail, never], tmp_path / "before.log", timings).start()
+    with pytest.raises(RuntimeError, match=r"step 'evaluate-before' failed \(exit code 3; log: .*before.log\)"):
+        steps.wait()
+    assert "threads 1" in (tmp_path / "before.log").read_text()  # one torch thread: the idle core only
+    assert not (tmp_path / "never-run").exists() and "evaluate-before" not in timings
+
+
+def test_background_step_is_stopped_when_the_quickstart_fails(tmp_path):
+    import time
+
+    from e5_mistral.quickstart import BackgroundSteps
+
+    slow = [sys.executable, "-c", "import time; time.sleep(60)"]
+    steps = BackgroundSteps("evaluate-before", [slow, slow], tmp_path / "before.log", {}).start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    steps.stop()
+    assert time.monotonic() - started < 10 and not steps._thread.is_alive()
