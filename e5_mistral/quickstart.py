@@ -250,7 +250,7 @@ def evaluation_runs(args: QuickstartArguments, heldout: Path) -> list[tuple[str,
 
 
 def evaluate_commands(model: Path, runs, target: Path) -> list[tuple[Path, list[str]]]:
-    """(summary.json, argv) of each evaluate call of one model; a call whose summary exists is left out (cached)."""
+    """(summary.json, argv) of each evaluate call of one model; the caller skips those whose summary exists."""
     commands = []
     for name, tasks_dir, tasks, extra in runs:
         summary = target / name / "summary.json"

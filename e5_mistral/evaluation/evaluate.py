@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .offline_tasks import CORPUS_SAMPLE_PER_QUERY, load_offline_task
+from .offline_tasks import CORPUS_SAMPLE_PER_QUERY, load_offline_task, pick_subsets
 from .prompts import model_prompts_for
 
 logger = logging.getLogger(__name__)
@@ -45,11 +45,9 @@ def resolve_tasks(names: Sequence[str], benchmarks_dir: str | Path | None = None
         except KeyError:
             where = f"no folder {folder} and " if folder is not None else ""
             raise ValueError(f"unknown task {name!r}: {where}no mteb task of that name") from None
-        if subsets and task.metadata.hf_subsets != ["default"]:
-            missing = sorted(set(subsets) - set(task.metadata.hf_subsets))
-            if missing:
-                raise ValueError(f"mteb's {name} has no subset {', '.join(missing)}")
-            task = mteb.get_task(name, hf_subsets=[s for s in task.metadata.hf_subsets if s in set(subsets)])
+        keep = pick_subsets(task.metadata.hf_subsets, subsets, f"mteb's {name}")
+        if keep is not None:
+            task = mteb.get_task(name, hf_subsets=keep)
         if max_rows is not None:
             logger.warning("--max-rows applies to offline tasks only; %s runs in full", name)
         logger.info("%s: mteb task, data from the Hugging Face Hub", name)
@@ -177,12 +175,12 @@ def evaluate(
         classification = [t for t in task_objects if t.metadata.type == "Classification" and raw_classification_embeddings]
         others = [t for t in task_objects if t not in classification]
         scores = {}
-        for group, encoder in ((others, st_model), (classification, without_normalize(st_model) if classification else None)):
+        for group, raw in ((others, False), (classification, True)):
             if not group:
                 continue
             # "always": results of an earlier run in the same folder (maybe on --max-rows subsets) are never reused.
             result = mteb.evaluate(
-                _wrap(encoder, label, prompts),
+                _wrap(without_normalize(st_model) if raw else st_model, label, prompts),
                 group,
                 cache=cache,
                 overwrite_strategy="always",

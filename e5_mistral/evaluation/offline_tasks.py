@@ -280,14 +280,15 @@ def _known_task(name: str, task_type: str):
     return task if task.metadata.type == task_type else None
 
 
-def _select_subsets(data: dict[str, Any], subsets: Sequence[str] | None, folder: Path) -> dict[str, Any]:
-    """Only the requested subsets of a several-subset task; single-subset tasks are left whole."""
-    if not subsets or data.keys() == {"default"}:
-        return data
-    missing = sorted(set(subsets) - set(data))
+def pick_subsets(available: Sequence[str], subsets: Sequence[str] | None, where: str | Path) -> list[str] | None:
+    """The requested subsets of ``available``, in its order; None (run them all) when none is requested or the
+    task has a single one. A requested subset the task lacks is an error naming ``where`` and what it has."""
+    if not subsets or list(available) == ["default"]:
+        return None
+    missing = sorted(set(subsets) - set(available))
     if missing:
-        raise ValueError(f"{folder}: no subset {', '.join(missing)} (it has {', '.join(sorted(data))})")
-    return {key: data[key] for key in data if key in set(subsets)}
+        raise ValueError(f"{where}: no subset {', '.join(missing)} (it has {', '.join(sorted(available))})")
+    return [s for s in available if s in set(subsets)]
 
 
 def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int | None = None,
@@ -331,7 +332,9 @@ def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int
                 raise ValueError(f"{path}: pair-classification labels must be 0 or 1")
             data[subset] = DatasetDict({SPLIT: ds.rename_column("__value__", "labels")})
 
-    data = _select_subsets(data, subsets, folder)
+    keep = pick_subsets(list(data), subsets, folder)
+    if keep is not None:
+        data = {key: data[key] for key in keep}
     task = _known_task(name, task_type)
     if task is None:
         task = _generic_task(name, task_type, sorted(data), folder, extra if task_type == "STS" else {})

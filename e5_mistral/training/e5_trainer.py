@@ -111,12 +111,17 @@ class E5Trainer(Trainer):
                              (inputs["doc_input_ids"], inputs["doc_attention_mask"])],
                             pad_id=tokenizer.pad_token_id or 0, padding_side=getattr(tokenizer, "padding_side", "right"))
 
+    @staticmethod
+    def _query_and_docs(sorted_embeddings: torch.Tensor, groups: list[torch.Tensor], inputs: dict[str, Any]):
+        """Embeddings encoded in ``groups`` order, back in row order and split into queries and documents."""
+        embeddings = sorted_embeddings[torch.argsort(torch.cat(groups))]
+        return embeddings.split([inputs["query_input_ids"].shape[0], inputs["doc_input_ids"].shape[0]])
+
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         ids, mask = self._step_texts(inputs)
         groups = length_sorted_groups(mask, math.ceil(ids.shape[0] / self.args.length_groups))
         sorted_embeddings = torch.cat([self._encode(model, *trim_padding(ids[g], mask[g])) for g in groups])
-        embeddings = sorted_embeddings[torch.argsort(torch.cat(groups))]  # back to row order
-        query, docs = embeddings.split([inputs["query_input_ids"].shape[0], inputs["doc_input_ids"].shape[0]])
+        query, docs = self._query_and_docs(sorted_embeddings, groups, inputs)
         # Gather only while training: evaluation batches may differ in size across processes.
         loss = self._loss_from_embeddings(query, docs, inputs, gather=model.training)
         return (loss, {"query": query, "docs": docs}) if return_outputs else loss
@@ -138,8 +143,7 @@ class E5Trainer(Trainer):
                 reps.append(self._encode(model, chunk_ids, chunk_mask).float())
                 plan.append((chunk_ids, chunk_mask, state))
         sorted_embeddings = torch.cat(reps).requires_grad_(True)
-        embeddings = sorted_embeddings[torch.argsort(torch.cat(groups))]
-        query, docs = embeddings.split([inputs["query_input_ids"].shape[0], inputs["doc_input_ids"].shape[0]])
+        query, docs = self._query_and_docs(sorted_embeddings, groups, inputs)
         # Loss and its gradient with respect to the embeddings (cheap: no backbone in the graph).
         with self.compute_loss_context_manager():
             loss = self._loss_from_embeddings(query, docs, inputs, gather=True)
