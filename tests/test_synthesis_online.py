@@ -147,11 +147,14 @@ def test_make_http_client(monkeypatch):
 
 def test_a_faulty_run_gives_the_same_report_over_both_transports(fake_openai, tmp_path):
     fake_openai.responder = responder
-    fake_openai.faults = FaultRates(rate_429=0.2, retry_after=0.05, rate_500=0.1, rate_timeout=0.05, rate_malformed=0.1, slow_seconds=1.5)
+    # A 3 s client timeout: only the injected 4 s stalls time out, never a reply slowed by a busy CI machine
+    # (an extra retry there would shift that prompt's later fault draws and the request count).
+    fake_openai.faults = FaultRates(rate_429=0.2, retry_after=0.05, rate_500=0.1, rate_timeout=0.05, rate_malformed=0.1, slow_seconds=4.0)
     reports = {}
     for transport in ("httpx", "aiohttp"):
         fake_openai.reset_stats()
-        reports[transport] = generate(run_args(fake_openai, tmp_path / transport, num_examples=40, http_client=transport)).report
+        args = run_args(fake_openai, tmp_path / transport, num_examples=40, http_client=transport, timeout=3.0)
+        reports[transport] = generate(args).report
         assert reports[transport]["requests_sent"] == fake_openai.stats.requests
     assert reports["httpx"] == reports["aiohttp"]  # faults are drawn per (prompt, attempt): the runs are identical
     assert reports["httpx"]["complete"] and reports["httpx"]["rejected"]["invalid_json"] > 0
