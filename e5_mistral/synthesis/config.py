@@ -35,6 +35,12 @@ class SynthesisArguments:
     examples_per_task: float = _help("brainstorm enough ~20-task lists that each task is used about this often", default=3.0)
     brainstorm_reasks: Optional[int] = _help(
         "times an unusable task list is asked for again (default: 3, or 0 at --temperature 0, where it would come back the same)", default=None)
+    # Small local models
+    system_prompt: Optional[str] = _help(
+        "a system message sent before every prompt (e.g. 'You only answer with valid JSON.'); changes the request ids", default=None)
+    accept_text_task_lists: bool = _help(
+        "also accept a brainstorm answer written as a plain-text list ('- task', '1. task'), not only a JSON list; "
+        "for small local models (the paper's strict parsing is the default)", default=False)
     # Decoding
     temperature: float = _help("sampling temperature (paper: 1.0)", default=1.0)
     top_p: float = _help("nucleus sampling top_p (paper: 1.0)", default=1.0)
@@ -102,6 +108,8 @@ class SynthesisArguments:
         params = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
         if self.extra_body:
             params["extra_body"] = json.loads(self.extra_body)
+        if self.system_prompt:  # only when set, so the ids of runs without one stay as they were
+            params["system_prompt"] = self.system_prompt
         return params
 
     def api_key(self) -> str:

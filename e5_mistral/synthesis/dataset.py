@@ -51,7 +51,9 @@ def write_outputs(output: Path, report: dict, rows: list[dict], rejects: list[di
         for reject in rejects:
             handle.write(json.dumps(reject, ensure_ascii=False) + "\n")
     os.replace(tmp, output / "rejected.jsonl")
-    settings = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed}
+    settings = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed,
+                "system_prompt": args.system_prompt,
+                "accept_text_task_lists": args.accept_text_task_lists}
     return write_hub_folder(rows, output / "dataset", report, settings, diversity, repo_id=args.push_to_hub)
 
 
@@ -123,6 +125,8 @@ def dataset_card(rows, counts: dict, report: dict, settings: dict, diversity, re
         slot_table=_table(slot_counter, limit=200),
         diversity=json.dumps(diversity, indent=2, ensure_ascii=False) if diversity is not None else "{}",
         **{k: settings.get(k, "") for k in ("temperature", "top_p", "max_tokens", "seed")},
+        system_prompt=json.dumps(settings["system_prompt"], ensure_ascii=False) if settings.get("system_prompt") else None,
+        accept_text_task_lists=bool(settings.get("accept_text_task_lists")),
     )
 
 

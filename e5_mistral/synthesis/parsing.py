@@ -15,6 +15,8 @@ from .templates import OUTPUT_KEYS
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.+)$")  # "- x", "* x", "• x", "1. x", "1) x"
+_EMPHASIS = re.compile(r"\*\*|__|`")
 
 
 class Rejected(ValueError):
@@ -134,15 +136,63 @@ def _check_family_rules(family: str, row: dict[str, str]) -> None:
         raise Rejected("sentences_not_distinct")
 
 
-def parse_brainstorm(content: str | None, finish_reason: str | None = "stop") -> list[str]:
-    """The brainstormed task definitions (stripped, exact duplicates within the list removed)."""
+def parse_brainstorm(content: str | None, finish_reason: str | None = "stop", *, accept_text_lists: bool = False) -> list[str]:
+    """The brainstormed task definitions (stripped, exact duplicates within the list removed).
+
+    Strict by default (a JSON or Python list, as the paper asks); ``accept_text_lists`` also accepts a
+    plain-text list when that fails (see :func:`parse_brainstorm_answer`).
+    """
+    return parse_brainstorm_answer(content, finish_reason, accept_text_lists=accept_text_lists)[0]
+
+
+def parse_brainstorm_answer(content: str | None, finish_reason: str | None = "stop", *,
+                            accept_text_lists: bool = False) -> tuple[list[str], bool]:
+    """``(tasks, from_text_list)``: the tasks, and whether they came from the plain-text fallback.
+
+    The fallback takes the list-item lines (``- x``, ``* x``, ``• x``, ``1. x``, ``1) x``) without Markdown
+    emphasis, drops headings (ending with ':' or under 3 words) and, for an answer cut by max_tokens, its last
+    line (it may be cut mid-item). When nothing survives, the strict parser's reason stands.
+    """
+    try:
+        return _unique(_strict_brainstorm(content, finish_reason)), False
+    except Rejected as err:
+        if not accept_text_lists or not content or not content.strip():
+            raise
+        if content.lstrip().startswith("["):  # a JSON list that failed (e.g. cut) is not read as text
+            raise
+        if finish_reason == "length":
+            content = content.rsplit("\n", 1)[0] if "\n" in content else ""
+        tasks = _text_list_items(content)
+        if not tasks:
+            raise
+        return _unique(tasks), True
+
+
+def _strict_brainstorm(content: str | None, finish_reason: str | None) -> list[str]:
     obj = extract_json(_check_answer(content, finish_reason), "[", allow_python_literal=True)
     if not isinstance(obj, list) or not obj or not all(isinstance(t, str) and t.strip() for t in obj):
         raise Rejected("brainstorm_not_a_list_of_strings")
-    tasks, seen = [], set()
-    for task in obj:
+    return obj
+
+
+def _text_list_items(text: str) -> list[str]:
+    items = []
+    for line in text.splitlines():
+        match = _LIST_ITEM.match(line)
+        if not match:
+            continue
+        item = _EMPHASIS.sub("", match.group(1)).strip()
+        if item.endswith(":") or len(item.split()) < 3:  # a heading ("Text Preprocessing:"), not a task
+            continue
+        items.append(item)
+    return items
+
+
+def _unique(tasks: list[str]) -> list[str]:
+    unique, seen = [], set()
+    for task in tasks:
         key = normalize(task)
         if key not in seen:
             seen.add(key)
-            tasks.append(task.strip())
-    return tasks
+            unique.append(task.strip())
+    return unique

@@ -115,8 +115,16 @@ def brainstorm_calls(count: int, examples_per_task: float = DEFAULT_EXAMPLES_PER
 
 
 # -- requests --------------------------------------------------------------------------------------------------
-def _messages(prompt: str) -> tuple:
-    return ({"role": "user", "content": prompt},)
+def _messages(prompt: str, params: Mapping) -> tuple:
+    """The chat messages: the paper's prompt as the user turn, after ``params["system_prompt"]`` when set."""
+    user = {"role": "user", "content": prompt}
+    system = params.get("system_prompt")
+    return ({"role": "system", "content": system}, user) if system else (user,)
+
+
+def _body_params(params: Mapping) -> dict:
+    """The params sent in the request body: the system prompt is part of the id but travels as a message."""
+    return {k: v for k, v in params.items() if k != "system_prompt"}
 
 
 def brainstorm_request(family: str, index: int, params: Mapping, reask: int = 0) -> Request:
@@ -126,7 +134,7 @@ def brainstorm_request(family: str, index: int, params: Mapping, reask: int = 0)
     if reask:
         payload["reask"] = reask
     rid = request_id(payload)
-    return Request(rid, "brainstorm", family, _messages(render(family, "brainstorm", {})), dict(params))
+    return Request(rid, "brainstorm", family, _messages(render(family, "brainstorm", {}), params), _body_params(params))
 
 
 def sample_slots(family: str, seed: int, index: int, languages: Mapping[str, float]) -> dict[str, str]:
@@ -157,7 +165,7 @@ def example_request(family: str, index: int, task: str, slots: Mapping[str, str]
     values = dict(slots) if family in FIXED_TASKS else {**slots, "task": task}
     rid = request_id({"kind": "example", "family": family, "index": index, "task": task, "slots": dict(slots),
                       "template": version, "params": dict(params)})
-    return Request(rid, "example", family, _messages(render(family, "generate", values)), dict(params))
+    return Request(rid, "example", family, _messages(render(family, "generate", values), params), _body_params(params))
 
 
 def needs_brainstorm(family: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Callable
 from .config import SynthesisArguments
 from .cost import Budget, load_price_table, price_for, record_cost
 from .journal import STATUS_OK, Journal, Request
-from .parsing import Rejected, normalize, parse_brainstorm, parse_example
+from .parsing import Rejected, normalize, parse_brainstorm_answer, parse_example
 from .plan import (
     assign_tasks,
     brainstorm_calls,
@@ -130,11 +130,16 @@ class SynthesisRun:
             if rec is None or rec["status"] != STATUS_OK or reask == limit:
                 break
             try:
-                parse_brainstorm(rec["content"], rec["finish_reason"])
+                self._tasks_of(rec)
                 break
             except Rejected:
                 stats["reasked"] += 1
         return request
+
+    def _tasks_of(self, rec: dict) -> tuple[list[str], bool]:
+        """A brainstorm answer's tasks and whether they came from a plain-text list; the one parse the run's
+        re-asks, task lists and report all use, so they agree."""
+        return parse_brainstorm_answer(rec["content"], rec["finish_reason"], accept_text_lists=self.args.accept_text_task_lists)
 
     def _resolve_tasks(self, fp: FamilyPlan, latest: dict[str, dict]) -> None:
         records = [latest.get(r.request_id) for r in fp.brainstorms]
@@ -143,10 +148,11 @@ class SynthesisRun:
         tasks, seen = [], set()
         for rec in records:
             try:
-                listed = parse_brainstorm(rec["content"], rec["finish_reason"])
+                listed, from_text = self._tasks_of(rec)
             except Rejected as err:
                 fp.task_stats[f"rejected:{err.reason}"] += 1
                 continue
+            fp.task_stats["from_text_lists"] += from_text
             fp.task_stats["generated"] += len(listed)
             for task in listed:
                 if normalize(task) not in seen:
@@ -301,7 +307,7 @@ class SynthesisRun:
                 rec = latest.get(request.request_id)
                 if rec and rec["status"] == STATUS_OK:
                     try:
-                        parse_brainstorm(rec["content"], rec["finish_reason"])
+                        self._tasks_of(rec)
                     except Rejected as err:
                         rejects.append(_reject(rec, "brainstorm", err.reason, {"family": fp.family}))
             for key, value in fp.task_stats.items():
@@ -352,7 +358,8 @@ class SynthesisRun:
             "cost_priced": price_for(self.prices, self.args.model) is not None,
             "brainstorm": {
                 "planned": brainstorm["planned"], "ok": brainstorm["ok"], "failed": brainstorm["failed"],
-                "rejected": brainstorm["rejected"], "reasked": brainstorm["reasked"], "tasks_generated": brainstorm["generated"],
+                "rejected": brainstorm["rejected"], "reasked": brainstorm["reasked"],
+                "from_text_lists": brainstorm["from_text_lists"], "tasks_generated": brainstorm["generated"],
                 "tasks_unique": brainstorm["unique"], "tasks_removed_duplicate": brainstorm["removed_duplicate"],
                 "tasks_removed_near_duplicate": brainstorm["removed_near_duplicate"],
             },
