@@ -37,6 +37,9 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "synthetic_sample"
 # Held-out tasks built from the sample's test split (written in the offline formats `evaluate` reads).
 HELDOUT_RETRIEVAL = "SyntheticHeldoutRetrieval"  # all six families; queries carry their own row's instruction
 HELDOUT_STS = "SyntheticHeldoutSTS"
+# SmolLM2's default system prompt makes it chat; this one makes its task lists come back as Markdown lists
+# (read with --accept-text-task-lists) and some of its examples as JSON.
+SMALL_MODEL_SYSTEM_PROMPT = "You only answer with valid JSON."
 
 
 @dataclass
@@ -45,8 +48,10 @@ class QuickstartArguments:
     benchmarks_dir: Optional[str] = field(
         default=None, metadata={"help": "folder of MTEB-format tasks to evaluate on (default: $E5_BENCHMARKS_DIR; none if unset)"})
     tasks: Optional[list[str]] = field(default=None, metadata={"help": "task folders of --benchmarks-dir to use (default: every one found)"})
-    num_examples: int = field(default=20, metadata={"help": "examples to generate with the local LLM (plus one brainstorm call per asymmetric family)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "completion cap per generation request (longer answers are rejected as truncated)"})
+    num_examples: int = field(default=24, metadata={"help": "examples to generate with the local LLM (plus one brainstorm call per asymmetric family)"})
+    max_new_tokens: int = field(default=96, metadata={"help": "completion cap per generation request (longer answers are rejected as truncated)"})
+    system_prompt: str = field(default=SMALL_MODEL_SYSTEM_PROMPT, metadata={
+        "help": "system message on every generation request (empty: none, as the paper); the default steers SmolLM2 towards JSON"})
     temperature: float = field(default=0.0, metadata={
         "help": "sampling temperature of the local LLM; 0 = greedy (a 135M model rarely writes valid JSON when sampling at the paper's 1.0)"})
     concurrency: int = field(default=1, metadata={
@@ -155,7 +160,8 @@ def generate(args: QuickstartArguments, model_dir: Path, out: Path, step: Step) 
             "--num-examples", str(args.num_examples), "--family-mix", uniform_mix, "--examples-per-task", "2",
             "--max-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature),
             "--extra-body", sampling_body(args.max_new_tokens, temperature=args.temperature),
-            "--concurrency", str(args.concurrency), "--timeout", "600", "--max-attempts", "2",
+            "--concurrency", str(args.concurrency), "--timeout", "600", "--max-attempts", "2", "--accept-text-task-lists",
+            *(["--system-prompt", args.system_prompt] if args.system_prompt else []),
         ))
     report = json.loads((target / "report.json").read_text())
     print(f"[generate] accepted {report.get('accepted')}, rejected {report.get('rejected')}, failed {report.get('failed')}")
@@ -270,23 +276,28 @@ def collect_scores(commands) -> dict[str, float]:
 def _row_budgets(benchmarks_dir: Path, tasks: list[str], max_rows: int) -> dict[tuple[str, ...], list[str]]:
     """Tasks grouped by the `evaluate` arguments that keep each within a similar CPU budget.
 
-    Retrieval keeps 3/4 of the rows as queries, with their relevant documents and 3 others per query (enough
+    Classification takes twice the rows (one text each); retrieval keeps 3/4 of the rows as queries, with their relevant documents and 3 others per query (enough
     queries to tell models apart, a corpus small enough for 2 cores); Tatoeba is evaluated on the paper's 13
     named languages, with a quarter of the rows per language pair.
     """
-    from .evaluation.offline_tasks import detect_type
+    from .evaluation.offline_tasks import folder_task_type
 
     groups: dict[tuple[str, ...], list[str]] = {}
     for task in tasks:
-        kind = detect_type(benchmarks_dir / task)
+        kind = folder_task_type(benchmarks_dir / task)
         if kind == "Retrieval":
             key = ("--max-rows", str(max(4, 3 * max_rows // 4)), "--corpus-per-query", "3")
         elif kind == "BitextMining" and task == "Tatoeba":
             key = ("--max-rows", str(max(2, max_rows // 4)), "--subsets", *TATOEBA_SUBSETS)
         elif kind == "BitextMining":
             key = ("--max-rows", str(max(2, max_rows // 4)))
-        else:  # classification as in the paper's evaluation: embeddings before the final Normalize
-            key = ("--max-rows", str(max_rows), "--raw-classification-embeddings")
+        elif kind == "Classification":
+            # Twice the test rows: a row is one text here, a pair elsewhere. At 64 rows a binary task such as
+            # AmazonCounterfactual (80/20 labels) has about 12 minority rows, too few to compare two models.
+            # Embeddings before the final Normalize, as in the paper's evaluation.
+            key = ("--max-rows", str(2 * max_rows), "--raw-classification-embeddings")
+        else:
+            key = ("--max-rows", str(max_rows))
         groups.setdefault(key, []).append(task)
     return groups
 

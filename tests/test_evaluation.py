@@ -78,6 +78,8 @@ class TestOfflineTasks:
         assert type(sick).__name__ == "SickrSTS" and len(sick.dataset["default"]["test"]) == 9927  # full.jsonl
         amazon = load_offline_task(benchmarks_dir / "AmazonCounterfactualClassification", max_rows=10)
         assert amazon.hf_subsets == ["en"] and list(amazon.eval_splits) == ["test"] and amazon.samples_per_label == 32
+        assert len(amazon.dataset["en"]["test"]) == 10 and len(amazon.dataset["en"]["train"]) == 256  # pool max(2N, 256)
+        assert len(load_offline_task(benchmarks_dir / "AmazonCounterfactualClassification", max_rows=200).dataset["en"]["train"]) == 400
         twitter = load_offline_task(benchmarks_dir / "TwitterURLCorpus", max_rows=10)
         assert twitter.metadata.main_score == "max_ap" and set(twitter.dataset["default"]["test"]["labels"]) <= {0, 1}
 

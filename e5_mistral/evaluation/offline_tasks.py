@@ -98,6 +98,11 @@ def detect_type(folder: Path) -> str | None:
     return None
 
 
+def folder_task_type(folder: str | Path) -> str:
+    """The mteb task type of a task folder, its files or its subsets' (e.g. ``AmazonCounterfactual/en``)."""
+    return _layout(Path(folder))[0]
+
+
 def _layout(folder: Path) -> tuple[str, dict[str, Path]]:
     """(task type, {subset: folder}) for a task folder, looking one level down for subsets."""
     if not folder.is_dir():
@@ -220,7 +225,7 @@ def _load_classification(folder: Path, max_rows: int | None):
         splits[split] = rows if split == "train" else _take(rows, max_rows)
     if max_rows is not None:
         # Keep the training pool proportionate so quick runs stay quick; mteb still undersamples it per label.
-        splits["train"] = _take(splits["train"], max(max_rows * 4, 256))
+        splits["train"] = _take(splits["train"], max(max_rows * 2, 256))
     labels = sorted({str(r["label"]) for rows in splits.values() for r in rows})
     index = {label: i for i, label in enumerate(labels)}
     return DatasetDict(
