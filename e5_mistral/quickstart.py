@@ -276,9 +276,9 @@ def collect_scores(commands) -> dict[str, float]:
 def _row_budgets(benchmarks_dir: Path, tasks: list[str], max_rows: int) -> dict[tuple[str, ...], list[str]]:
     """Tasks grouped by the `evaluate` arguments that keep each within a similar CPU budget.
 
-    Classification takes twice the rows (one text each); retrieval keeps 3/4 of the rows as queries, with their relevant documents and 3 others per query (enough
-    queries to tell models apart, a corpus small enough for 2 cores); Tatoeba is evaluated on the paper's 13
-    named languages, with a quarter of the rows per language pair.
+    Classification takes twice the rows (a row is one text); retrieval keeps 3/4 of the rows as queries, with
+    their relevant documents and 3 others per query (enough queries to tell models apart, a corpus small enough
+    for 2 cores); Tatoeba is evaluated on the paper's 13 named languages, with a quarter of the rows per pair.
     """
     from .evaluation.offline_tasks import folder_task_type
 
