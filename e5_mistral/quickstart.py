@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Optional
 
 from .cli import CommandParser, run
+from .families import FAMILIES, FAMILY_SPECS
 
-FAMILIES = ("short_long", "long_short", "short_short", "long_long", "sts", "bitext")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "synthetic_sample"
 # Held-out tasks built from the sample's test split (written in the offline formats `evaluate` reads).
@@ -196,8 +196,6 @@ def training_config(args: QuickstartArguments, generated: Optional[Path], out: P
 def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
     """The sample's test split as offline tasks: retrieval over every family (BEIR layout) and STS."""
     from .instructions import format_query
-    from .training.data import FAMILY_FIELDS  # the paper's §1.3 mapping, as training reads the rows
-
     rows = {family: [json.loads(line) for line in open(sample_dir / family / "test.jsonl", encoding="utf-8")] for family in FAMILIES}
     ids: dict[str, str] = {}  # normalised text -> doc id: identical labels become one document
     documents, queries, qrels = {}, [], []
@@ -208,7 +206,8 @@ def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
         return doc
 
     # STS and bitext rows retrieve S2 for S1; S3 joins the corpus as a distractor.
-    for family, (query_key, positive_key, negative_key) in FAMILY_FIELDS.items():
+    for family, spec in FAMILY_SPECS.items():
+        query_key, positive_key, negative_key = spec.fields
         for row in rows[family]:
             qrels.append((row["request_id"], add_document(row[positive_key])))
             if negative_key:

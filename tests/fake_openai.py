@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-FAULT_KINDS = ("429", "500", "timeout", "malformed", "truncated")
+FAULT_KINDS = ("429", "500", "timeout", "malformed", "truncated", "400")
+# How a server treats ``response_format`` (None: it ignores the field):
+# "openai" enforces json_schema and accepts json_object without enforcing its schema (OpenAI, vLLM, SGLang);
+# "llamacpp" answers 500 to json_schema and enforces json_object + schema (llama-cpp-python);
+# "transformers" answers 400 to any response_format (transformers serve).
+STRUCTURED_BEHAVIOURS = (None, "openai", "llamacpp", "transformers")
 
 
 class _Server(ThreadingHTTPServer):
@@ -47,7 +52,8 @@ class FaultRates:
     def draw(self, prompt_hash: str, attempt: int) -> str:
         rng = random.Random(f"{self.seed}:{prompt_hash}:{attempt}")
         x = rng.random()
-        for kind, rate in zip(FAULT_KINDS, (self.rate_429, self.rate_500, self.rate_timeout, self.rate_malformed, self.rate_truncated)):
+        rates = (self.rate_429, self.rate_500, self.rate_timeout, self.rate_malformed, self.rate_truncated)
+        for kind, rate in zip(FAULT_KINDS, rates):  # "400" is only ever forced
             if x < rate:
                 return kind
             x -= rate
@@ -69,6 +75,7 @@ class ServerStats:
     ok_by_prompt: Counter = field(default_factory=Counter)  # prompt hash -> number of 200 answers
     attempts_by_prompt: Counter = field(default_factory=Counter)  # prompt hash -> requests received
     log: list = field(default_factory=list)  # dicts: time, prompt, outcome
+    response_formats: list = field(default_factory=list)  # the response_format of every chat request (None: absent)
 
     @property
     def requests(self) -> int:
@@ -83,7 +90,11 @@ class FakeOpenAIServer:
         latency: float = 0.0,
         port: int = 0,
         api_key: str | None = None,
+        structured: str | None = None,
     ):
+        if structured not in STRUCTURED_BEHAVIOURS:
+            raise ValueError(f"structured must be one of {STRUCTURED_BEHAVIOURS}")
+        self.structured = structured
         self.responder = responder
         self.faults = faults or FaultRates()
         self.latency = latency
@@ -141,8 +152,31 @@ class FakeOpenAIServer:
             self.stats.log.append({"time": time.time(), "prompt": phash, "outcome": kind})
         return kind
 
+    def _format_refusal(self, body: dict) -> tuple[int, str] | None:
+        """The status and message with which this server refuses the request's response_format, if it does."""
+        kind = (body.get("response_format") or {}).get("type")
+        if kind is None or self.structured is None:
+            return None
+        if self.structured == "transformers":
+            return 400, "response_format is not supported"
+        if self.structured == "llamacpp" and kind == "json_schema":
+            return 500, "Unrecognized response_format type: json_schema"
+        return None
+
+    def _enforced(self, body: dict) -> str | None:
+        """An answer that follows the request's schema, where this server enforces it and the schema fixes the
+        answer (every property an enum); else None (the responder's answer stands)."""
+        fmt = body.get("response_format") or {}
+        enforcing = (self.structured == "openai" and fmt.get("type") == "json_schema") or (
+            self.structured == "llamacpp" and fmt.get("type") == "json_object")
+        schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else fmt.get("schema")
+        properties = (schema or {}).get("properties") or {}
+        if enforcing and properties and all("enum" in p for p in properties.values()):
+            return json.dumps({key: p["enum"][0] for key, p in properties.items()})
+        return None
+
     def _completion(self, body: dict, kind: str) -> dict:
-        answer = self.responder(body)
+        answer = self._enforced(body) or self.responder(body)
         if isinstance(answer, str):
             answer = {"content": answer}
         content = answer["content"]
@@ -209,6 +243,15 @@ class FakeOpenAIServer:
                 except json.JSONDecodeError:
                     self._send(400, {"error": {"message": "request body is not JSON"}})
                     return
+                with server._lock:
+                    server.stats.response_formats.append(body.get("response_format"))
+                refusal = server._format_refusal(body)
+                if refusal is not None:
+                    with server._lock:
+                        server.stats.attempts_by_prompt[prompt_hash(body)] += 1
+                        server.stats.outcomes["format_refused"] += 1
+                    self._send(refusal[0], {"error": {"message": refusal[1], "type": "invalid_request_error"}})
+                    return
                 kind = server._decide(prompt_hash(body))
                 if server.latency:
                     time.sleep(server.latency)
@@ -217,6 +260,9 @@ class FakeOpenAIServer:
                                {"Retry-After": str(server.faults.retry_after)})
                 elif kind == "500":
                     self._send(500, {"error": {"message": "internal error", "type": "server_error"}})
+                elif kind == "400":
+                    self._send(400, {"error": {"message": "this request is invalid: 'max_tokens' is not supported",
+                                               "type": "invalid_request_error"}})
                 else:
                     if kind == "timeout":
                         time.sleep(server.faults.slow_seconds)

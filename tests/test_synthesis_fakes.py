@@ -69,10 +69,13 @@ def responder(body: dict) -> str:
 
 
 def run_args(server, output, **overrides) -> SynthesisArguments:
-    """Settings for a fast run against the fake server (tiny backoff, 1 s timeout)."""
+    """Settings for a fast run against the fake server (tiny backoff, 1 s timeout).
+
+    No structured outputs by default: these runs count the plan's requests exactly, and the format probe has tests
+    of its own (tests/test_synthesis_structured.py)."""
     settings = dict(model="fake-llm", base_url=server.base_url, output=str(output), num_examples=120, seed=3,
                     languages=["English", "German", "Uzbek"], timeout=1.0, retry_initial_wait=0.01, retry_max_wait=0.05,
-                    concurrency=8, max_attempts=10, no_progress=True)
+                    concurrency=8, max_attempts=10, no_progress=True, response_format="none")
     settings.update(overrides)
     return SynthesisArguments(**settings)
 

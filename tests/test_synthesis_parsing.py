@@ -70,11 +70,15 @@ def test_brainstorm_lists():
     # "a python list of strings" (single quotes) is read with ast.literal_eval, which runs no code
     assert parse_brainstorm("```python\n['Find X.', 'Retrieve Y.',]\n```") == ["Find X.", "Retrieve Y."]
     assert parse_brainstorm("Here you go:\n[\"A task.\", \"B task.\"]\nEnjoy!") == ["A task.", "B task."]
+    # the structured-output shape, where a server needs a top-level object
+    assert parse_brainstorm(json.dumps({"tasks": ["Find X.", "Retrieve Y."]})) == ["Find X.", "Retrieve Y."]
 
 
 @pytest.mark.parametrize("content,reason", [
     ("1. Find X\n2. Retrieve Y", "invalid_json"),
-    (json.dumps({"tasks": ["a"]}), "brainstorm_not_a_list_of_strings"),
+    (json.dumps({"items": ["a"]}), "brainstorm_not_a_list_of_strings"),
+    (json.dumps({"tasks": ["a"], "more": ["b"]}), "brainstorm_not_a_list_of_strings"),
+    (json.dumps({"tasks": "a"}), "brainstorm_not_a_list_of_strings"),
     (json.dumps([]), "brainstorm_not_a_list_of_strings"),
     (json.dumps(["a", 2]), "brainstorm_not_a_list_of_strings"),
     (json.dumps(["a", ""]), "brainstorm_not_a_list_of_strings"),
@@ -153,7 +157,7 @@ def test_cut_text_list_keeps_a_last_item_that_ended_with_a_newline():
     (json.dumps(["Find X in a corpus.", "Retrieve Y for a query."])[:-3], "length", "truncated"),  # a cut JSON list
     ('["- Retrieve weather information\n- for a city', "stop", "invalid_json"),  # a broken JSON list is not text
     ("", "stop", "empty_response"),
-    (json.dumps({"tasks": ["a"]}), "stop", "brainstorm_not_a_list_of_strings"),
+    (json.dumps({"items": ["a"]}), "stop", "brainstorm_not_a_list_of_strings"),
 ])
 def test_text_list_mode_still_rejects(content, finish_reason, reason):
     with pytest.raises(Rejected) as info:

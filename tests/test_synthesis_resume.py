@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _cli(server, output) -> list[str]:
     return [sys.executable, "-m", "e5_mistral.cli", "generate", "--model", "fake-llm", "--base-url", server.base_url,
             "--output", str(output), "--num-examples", "160", "--seed", "3", "--languages", "English", "German", "Uzbek",
-            "--concurrency", "4", "--timeout", "5", "--retry-initial-wait", "0.01", "--no-progress"]
+            "--concurrency", "4", "--timeout", "5", "--retry-initial-wait", "0.01", "--no-progress",
+            "--response-format", "none"]  # as run_args: the plan's requests only
 
 
 def _env() -> dict:

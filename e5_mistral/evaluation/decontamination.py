@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from ..families import all_output_keys
+
 logger = logging.getLogger(__name__)
 
 # Text columns checked: the synthetic schema's LLM keys (every family), then common generic names.
-SYNTHETIC_TEXT_FIELDS = (
-    "user_query", "positive_document", "hard_negative_document",
-    "input_text", "label", "misleading_label",
-    "input", "S1", "S2", "S3",
-)
+SYNTHETIC_TEXT_FIELDS = tuple(all_output_keys())
 GENERIC_TEXT_FIELDS = (
     "query", "anchor", "positive", "negative", "negatives", "pos", "neg", "document", "text",
     "sentence1", "sentence2", "question", "answer", "passage", "title",

@@ -10,6 +10,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .plan import BRAINSTORM_REASKS
+from .structured import RESPONSE_FORMATS
 from .templates import FAMILIES
 
 
@@ -41,6 +42,10 @@ class SynthesisArguments:
     accept_text_task_lists: bool = _help(
         "also accept a brainstorm answer written as a plain-text list ('- task', '1. task'), not only a JSON list; "
         "for small local models (the paper's strict parsing is the default)", default=False)
+    # Structured outputs
+    response_format: str = _help(
+        "JSON schema enforcement: auto (ask the endpoint once which shape it enforces), json_schema (OpenAI, vLLM, "
+        "SGLang, llama.cpp), json_object (llama.cpp's json_object + schema) or none", default="auto")
     # Decoding
     temperature: float = _help("sampling temperature (paper: 1.0)", default=1.0)
     top_p: float = _help("nucleus sampling top_p (paper: 1.0)", default=1.0)
@@ -50,6 +55,9 @@ class SynthesisArguments:
     rpm: Optional[float] = _help("requests per minute limit", default=None)
     tpm: Optional[float] = _help("tokens per minute limit (prompt estimate + max_tokens)", default=None)
     max_attempts: int = _help("attempts per request before it is journaled as failed (retried by the next run)", default=6)
+    retry_refused: bool = _help(
+        "send again the requests the endpoint refused with a non-retryable 4xx (by default a rerun leaves them refused)",
+        default=False)
     timeout: float = _help("seconds before one attempt times out", default=600.0)
     retry_initial_wait: float = _help("first backoff in seconds (exponential with jitter; Retry-After wins)", default=1.0)
     retry_max_wait: float = _help("longest backoff in seconds", default=60.0)
@@ -79,6 +87,8 @@ class SynthesisArguments:
                 raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
         if self.backend not in ("online", "batch"):
             raise ValueError(f"--backend must be online or batch, not {self.backend!r}")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, not {self.response_format!r}")
         if self.http_client not in ("auto", "aiohttp", "httpx"):
             raise ValueError(f"--http-client must be auto, aiohttp or httpx, not {self.http_client!r}")
         if self.dedup_tasks not in ("none", "minhash", "semantic"):
@@ -103,9 +113,15 @@ class SynthesisArguments:
             return self.brainstorm_reasks
         return 0 if self.temperature == 0 else BRAINSTORM_REASKS
 
-    def generation_params(self) -> dict:
-        """The request parameters that go into every request id (never the key or the URL)."""
+    def generation_params(self, response_format: str = "none") -> dict:
+        """The request parameters that go into every request id (never the key or the URL).
+
+        ``response_format`` is the resolved format (never ``auto``); it joins the ids only when a schema is sent,
+        so journals written without one still resume.
+        """
         params = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if response_format != "none":
+            params["response_format"] = response_format
         if self.extra_body:
             params["extra_body"] = json.loads(self.extra_body)
         if self.system_prompt:  # only when set, so the ids of runs without one stay as they were

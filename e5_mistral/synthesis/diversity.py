@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable, Sequence
 
-from .templates import DEDUP_KEY, OUTPUT_KEYS
+from ..families import all_output_keys
+from .templates import DEDUP_KEY
 
 NGRAM_ORDERS = (1, 2, 3)
 
@@ -68,7 +69,7 @@ def diversity_report(rows: list[dict]) -> dict:
     if unknown:
         raise ValueError(f"rows have unknown family {unknown[0]!r}; expected one of {', '.join(DEDUP_KEY)}")
     queries = [(row["family"], text) for row in rows if (text := query_text(row)) is not None]
-    fields = [key for key in dict.fromkeys(k for keys in OUTPUT_KEYS.values() for k in keys)]
+    fields = all_output_keys()
     per_field = {}
     for key in fields:
         values = [row[key] for row in rows if isinstance(row.get(key), str)]

@@ -6,7 +6,8 @@
   timeouts and connection errors only; the openai client's own retries are off so the layers never multiply.
   After ``max_attempts`` the request is journaled as failed and retried by the next run.
 * Fatal answers (401, 403, 404) stop the whole run with one clear error; requests in flight still finish
-  and are journaled.
+  and are journaled. Any other 4xx is about the request itself: it is journaled as ``refused`` with the
+  server's reason, and a rerun does not send it again unless asked (``--retry-refused``).
 * CPU per request is what limits a single process at high concurrency, so requests go through the client's
   generic ``post`` (the body is ours already, and the answer is kept as plain JSON: no per-request
   pydantic transform or model), over aiohttp when it is installed (see :func:`make_http_client`).
@@ -24,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from tenacity.wait import wait_base
 
 from .cost import Budget
-from .journal import STATUS_FAILED, STATUS_OK, Journal, Request, make_record
+from .journal import STATUS_FAILED, STATUS_OK, STATUS_REFUSED, Journal, Request, make_record
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,24 @@ class OnlineBackend:
         prompt = sum(len(m["content"]) for m in request.messages) / 4
         return min(prompt + float(request.params.get("max_tokens") or 0), float(self.tpm or 0))
 
+    async def post(self, body: dict):
+        """One chat completion, as sent by every request of the plan."""
+        return await self.client.post("/chat/completions", body=body, cast_to=object,
+                                      options={"security": {"bearer_auth": True}})
+
+    async def retry_rate_limits(self, send, body: dict):
+        """``await send(body)``, retried only on rate limits (408/409/429) and connection errors: any other status
+        is an answer about the request (the structured-output probe reads it as such)."""
+        def transient(exc: BaseException) -> bool:
+            return isinstance(exc, openai.APIConnectionError) or (
+                isinstance(exc, openai.APIStatusError) and exc.status_code in (408, 409, 429))
+
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_attempts), wait=self.wait,
+                                 retry=retry_if_exception(transient), reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                return await send(body)
+
     async def _create(self, request: Request):
         if self.request_limiter is not None:
             await self.request_limiter.acquire()
@@ -150,8 +169,7 @@ class OnlineBackend:
             await self.token_limiter.acquire(self._estimated_tokens(request))
         # The documented raw route of the client (same auth, base URL, Azure deployment paths, timeouts and
         # error classes as chat.completions.create); cast_to=object returns the decoded JSON untouched.
-        return await self.client.post("/chat/completions", body=request.body(), cast_to=object,
-                                      options={"security": {"bearer_auth": True}})
+        return await self.post(request.body())
 
     async def _answer(self, request: Request) -> dict:
         attempts = 0
@@ -166,6 +184,9 @@ class OnlineBackend:
         except openai.APIStatusError as err:
             if err.status_code in FATAL_STATUS:
                 raise EndpointError(f"{FATAL_STATUS[err.status_code]} (HTTP {err.status_code} from {self.endpoint}): {err.message}") from None
+            if not is_retryable(err):  # a 4xx about this request: asking again gets the same answer
+                return make_record(request, STATUS_REFUSED, attempts=attempts,
+                                   error=f"HTTP {err.status_code}: {' '.join(str(err.message).split())}"[:500])
             return self._failed(request, err, attempts)
         except openai.APIConnectionError as err:
             self._connection_failures += 1

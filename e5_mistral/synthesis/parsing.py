@@ -11,7 +11,8 @@ import ast
 import json
 import re
 
-from .templates import OUTPUT_KEYS
+from ..families import family_spec
+from .structured import BRAINSTORM_KEY
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
@@ -101,7 +102,8 @@ def parse_example(family: str, content: str | None, finish_reason: str | None = 
     obj = extract_json(_check_answer(content, finish_reason), "{")
     if not isinstance(obj, dict):
         raise Rejected("not_an_object")
-    keys = OUTPUT_KEYS[family]
+    spec = family_spec(family)
+    keys = spec.output_keys
     row: dict[str, str] = {}
     for key in keys:
         if key not in obj:
@@ -117,23 +119,12 @@ def parse_example(family: str, content: str | None, finish_reason: str | None = 
     for key in obj:
         if key not in keys:
             raise Rejected(f"extra_key:{key}")
-    _check_family_rules(family, row)
-    return row
-
-
-def _check_family_rules(family: str, row: dict[str, str]) -> None:
-    same = lambda a, b: normalize(row[a]) == normalize(row[b])  # noqa: E731
-    if family == "short_long" and same("user_query", "positive_document"):
-        raise Rejected("query_equals_positive")
-    if family in ("short_short", "long_long") and same("input", "positive_document"):
-        raise Rejected("query_equals_positive")
-    if family == "long_short":
-        if same("label", "misleading_label"):
-            raise Rejected("label_equals_misleading")
-        if same("input_text", "label"):
-            raise Rejected("query_equals_positive")
-    if family in ("sts", "bitext") and len({normalize(row[k]) for k in ("S1", "S2", "S3")}) < 3:
+    for a, b, reason in spec.distinct:
+        if normalize(row[a]) == normalize(row[b]):
+            raise Rejected(reason)
+    if len({normalize(row[k]) for k in spec.all_distinct}) < len(spec.all_distinct):
         raise Rejected("sentences_not_distinct")
+    return row
 
 
 def parse_brainstorm(content: str | None, finish_reason: str | None = "stop", *, accept_text_lists: bool = False) -> list[str]:
@@ -170,6 +161,8 @@ def parse_brainstorm_answer(content: str | None, finish_reason: str | None = "st
 
 def _strict_brainstorm(content: str | None, finish_reason: str | None) -> list[str]:
     obj = extract_json(_check_answer(content, finish_reason), "[", allow_python_literal=True)
+    if isinstance(obj, dict) and list(obj) == [BRAINSTORM_KEY]:  # the structured-output shape {"tasks": [...]}
+        obj = obj[BRAINSTORM_KEY]
     if not isinstance(obj, list) or not obj or not all(isinstance(t, str) and t.strip() for t in obj):
         raise Rejected("brainstorm_not_a_list_of_strings")
     return obj

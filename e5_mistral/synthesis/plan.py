@@ -13,6 +13,7 @@ import random
 from typing import Iterable, Mapping, Sequence
 
 from .journal import Request
+from .structured import response_format
 from .templates import (
     ASYMMETRIC_FAMILIES,
     FAMILIES,
@@ -122,9 +123,13 @@ def _messages(prompt: str, params: Mapping) -> tuple:
     return ({"role": "system", "content": system}, user) if system else (user,)
 
 
-def _body_params(params: Mapping) -> dict:
-    """The params sent in the request body: the system prompt is part of the id but travels as a message."""
-    return {k: v for k, v in params.items() if k != "system_prompt"}
+def _body_params(params: Mapping, kind: str, family: str) -> dict:
+    """The params sent in the request body: the system prompt is part of the id but travels as a message, and the
+    response format's name in the id becomes the family's schema in the body."""
+    body = {k: v for k, v in params.items() if k != "system_prompt"}
+    if "response_format" in body:
+        body["response_format"] = response_format(body["response_format"], kind, family)
+    return body
 
 
 def brainstorm_request(family: str, index: int, params: Mapping, reask: int = 0) -> Request:
@@ -134,7 +139,8 @@ def brainstorm_request(family: str, index: int, params: Mapping, reask: int = 0)
     if reask:
         payload["reask"] = reask
     rid = request_id(payload)
-    return Request(rid, "brainstorm", family, _messages(render(family, "brainstorm", {}), params), _body_params(params))
+    return Request(rid, "brainstorm", family, _messages(render(family, "brainstorm", {}), params),
+                   _body_params(params, "brainstorm", family))
 
 
 def sample_slots(family: str, seed: int, index: int, languages: Mapping[str, float]) -> dict[str, str]:
@@ -165,7 +171,8 @@ def example_request(family: str, index: int, task: str, slots: Mapping[str, str]
     values = dict(slots) if family in FIXED_TASKS else {**slots, "task": task}
     rid = request_id({"kind": "example", "family": family, "index": index, "task": task, "slots": dict(slots),
                       "template": version, "params": dict(params)})
-    return Request(rid, "example", family, _messages(render(family, "generate", values), params), _body_params(params))
+    return Request(rid, "example", family, _messages(render(family, "generate", values), params),
+                   _body_params(params, "example", family))
 
 
 def needs_brainstorm(family: str) -> bool:

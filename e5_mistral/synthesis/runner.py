@@ -17,7 +17,7 @@ from typing import Callable
 
 from .config import SynthesisArguments
 from .cost import Budget, load_price_table, price_for, record_cost
-from .journal import STATUS_OK, Journal, Request
+from .journal import STATUS_FAILED, STATUS_OK, STATUS_REFUSED, Journal, Request, make_record
 from .parsing import Rejected, normalize, parse_brainstorm_answer, parse_example
 from .plan import (
     assign_tasks,
@@ -26,10 +26,12 @@ from .plan import (
     example_request,
     family_counts,
     needs_brainstorm,
+    request_id,
     resolve_languages,
     resolve_mix,
     sample_slots,
 )
+from .structured import SCHEMA_FORMATS, detect
 from .templates import DEDUP_KEY, template_version
 
 logger = logging.getLogger(__name__)
@@ -79,13 +81,85 @@ class SynthesisRun:
         self.counts = family_counts(args.num_examples, resolve_mix(args.families, args.family_mix))
         if self.counts.get("bitext") and len(self.languages) < 2:
             raise ValueError("bitext needs at least two languages (source and target must differ)")
-        self.params = args.generation_params()
+        # what `auto` found ({"chosen", "refused"}); None until the endpoint was asked (or an earlier run's answer)
+        self.detection: dict | None = self._stored_detection()
+        self.response_format = self.detection["chosen"] if self.detection else None
         self.prices = load_price_table(args.price_table)
         if args.max_cost is not None and price_for(self.prices, args.model) is None:
             raise ValueError(f"--max-cost needs a price for model {args.model!r} in --price-table")
         self._dedup_cache: dict[tuple, tuple[list[str], int]] = {}
         self._examples_cache: dict[str, tuple[tuple, list[tuple[Request, dict]]]] = {}  # family -> (key, plan)
         self.batches_running = 0  # batches the batch backend left running (--batch-no-wait)
+
+    @property
+    def params(self) -> dict:
+        return self.args.generation_params(self.response_format or "none")
+
+    # -- structured outputs --------------------------------------------------------------------------------
+    def _stored_detection(self) -> dict | None:
+        """The format to send without asking: ``none`` when asked for, else what an earlier run of the same
+        endpoint and model settled on (so a resumed run keeps its ids and needs no probe)."""
+        if self.args.response_format == "none":
+            return {"chosen": "none", "refused": {}}
+        previous = self.output / "run_config.json"
+        if not previous.is_file():
+            return None
+        try:
+            old = json.loads(previous.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return None
+        if "response_format" not in old and all(old.get(k) == getattr(self.args, k) for k in ("model", "base_url")):
+            return {"chosen": "none", "refused": {}}  # a run from before structured outputs: keep its request ids
+        same = all(old.get(k) == getattr(self.args, k) for k in ("response_format", "model", "base_url", "backend"))
+        resolved = old.get("response_format_resolved") or {}
+        return resolved if same and resolved.get("chosen") in ("none",) + SCHEMA_FORMATS else None
+
+    async def _detect_response_format(self, journal: Journal) -> str:
+        """Ask the endpoint once which schema shape it enforces (``auto``), or check the one asked for. Every probe
+        attempt is journaled like any request, so the report counts its requests and tokens."""
+        import openai
+
+        from .online import FATAL_STATUS, EndpointError
+
+        requested = self.args.response_format
+        if self.args.backend == "batch":  # the Batch API is OpenAI's: its chat endpoint takes json_schema
+            self.detection = {"chosen": "json_schema" if requested == "auto" else requested, "refused": {}}
+            return self.detection["chosen"]
+        backend = self._backend(Budget(None, None, self.prices))
+
+        async def send(body: dict):
+            probe = Request(request_id({"kind": "probe", "body": body}), "probe", "", tuple(body["messages"]),
+                            {k: v for k, v in body.items() if k != "messages"})
+            try:
+                answer = await backend.post(body)
+            except (openai.APIStatusError, openai.APIConnectionError) as err:
+                journal.append(make_record(probe, STATUS_FAILED, error=f"{type(err).__name__}: {err}"[:500]))
+                raise
+            usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else {}
+            journal.append(make_record(probe, STATUS_OK, usage={"prompt_tokens": usage.get("prompt_tokens") or 0,
+                                                                "completion_tokens": usage.get("completion_tokens") or 0}))
+            return answer
+
+        try:
+            await backend.check_endpoint()
+            try:
+                found = await detect(lambda body: backend.retry_rate_limits(send, body), self.args.generation_params(),
+                                     SCHEMA_FORMATS if requested == "auto" else (requested,))
+            except openai.APIStatusError as err:
+                reason = FATAL_STATUS.get(err.status_code, "the endpoint failed while asked which JSON schema shape it enforces")
+                raise EndpointError(f"{reason} (HTTP {err.status_code} from {backend.endpoint}): {err.message}") from None
+            except openai.APIConnectionError as err:
+                raise EndpointError(f"cannot reach the endpoint {backend.endpoint} ({type(err).__name__})") from None
+        finally:
+            await self._client.close()
+        self.detection = found.to_dict()
+        if requested != "auto" and found.chosen != requested:
+            raise ValueError(f"the endpoint does not enforce --response-format {requested} "
+                             f"({found.refused[requested]}); use --response-format auto or none")
+        if found.chosen == "none":
+            logger.warning("the endpoint enforces no JSON schema (%s); sending requests without response_format",
+                           "; ".join(f"{mode}: {why}" for mode, why in found.refused.items()))
+        return found.chosen
 
     # -- plan ----------------------------------------------------------------------------------------------
     def plan(self, latest: dict[str, dict]) -> list[FamilyPlan]:
@@ -142,11 +216,15 @@ class SynthesisRun:
         return parse_brainstorm_answer(rec["content"], rec["finish_reason"], accept_text_lists=self.args.accept_text_task_lists)
 
     def _resolve_tasks(self, fp: FamilyPlan, latest: dict[str, dict]) -> None:
+        """The family's tasks once every brainstorm call has an answer; calls that failed are left out, so a
+        family goes on with the tasks it has (they are asked again by the next run)."""
         records = [latest.get(r.request_id) for r in fp.brainstorms]
-        if any(rec is None or rec["status"] != STATUS_OK for rec in records):
+        answered = [rec for rec in records if rec is not None and rec["status"] == STATUS_OK]
+        if any(rec is None for rec in records) or (records and not answered):
             return
+        fp.task_stats["brainstorm_failed"] = len(records) - len(answered)
         tasks, seen = [], set()
-        for rec in records:
+        for rec in answered:
             try:
                 listed, from_text = self._tasks_of(rec)
             except Rejected as err:
@@ -192,9 +270,12 @@ class SynthesisRun:
     # -- execution -----------------------------------------------------------------------------------------
     def run(self, progress: bool | None = None) -> RunResult:
         self.output.mkdir(parents=True, exist_ok=True)
-        (self.output / "run_config.json").write_text(json.dumps(self.args.public_dict(), indent=2) + "\n", encoding="utf-8")
         journal = ObservedJournal(self.output / "journal")
         try:
+            if self.response_format is None:
+                self.response_format = asyncio.run(self._detect_response_format(journal))
+            run_config = {**self.args.public_dict(), "response_format_resolved": self.detection}
+            (self.output / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n", encoding="utf-8")
             budget = Budget(self.args.max_cost, self.args.max_total_tokens, self.prices)
             for record in journal.records():  # money already spent counts against the budget
                 budget.add(record)
@@ -210,8 +291,8 @@ class SynthesisRun:
     async def _execute(self, journal: ObservedJournal, budget: Budget, hide_progress: bool) -> bool:
         latest = journal.latest()
         plans = self.plan(latest)
-        todo = [r for fp in plans for r in fp.brainstorms if _pending(r, latest)]
-        if not todo and not any(_pending(r, latest) for fp in plans for r, _ in fp.examples):
+        todo = [r for fp in plans for r in fp.brainstorms if self._pending(r, latest)]
+        if not todo and not any(self._pending(r, latest) for fp in plans for r, _ in fp.examples):
             return False  # nothing to send: no client, no key needed
         backend = self._backend(budget)
         try:
@@ -225,7 +306,7 @@ class SynthesisRun:
                 # next round: only the new re-asks; requests that failed wait for the next run
                 todo = [r for fp in self.plan(latest) for r in fp.brainstorms if r.request_id not in latest]
             if not budget.exhausted and not getattr(backend, "stopped_by_budget", False):
-                todo = [r for fp in self.plan(latest) for r, _ in fp.examples if _pending(r, latest)]
+                todo = [r for fp in self.plan(latest) for r, _ in fp.examples if self._pending(r, latest)]
                 if todo:
                     await self._stage("examples", backend, todo, journal, budget, hide_progress)
         finally:
@@ -287,6 +368,11 @@ class SynthesisRun:
                              max_attempts=args.max_attempts, initial_wait=args.retry_initial_wait,
                              max_wait=args.retry_max_wait, budget=budget, endpoint=args.base_url or "the OpenAI API")
 
+    def _pending(self, request: Request, latest: dict[str, dict]) -> bool:
+        """Not answered yet: never sent, or failed (a refused request only with ``--retry-refused``)."""
+        rec = latest.get(request.request_id)
+        return rec is None or rec["status"] == STATUS_FAILED or (rec["status"] == STATUS_REFUSED and self.args.retry_refused)
+
     # -- results -------------------------------------------------------------------------------------------
     def finalize(self, latest: dict[str, dict], budget_stopped: bool = False) -> RunResult:
         """Parse every answer of the plan, dedup, write report.json, rejected.jsonl, diversity.json, dataset/."""
@@ -296,6 +382,7 @@ class SynthesisRun:
         rejected, per_family = Counter(), {}
         duplicates = 0
         brainstorm = Counter()
+        answered, accepted = Counter(), Counter()  # (family or language) -> examples answered / accepted
         plans = self.plan(latest)
         for fp in plans:
             stats = Counter(planned=fp.count)
@@ -325,6 +412,7 @@ class SynthesisRun:
                     stats["failed"] += 1
                     failed_reasons[_failure_reason(rec, budget_stopped, self.batches_running)] += 1
                     continue
+                answered.update((("family", fp.family), ("language", meta["language"])))
                 try:
                     fields = parse_example(fp.family, rec["content"], rec["finish_reason"])
                 except Rejected as err:
@@ -339,6 +427,7 @@ class SynthesisRun:
                     continue
                 seen.add(key)
                 stats["accepted"] += 1
+                accepted.update((("family", fp.family), ("language", meta["language"])))
                 rows.append({**meta, "generator_model": rec.get("model") or meta["generator_model"], **fields})
             per_family[fp.family] = {k: stats[k] for k in ("planned", "accepted", "rejected", "duplicates_removed", "failed")}
 
@@ -346,7 +435,7 @@ class SynthesisRun:
         report = {
             "planned": sum(fp.count for fp in plans),
             "requests_sent": sum(int(r.get("attempts") or 0) for r in records),
-            "responses_ok": sum(1 for r in latest.values() if r["status"] == STATUS_OK),
+            "responses_ok": sum(1 for r in latest.values() if r["status"] == STATUS_OK and r["kind"] != "probe"),
             "accepted": len(rows),
             "rejected": dict(sorted(rejected.items())),
             "duplicates_removed": duplicates,
@@ -365,6 +454,8 @@ class SynthesisRun:
             },
             "per_family": per_family,
             "per_language": dict(Counter(row["language"] for row in rows).most_common()),
+            "acceptance": _acceptance(answered, accepted, rejected),
+            "response_format": self.detection or {"chosen": "none", "refused": {}},
             "generator_models": sorted({row["generator_model"] for row in rows}),
             "budget_stopped": budget_stopped,
             "batches_running": self.batches_running,
@@ -375,14 +466,25 @@ class SynthesisRun:
         return RunResult(report, rows, rejects, self.output)
 
 
-def _pending(request: Request, latest: dict[str, dict]) -> bool:
-    rec = latest.get(request.request_id)
-    return rec is None or rec["status"] != STATUS_OK
+def _acceptance(answered: Counter, accepted: Counter, rejected: Counter) -> dict:
+    """Accepted share of the answered examples (duplicates and rejects count against it), overall, per family and
+    per language, and each reject reason's share of the answered examples."""
+    def rates(axis: str) -> dict:
+        keys = sorted((k for a, k in answered if a == axis), key=lambda k: (-answered[(axis, k)], k))
+        return {k: {"answered": answered[(axis, k)], "accepted": accepted[(axis, k)],
+                    "rate": round(accepted[(axis, k)] / answered[(axis, k)], 4)} for k in keys}
+
+    total = sum(n for (axis, _), n in answered.items() if axis == "family")
+    return {"answered": total, "rate": round(sum(n for (a, _), n in accepted.items() if a == "family") / total, 4) if total else None,
+            "per_family": rates("family"), "per_language": rates("language"),
+            "per_reason": {reason: round(n / total, 4) for reason, n in sorted(rejected.items()) if total}}
 
 
 def _failure_reason(rec: dict | None, budget_stopped: bool, batches_running: int = 0) -> str:
     if rec is None:
         return "budget" if budget_stopped else "batch_in_progress" if batches_running else "not_sent"
+    if rec["status"] == STATUS_REFUSED:
+        return "refused"
     error = rec.get("error") or "unknown"
     return error.split(":", 1)[0]  # the exception class, e.g. RateLimitError
 

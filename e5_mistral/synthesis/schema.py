@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .templates import FAMILIES, OUTPUT_KEYS, slot_values
+from ..families import FAMILIES, family_spec
+from .templates import slot_values
 
 ALL_CONFIG = "all"
 CONFIG_NAMES = FAMILIES + (ALL_CONFIG,)
@@ -38,7 +39,7 @@ def slot_keys(config: str) -> list[str]:
 
 
 def output_keys(config: str) -> list[str]:
-    return _union(OUTPUT_KEYS[f] for f in _families(config))
+    return _union(family_spec(f).output_keys for f in _families(config))
 
 
 def columns(config: str) -> list[str]:

@@ -13,38 +13,20 @@ import string
 from functools import lru_cache
 from pathlib import Path
 
-from ..instructions import BITEXT_TASK, STS_TASK
+from ..families import ASYMMETRIC_FAMILIES, FAMILIES, FAMILY_SPECS, SYMMETRIC_FAMILIES, family_spec  # noqa: F401
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
-ASYMMETRIC_FAMILIES = ("short_long", "long_short", "short_short", "long_long")
-SYMMETRIC_FAMILIES = ("sts", "bitext")
-FAMILIES = ASYMMETRIC_FAMILIES + SYMMETRIC_FAMILIES
-
-# Symmetric families skip brainstorming; their task definitions are fixed (paper Table 16).
-FIXED_TASKS = {"sts": STS_TASK, "bitext": BITEXT_TASK}
-
-# The JSON keys each family's generation template asks for (verbatim from the templates).
-OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
-    "short_long": ("user_query", "positive_document", "hard_negative_document"),
-    "long_short": ("input_text", "label", "misleading_label"),
-    "short_short": ("input", "positive_document"),
-    "long_long": ("input", "positive_document"),
-    "sts": ("S1", "S2", "S3"),
-    "bitext": ("S1", "S2", "S3"),
-}
-
-# The field whose normalised text identifies an example for exact dedup (lessons: query / input_text / input / S1).
-DEDUP_KEY = {"short_long": "user_query", "long_short": "input_text", "short_short": "input",
-             "long_long": "input", "sts": "S1", "bitext": "S1"}
+# Views of the family definitions (e5_mistral/families.py), for the code that reads them by family name.
+FIXED_TASKS = {name: spec.fixed_task for name, spec in FAMILY_SPECS.items() if spec.fixed_task}
+OUTPUT_KEYS: dict[str, tuple[str, ...]] = {name: spec.output_keys for name, spec in FAMILY_SPECS.items()}
+DEDUP_KEY = {name: spec.dedup_key for name, spec in FAMILY_SPECS.items()}
 
 LANGUAGE_SLOT = "languages"  # marker in slots.json: the slot draws from the language distribution
 
 
 def check_family(family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
-    return family
+    return family_spec(family).name
 
 
 @lru_cache(maxsize=None)

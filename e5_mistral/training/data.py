@@ -17,20 +17,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..families import FAMILY_SPECS
 from ..instructions import format_query
 from .e5_config import E5DatasetConfig
 
 logger = logging.getLogger(__name__)
 
-# family -> (query, positive, hard negative or None), paper §1.3.
-FAMILY_FIELDS: dict[str, tuple[str, str, str | None]] = {
-    "short_long": ("user_query", "positive_document", "hard_negative_document"),
-    "long_short": ("input_text", "label", "misleading_label"),
-    "short_short": ("input", "positive_document", None),
-    "long_long": ("input", "positive_document", None),
-    "sts": ("S1", "S2", "S3"),
-    "bitext": ("S1", "S2", "S3"),
-}
+# family -> (query, positive, hard negative or None), paper §1.3; from the family definitions.
+FAMILY_FIELDS: dict[str, tuple[str, str, str | None]] = {name: spec.fields for name, spec in FAMILY_SPECS.items()}
 
 TRAINING_COLUMNS = ("query", "positive", "negatives", "dataset_id", "in_batch_negatives")
 
