@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -77,6 +78,7 @@ def benchmark(folder: Path, args) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     from e5_mistral.pooling import pool
+
     dtype = getattr(torch, args.dtype)
     texts = make_texts(args.num_texts)
 
@@ -96,8 +98,13 @@ def benchmark(folder: Path, args) -> dict:
         with torch.inference_mode():
             for start in range(0, len(order), args.batch_size):
                 idx = order[start : start + args.batch_size]
-                batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                  max_length=args.max_seq_length, return_tensors="pt").to(args.device)
+                batch = tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=args.max_seq_length,
+                    return_tensors="pt",
+                ).to(args.device)
                 hidden = model(**batch).last_hidden_state
                 embeddings = pool(hidden, batch["attention_mask"], mode=pooling_mode, normalize=normalize)
                 for i, row in zip(idx, embeddings):
@@ -117,8 +124,12 @@ def benchmark(folder: Path, args) -> dict:
         st_s = min(st_s, seconds)
     diff = (plain_out.float() - st_out.float()).abs().max().item()
     return {
-        "model": str(folder), "device": args.device, "dtype": args.dtype, "num_texts": len(texts),
-        "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
+        "model": str(folder),
+        "device": args.device,
+        "dtype": args.dtype,
+        "num_texts": len(texts),
+        "batch_size": args.batch_size,
+        "max_seq_length": args.max_seq_length,
         "transformers_texts_per_s": round(len(texts) / plain_s, 2),
         "sentence_transformers_texts_per_s": round(len(texts) / st_s, 2),
         "ratio": round(plain_s / st_s, 3),

@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # tests.fake_openai lives in the repository, not the package
 
@@ -47,6 +48,7 @@ from e5_mistral.synthesis.online import HTTP_CLIENTS, OnlineBackend, make_http_c
 from e5_mistral.synthesis.parsing import Rejected, parse_example  # noqa: E402
 from e5_mistral.synthesis.plan import example_request, sample_slots  # noqa: E402
 from tests.fake_openai import FakeOpenAIServer  # noqa: E402
+
 
 FAMILY = "short_long"
 PARAMS = {"model": "fake", "temperature": 1.0, "top_p": 1.0, "max_tokens": 512}
@@ -59,9 +61,13 @@ def responder(body: dict) -> str:
     prompt = body["messages"][0]["content"]
     if prompt.startswith("Brainstorm"):
         return json.dumps([f"Retrieve documents answering question type {n}-{i}." for i in range(20)])
-    return json.dumps({"user_query": f"query number {n}",
-                       "positive_document": f"A document that answers query number {n} in detail.",
-                       "hard_negative_document": f"A document that looks related to query {n} but is not."})
+    return json.dumps(
+        {
+            "user_query": f"query number {n}",
+            "positive_document": f"A document that answers query number {n} in detail.",
+            "hard_negative_document": f"A document that looks related to query {n} but is not.",
+        }
+    )
 
 
 def _serve(latency: float, conn) -> None:
@@ -90,12 +96,16 @@ class ServerProcess:
 def example_requests(count: int) -> list:
     tasks = [f"Retrieve documents for task {i}." for i in range(max(1, count // 3))]
     languages = {"English": 1.0}
-    return [example_request(FAMILY, i, tasks[i % len(tasks)], sample_slots(FAMILY, 0, i, languages), PARAMS)
-            for i in range(count)]
+    return [
+        example_request(FAMILY, i, tasks[i % len(tasks)], sample_slots(FAMILY, 0, i, languages), PARAMS)
+        for i in range(count)
+    ]
 
 
 async def raw_gather(base_url: str, requests: list, concurrency: int, http_client: str = "httpx") -> int:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, http_client=make_http_client(http_client))
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="EMPTY", max_retries=0, http_client=make_http_client(http_client)
+    )
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(request) -> int:
@@ -109,7 +119,9 @@ async def raw_gather(base_url: str, requests: list, concurrency: int, http_clien
         await client.close()
 
 
-def online_backend_without_fsync(base_url: str, requests: list, concurrency: int, directory: Path, http_client: str) -> int:
+def online_backend_without_fsync(
+    base_url: str, requests: list, concurrency: int, directory: Path, http_client: str
+) -> int:
     from unittest import mock
 
     from e5_mistral.synthesis import journal
@@ -130,7 +142,9 @@ def fsync_latency(directory: Path, count: int = 50) -> float:
 
 
 async def online_backend(base_url: str, requests: list, concurrency: int, directory: Path, http_client: str) -> int:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, http_client=make_http_client(http_client))
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="EMPTY", max_retries=0, http_client=make_http_client(http_client)
+    )
     try:
         with Journal(directory / f"journal-{http_client}") as journal:
             await OnlineBackend(client, concurrency=concurrency).run(requests, journal)
@@ -156,9 +170,17 @@ def synthesis_run(base_url: str, count: int, concurrency: int, directory: Path, 
         finally:
             stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
 
-    args = SynthesisArguments(model="fake", base_url=base_url, output=str(directory / "run"), num_examples=count,
-                              families=[FAMILY], languages=["English"], concurrency=concurrency, no_progress=True,
-                              http_client=http_client)
+    args = SynthesisArguments(
+        model="fake",
+        base_url=base_url,
+        output=str(directory / "run"),
+        num_examples=count,
+        families=[FAMILY],
+        languages=["English"],
+        concurrency=concurrency,
+        no_progress=True,
+        http_client=http_client,
+    )
     with mock.patch.object(SynthesisRun, "_stage", timed_stage):
         return SynthesisRun(args).run(progress=False).report["accepted"]
 
@@ -176,12 +198,22 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=1920)  # 6 s at the ideal rate: past the fixed per-run costs
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the fake server waits before each answer")
-    parser.add_argument("--modes", default="raw,raw-aiohttp,online,online-httpx,online-nofsync,run",
-                        help="comma-separated: raw, raw-aiohttp, online, online-httpx, online-nofsync, run")
-    parser.add_argument("--http-client", default="auto", choices=HTTP_CLIENTS,
-                        help="transport of the online, online-nofsync and run modes")
-    parser.add_argument("--server-in-process", action="store_true",
-                        help="run the fake server in this process (its threads then compete for the GIL)")
+    parser.add_argument(
+        "--modes",
+        default="raw,raw-aiohttp,online,online-httpx,online-nofsync,run",
+        help="comma-separated: raw, raw-aiohttp, online, online-httpx, online-nofsync, run",
+    )
+    parser.add_argument(
+        "--http-client",
+        default="auto",
+        choices=HTTP_CLIENTS,
+        help="transport of the online, online-nofsync and run modes",
+    )
+    parser.add_argument(
+        "--server-in-process",
+        action="store_true",
+        help="run the fake server in this process (its threads then compete for the GIL)",
+    )
     parser.add_argument("--min-ratio", type=float, default=None, help="exit 1 if OnlineBackend's ratio is below this")
     args = parser.parse_args(argv)
 
@@ -189,8 +221,11 @@ def main(argv=None) -> int:
     requests = example_requests(args.requests)
     rows = [("ideal (concurrency / latency)", None, args.requests, ideal)]
     ratios, run_split = {}, None
-    server_cm = (FakeOpenAIServer(responder=responder, latency=args.latency) if args.server_in_process
-                 else ServerProcess(args.latency))
+    server_cm = (
+        FakeOpenAIServer(responder=responder, latency=args.latency)
+        if args.server_in_process
+        else ServerProcess(args.latency)
+    )
     with server_cm as server, tempfile.TemporaryDirectory(dir=REPO_ROOT) as tmp:  # the disk the journal uses
         fsync_ms = fsync_latency(Path(tmp)) * 1000
         url, n, conc, tmp_path, http = server.base_url, args.requests, args.concurrency, Path(tmp), args.http_client
@@ -198,9 +233,18 @@ def main(argv=None) -> int:
         modes = {
             "raw": ("raw gather + semaphore", lambda: asyncio.run(raw_gather(url, requests, conc))),
             "raw-aiohttp": ("raw gather, aiohttp", lambda: asyncio.run(raw_gather(url, requests, conc, "aiohttp"))),
-            "online": (f"OnlineBackend + journal ({http})", lambda: asyncio.run(online_backend(url, requests, conc, tmp_path, http))),
-            "online-httpx": ("OnlineBackend + journal (httpx)", lambda: asyncio.run(online_backend(url, requests, conc, tmp_path, "httpx"))),
-            "online-nofsync": (f"OnlineBackend, no fsync ({http})", lambda: online_backend_without_fsync(url, requests, conc, tmp_path, http)),
+            "online": (
+                f"OnlineBackend + journal ({http})",
+                lambda: asyncio.run(online_backend(url, requests, conc, tmp_path, http)),
+            ),
+            "online-httpx": (
+                "OnlineBackend + journal (httpx)",
+                lambda: asyncio.run(online_backend(url, requests, conc, tmp_path, "httpx")),
+            ),
+            "online-nofsync": (
+                f"OnlineBackend, no fsync ({http})",
+                lambda: online_backend_without_fsync(url, requests, conc, tmp_path, http),
+            ),
             "run": (f"SynthesisRun, end to end ({http})", lambda: synthesis_run(url, n, conc, tmp_path, http, stages)),
         }
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
@@ -215,8 +259,10 @@ def main(argv=None) -> int:
             if mode == "run" and "examples" in stages:  # the steady state that a long run converges to
                 rows.append(("  its example stage", stages["examples"], accepted, accepted / stages["examples"]))
                 run_split = (stages.get("brainstorm", 0.0), stages["examples"], seconds - sum(stages.values()))
-    print(f"{args.requests} requests, concurrency {args.concurrency}, latency {args.latency:.3f} s, ideal {ideal:.1f}/s; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; fsync {fsync_ms:.2f} ms")
+    print(
+        f"{args.requests} requests, concurrency {args.concurrency}, latency {args.latency:.3f} s, ideal {ideal:.1f}/s; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; fsync {fsync_ms:.2f} ms"
+    )
     raw_rate = next((rate for name, _, _, rate in rows if name.startswith("raw")), None)
     print(f"{'mode':38} {'seconds':>8} {'examples':>9} {'examples/s':>11} {'ratio':>6} {'vs raw':>7}")
     for name, seconds, accepted, rate in rows:
@@ -224,10 +270,17 @@ def main(argv=None) -> int:
         vs_raw = f"{rate / raw_rate:7.2f}" if raw_rate and seconds is not None else " " * 7
         print(f"{name:38} {secs} {accepted:9d} {rate:11.1f} {rate / ideal:6.2f} {vs_raw}")
     if run_split is not None:
-        print("SynthesisRun: brainstorm stage {:.2f} s, example stage {:.2f} s, the rest {:.2f} s (plan, endpoint check, "
-              "parsing, dedup, report and dataset files: mostly fixed costs that a long run amortizes)".format(*run_split))
+        print(
+            "SynthesisRun: brainstorm stage {:.2f} s, example stage {:.2f} s, the rest {:.2f} s (plan, endpoint check, "
+            "parsing, dedup, report and dataset files: mostly fixed costs that a long run amortizes)".format(
+                *run_split
+            )
+        )
     if args.min_ratio is not None and ratios.get("online", 0.0) < args.min_ratio:
-        print(f"OnlineBackend ratio {ratios.get('online', 0.0):.2f} is below --min-ratio {args.min_ratio}", file=sys.stderr)
+        print(
+            f"OnlineBackend ratio {ratios.get('online', 0.0):.2f} is below --min-ratio {args.min_ratio}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

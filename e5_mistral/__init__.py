@@ -4,4 +4,5 @@ __version__ = "0.1.0"
 
 from .instructions import format_query, query_prompt
 
+
 __all__ = ["__version__", "format_query", "query_prompt"]

@@ -15,16 +15,31 @@ from typing import Sequence
 
 from transformers import HfArgumentParser
 
+
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("e5_mistral.synthesis.cli", "synthesize training data with an LLM behind any OpenAI-compatible endpoint"),
+    "generate": (
+        "e5_mistral.synthesis.cli",
+        "synthesize training data with an LLM behind any OpenAI-compatible endpoint",
+    ),
     "export": ("e5_mistral.export.cli", "turn a training checkpoint into a sentence-transformers model (and push it)"),
     "evaluate": ("e5_mistral.evaluation.cli", "evaluate one or more models with mteb and the paper's instructions"),
-    "decontaminate": ("e5_mistral.evaluation.decontamination_cli", "find (and remove) training rows that match test sets"),
+    "decontaminate": (
+        "e5_mistral.evaluation.decontamination_cli",
+        "find (and remove) training rows that match test sets",
+    ),
     "quickstart": ("e5_mistral.quickstart", "run the whole pipeline offline on SmolLM2-135M-Instruct"),
 }
 
 # Errors that are the user's to fix: printed as one line, never as a traceback (set E5_MISTRAL_DEBUG=1 for one).
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError, RuntimeError, ConnectionError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    KeyError,
+    RuntimeError,
+    ConnectionError,
+)
 
 
 class CommandParser(HfArgumentParser):
@@ -46,7 +61,9 @@ class CommandParser(HfArgumentParser):
 
 def fail(prog: str, err: BaseException, code: int = 1) -> int:
     """Print ``prog: error: <message>`` on one line and return ``code``."""
-    message = " ".join(str(err.args[0] if isinstance(err, KeyError) and err.args else err).split()) or type(err).__name__
+    message = (
+        " ".join(str(err.args[0] if isinstance(err, KeyError) and err.args else err).split()) or type(err).__name__
+    )
     sys.stderr.write(f"{prog}: error: {message}\n")
     return code
 

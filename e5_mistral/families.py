@@ -34,8 +34,13 @@ class FamilySpec:
     all_distinct: tuple[str, ...] = ()
 
     def __post_init__(self):
-        used = [self.query_key, self.positive_key, *([self.negative_key] if self.negative_key else []),
-                *(k for a, b, _ in self.distinct for k in (a, b)), *self.all_distinct]
+        used = [
+            self.query_key,
+            self.positive_key,
+            *([self.negative_key] if self.negative_key else []),
+            *(k for a, b, _ in self.distinct for k in (a, b)),
+            *self.all_distinct,
+        ]
         unknown = [key for key in used if key not in self.output_keys]
         if unknown:
             raise ValueError(f"family {self.name}: keys {unknown} are not among its output keys {self.output_keys}")
@@ -58,25 +63,70 @@ class FamilySpec:
 
 _QUERY_IS_POSITIVE = "query_equals_positive"
 
-FAMILY_SPECS: MappingProxyType[str, FamilySpec] = MappingProxyType({spec.name: spec for spec in (
-    FamilySpec("short_long", "short query, long document (retrieval)",
-               ("user_query", "positive_document", "hard_negative_document"),
-               "user_query", "positive_document", "hard_negative_document",
-               distinct=(("user_query", "positive_document", _QUERY_IS_POSITIVE),)),
-    FamilySpec("long_short", "long text, short label (classification)",
-               ("input_text", "label", "misleading_label"),
-               "input_text", "label", "misleading_label",
-               distinct=(("label", "misleading_label", "label_equals_misleading"),
-                         ("input_text", "label", _QUERY_IS_POSITIVE))),
-    FamilySpec("short_short", "short query, short target", ("input", "positive_document"),
-               "input", "positive_document", distinct=(("input", "positive_document", _QUERY_IS_POSITIVE),)),
-    FamilySpec("long_long", "long query, long target", ("input", "positive_document"),
-               "input", "positive_document", distinct=(("input", "positive_document", _QUERY_IS_POSITIVE),)),
-    FamilySpec("sts", "semantic textual similarity (monolingual)", ("S1", "S2", "S3"), "S1", "S2", "S3",
-               fixed_task=STS_TASK, all_distinct=("S1", "S2", "S3")),
-    FamilySpec("bitext", "bitext retrieval (translation pairs)", ("S1", "S2", "S3"), "S1", "S2", "S3",
-               fixed_task=BITEXT_TASK, all_distinct=("S1", "S2", "S3")),
-)})
+FAMILY_SPECS: MappingProxyType[str, FamilySpec] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            FamilySpec(
+                "short_long",
+                "short query, long document (retrieval)",
+                ("user_query", "positive_document", "hard_negative_document"),
+                "user_query",
+                "positive_document",
+                "hard_negative_document",
+                distinct=(("user_query", "positive_document", _QUERY_IS_POSITIVE),),
+            ),
+            FamilySpec(
+                "long_short",
+                "long text, short label (classification)",
+                ("input_text", "label", "misleading_label"),
+                "input_text",
+                "label",
+                "misleading_label",
+                distinct=(
+                    ("label", "misleading_label", "label_equals_misleading"),
+                    ("input_text", "label", _QUERY_IS_POSITIVE),
+                ),
+            ),
+            FamilySpec(
+                "short_short",
+                "short query, short target",
+                ("input", "positive_document"),
+                "input",
+                "positive_document",
+                distinct=(("input", "positive_document", _QUERY_IS_POSITIVE),),
+            ),
+            FamilySpec(
+                "long_long",
+                "long query, long target",
+                ("input", "positive_document"),
+                "input",
+                "positive_document",
+                distinct=(("input", "positive_document", _QUERY_IS_POSITIVE),),
+            ),
+            FamilySpec(
+                "sts",
+                "semantic textual similarity (monolingual)",
+                ("S1", "S2", "S3"),
+                "S1",
+                "S2",
+                "S3",
+                fixed_task=STS_TASK,
+                all_distinct=("S1", "S2", "S3"),
+            ),
+            FamilySpec(
+                "bitext",
+                "bitext retrieval (translation pairs)",
+                ("S1", "S2", "S3"),
+                "S1",
+                "S2",
+                "S3",
+                fixed_task=BITEXT_TASK,
+                all_distinct=("S1", "S2", "S3"),
+            ),
+        )
+    }
+)
 
 FAMILIES: tuple[str, ...] = tuple(FAMILY_SPECS)
 ASYMMETRIC_FAMILIES: tuple[str, ...] = tuple(name for name, spec in FAMILY_SPECS.items() if spec.brainstorms)

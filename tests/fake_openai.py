@@ -20,10 +20,11 @@ import json
 import random
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
+
 
 FAULT_KINDS = ("429", "500", "timeout", "malformed", "truncated", "400")
 # How a server treats ``response_format`` (None: it ignores the field):
@@ -168,8 +169,11 @@ class FakeOpenAIServer:
         answer (every property an enum); else None (the responder's answer stands)."""
         fmt = body.get("response_format") or {}
         enforcing = (self.structured == "openai" and fmt.get("type") == "json_schema") or (
-            self.structured == "llamacpp" and fmt.get("type") == "json_object")
-        schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else fmt.get("schema")
+            self.structured == "llamacpp" and fmt.get("type") == "json_object"
+        )
+        schema = (
+            (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else fmt.get("schema")
+        )
         properties = (schema or {}).get("properties") or {}
         if enforcing and properties and all("enum" in p for p in properties.values()):
             return json.dumps({key: p["enum"][0] for key, p in properties.items()})
@@ -192,8 +196,14 @@ class FakeOpenAIServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
     def _handler_class(self):
@@ -225,7 +235,9 @@ class FakeOpenAIServer:
                 if self.path.rstrip("/") in ("/health", "/v1/health"):
                     self._send(200, {"status": "ok"})
                 elif self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "test"}]})
+                    self._send(
+                        200, {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "test"}]}
+                    )
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -256,13 +268,23 @@ class FakeOpenAIServer:
                 if server.latency:
                     time.sleep(server.latency)
                 if kind == "429":
-                    self._send(429, {"error": {"message": "rate limited", "type": "rate_limit_exceeded"}},
-                               {"Retry-After": str(server.faults.retry_after)})
+                    self._send(
+                        429,
+                        {"error": {"message": "rate limited", "type": "rate_limit_exceeded"}},
+                        {"Retry-After": str(server.faults.retry_after)},
+                    )
                 elif kind == "500":
                     self._send(500, {"error": {"message": "internal error", "type": "server_error"}})
                 elif kind == "400":
-                    self._send(400, {"error": {"message": "this request is invalid: 'max_tokens' is not supported",
-                                               "type": "invalid_request_error"}})
+                    self._send(
+                        400,
+                        {
+                            "error": {
+                                "message": "this request is invalid: 'max_tokens' is not supported",
+                                "type": "invalid_request_error",
+                            }
+                        },
+                    )
                 else:
                     if kind == "timeout":
                         time.sleep(server.faults.slow_seconds)

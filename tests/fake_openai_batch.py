@@ -39,8 +39,15 @@ class FakeBatchServer(FakeOpenAIServer):
 
     def _file_object(self, file_id: str) -> dict:
         f = self.files[file_id]
-        return {"id": file_id, "object": "file", "bytes": len(f["data"]), "created_at": f["created_at"],
-                "filename": f["filename"], "purpose": f["purpose"], "status": "processed"}
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(f["data"]),
+            "created_at": f["created_at"],
+            "filename": f["filename"],
+            "purpose": f["purpose"],
+            "status": "processed",
+        }
 
     def _create_batch(self, body: dict) -> dict:
         data = self.files[body["input_file_id"]]["data"]
@@ -48,10 +55,19 @@ class FakeBatchServer(FakeOpenAIServer):
         batch_id = f"batch_{len(self.batches):04d}"
         self.received_custom_ids.append([line["custom_id"] for line in lines])
         self.batches[batch_id] = {
-            "id": batch_id, "object": "batch", "endpoint": body["endpoint"], "input_file_id": body["input_file_id"],
-            "completion_window": body["completion_window"], "status": "validating", "created_at": int(time.time()),
-            "metadata": body.get("metadata"), "output_file_id": None, "error_file_id": None,
-            "request_counts": {"total": len(lines), "completed": 0, "failed": 0}, "_polls": 0, "_lines": lines,
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "validating",
+            "created_at": int(time.time()),
+            "metadata": body.get("metadata"),
+            "output_file_id": None,
+            "error_file_id": None,
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "_polls": 0,
+            "_lines": lines,
         }
         return self._batch_object(batch_id)
 
@@ -75,23 +91,54 @@ class FakeBatchServer(FakeOpenAIServer):
             if cid in self.drop_ids:
                 continue
             if cid in self.expire_ids:
-                errors.append({"id": f"batch_req_{n}", "custom_id": cid, "response": None,
-                               "error": {"code": "batch_expired", "message": "not executed before the window expired"}})
+                errors.append(
+                    {
+                        "id": f"batch_req_{n}",
+                        "custom_id": cid,
+                        "response": None,
+                        "error": {"code": "batch_expired", "message": "not executed before the window expired"},
+                    }
+                )
             elif cid in self.fail_ids:
-                errors.append({"id": f"batch_req_{n}", "custom_id": cid, "error": None, "response": {
-                    "status_code": 500, "request_id": f"req_{n}",
-                    "body": {"error": {"message": "scripted failure", "type": "server_error"}}}})
+                errors.append(
+                    {
+                        "id": f"batch_req_{n}",
+                        "custom_id": cid,
+                        "error": None,
+                        "response": {
+                            "status_code": 500,
+                            "request_id": f"req_{n}",
+                            "body": {"error": {"message": "scripted failure", "type": "server_error"}},
+                        },
+                    }
+                )
             else:
                 self.stats.ok_by_prompt[prompt_hash(line["body"])] += 1
-                output.append({"id": f"batch_req_{n}", "custom_id": cid, "error": None, "response": {
-                    "status_code": 200, "request_id": f"req_{n}", "body": self._completion(line["body"], "ok")}})
+                output.append(
+                    {
+                        "id": f"batch_req_{n}",
+                        "custom_id": cid,
+                        "error": None,
+                        "response": {
+                            "status_code": 200,
+                            "request_id": f"req_{n}",
+                            "body": self._completion(line["body"], "ok"),
+                        },
+                    }
+                )
         output.reverse()  # the API does not keep the input order
         to_bytes = lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()  # noqa: E731
         if output:
-            batch["output_file_id"] = self._new_file(f"{batch['id']}_output.jsonl", "batch_output", to_bytes(output))["id"]
+            batch["output_file_id"] = self._new_file(f"{batch['id']}_output.jsonl", "batch_output", to_bytes(output))[
+                "id"
+            ]
         if errors:
-            batch["error_file_id"] = self._new_file(f"{batch['id']}_error.jsonl", "batch_output", to_bytes(errors))["id"]
-        batch["status"] = "expired" if any(line["custom_id"] in self.expire_ids for line in batch["_lines"]) else "completed"
+            batch["error_file_id"] = self._new_file(f"{batch['id']}_error.jsonl", "batch_output", to_bytes(errors))[
+                "id"
+            ]
+        batch["status"] = (
+            "expired" if any(line["custom_id"] in self.expire_ids for line in batch["_lines"]) else "completed"
+        )
         batch["request_counts"] = {"total": len(batch["_lines"]), "completed": len(output), "failed": len(errors)}
 
     # -- HTTP ---------------------------------------------------------------------------------------------

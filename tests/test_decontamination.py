@@ -10,6 +10,7 @@ import pytest
 from e5_mistral.evaluation.decontamination import TestIndex, normalize, read_training_data
 from e5_mistral.evaluation.decontamination_cli import main as decontaminate_main
 
+
 PROG = "e5-mistral decontaminate"
 SAMPLE = Path(__file__).resolve().parents[1] / "e5_mistral" / "data" / "synthetic_sample"
 LEAKED = "A man is playing a large flute in the park today."
@@ -39,9 +40,14 @@ def test_sets(tmp_path) -> Path:
         ],
     )
     _jsonl(root / "LeakRetrieval" / "corpus.jsonl", [{"_id": "d1", "title": "", "text": LEAKED_CORPUS}])
-    _jsonl(root / "LeakRetrieval" / "queries.jsonl", [{"_id": "q1", "text": "does oncogenic signalling rewire glucose metabolism in tumours?"}])
+    _jsonl(
+        root / "LeakRetrieval" / "queries.jsonl",
+        [{"_id": "q1", "text": "does oncogenic signalling rewire glucose metabolism in tumours?"}],
+    )
     (root / "LeakRetrieval" / "qrels").mkdir()
-    (root / "LeakRetrieval" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n", encoding="utf-8")
+    (root / "LeakRetrieval" / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\n", encoding="utf-8"
+    )
     return root
 
 
@@ -95,9 +101,13 @@ class TestDecontaminateCLI:
         cleaned = load_dataset(str(out), "short_long", split="train", cache_dir=cache)
         assert len(cleaned) == n_short_long - 1 and short_long["request_id"] not in cleaned["request_id"]
         assert len(load_dataset(str(out), "all", split="train", cache_dir=cache)) == len(rows) - 1
-        assert len(load_dataset(str(out), "sts", split="train", cache_dir=cache)) == sum(r["family"] == "sts" for r in rows)
+        assert len(load_dataset(str(out), "sts", split="train", cache_dir=cache)) == sum(
+            r["family"] == "sts" for r in rows
+        )
         assert (out / "README.md").read_text() == (dataset / "README.md").read_text()
-        assert len(load_dataset(str(dataset), "short_long", split="train", cache_dir=cache)) == n_short_long  # input untouched
+        assert (
+            len(load_dataset(str(dataset), "short_long", split="train", cache_dir=cache)) == n_short_long
+        )  # input untouched
 
         # Retrieval corpora count only when asked.
         assert decontaminate_main([*argv, "--include_corpus", "--report", str(report)], prog=PROG) == 0
@@ -105,19 +115,44 @@ class TestDecontaminateCLI:
 
     def test_plain_jsonl_file_and_generic_fields(self, tmp_path, test_sets):
         train = tmp_path / "pairs.jsonl"
-        _jsonl(train, [{"query": "q one two three four", "positive": "p", "negatives": ["n", LEAKED]}, {"query": "clean text with five words", "positive": "p"}])
+        _jsonl(
+            train,
+            [
+                {"query": "q one two three four", "positive": "p", "negatives": ["n", LEAKED]},
+                {"query": "clean text with five words", "positive": "p"},
+            ],
+        )
         files = read_training_data(train)
         assert [len(f.rows) for f in files] == [2]
         out = tmp_path / "clean"
-        argv = [str(train), "--against", "LeakSTS", "--benchmarks-dir", str(test_sets), "--remove", "--output", str(out)]
+        argv = [
+            str(train),
+            "--against",
+            "LeakSTS",
+            "--benchmarks-dir",
+            str(test_sets),
+            "--remove",
+            "--output",
+            str(out),
+        ]
         assert decontaminate_main(argv, prog=PROG) == 0
         kept = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
         assert [r["query"] for r in kept] == ["clean text with five words"]
 
     def test_bad_input_is_one_line(self, tmp_path, test_sets, capsys):
-        assert decontaminate_main([str(tmp_path / "missing"), "--against", "LeakSTS", "--benchmarks-dir", str(test_sets)], prog=PROG) == 1
+        assert (
+            decontaminate_main(
+                [str(tmp_path / "missing"), "--against", "LeakSTS", "--benchmarks-dir", str(test_sets)], prog=PROG
+            )
+            == 1
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "missing" in err[0]
         _jsonl(tmp_path / "d.jsonl", [{"query": "x"}])
-        assert decontaminate_main([str(tmp_path / "d.jsonl"), "--against", "NoSuchTask", "--benchmarks-dir", str(test_sets)], prog=PROG) == 1
+        assert (
+            decontaminate_main(
+                [str(tmp_path / "d.jsonl"), "--against", "NoSuchTask", "--benchmarks-dir", str(test_sets)], prog=PROG
+            )
+            == 1
+        )
         assert "unknown task 'NoSuchTask'" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from e5_mistral.evaluation.offline_tasks import detect_type, load_offline_task
 from e5_mistral.evaluation.prompts import model_prompts_for
 from e5_mistral.instructions import EVALUATION_INSTRUCTIONS, query_prompt
 
+
 PROG = "e5-mistral evaluate"
 
 
@@ -23,7 +24,9 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-WORDS = "apple river stone cloud music garden window paper light forest engine bridge ocean candle pencil mirror".split()
+WORDS = (
+    "apple river stone cloud music garden window paper light forest engine bridge ocean candle pencil mirror".split()
+)
 
 
 def _sentence(i: int) -> str:
@@ -34,13 +37,34 @@ def _sentence(i: int) -> str:
 def tiny_tasks(tmp_path) -> Path:
     """One small folder per task type, named so mteb does not know them (generic tasks)."""
     root = tmp_path / "bench"
-    _jsonl(root / "TinySTS" / "test.jsonl", [{"sentence1": _sentence(i), "sentence2": _sentence(i + i % 3), "score": float(i % 6)} for i in range(24)])
-    _jsonl(root / "TinyPairs" / "test.jsonl", [{"sentence1": _sentence(i), "sentence2": _sentence(i if i % 2 else i + 5), "label": i % 2} for i in range(20)])
-    _jsonl(root / "TinyBitext" / "test.jsonl", [{"source": _sentence(i).upper(), "target": _sentence(i)} for i in range(12)])
+    _jsonl(
+        root / "TinySTS" / "test.jsonl",
+        [{"sentence1": _sentence(i), "sentence2": _sentence(i + i % 3), "score": float(i % 6)} for i in range(24)],
+    )
+    _jsonl(
+        root / "TinyPairs" / "test.jsonl",
+        [
+            {"sentence1": _sentence(i), "sentence2": _sentence(i if i % 2 else i + 5), "label": i % 2}
+            for i in range(20)
+        ],
+    )
+    _jsonl(
+        root / "TinyBitext" / "test.jsonl",
+        [{"source": _sentence(i).upper(), "target": _sentence(i)} for i in range(12)],
+    )
     for split, n in (("train", 40), ("test", 16)):
-        _jsonl(root / "TinyClassification" / "en" / f"{split}.jsonl", [{"text": _sentence(i), "label": WORDS[i % 2]} for i in range(n)])
-    _jsonl(root / "TinyRetrieval" / "corpus.jsonl", [{"_id": f"d{i}", "title": WORDS[i % 16], "text": _sentence(i)} for i in range(30)])
-    _jsonl(root / "TinyRetrieval" / "queries.jsonl", [{"_id": f"q{i}", "text": f"which {WORDS[i % 16]} number {i}"} for i in range(8)])
+        _jsonl(
+            root / "TinyClassification" / "en" / f"{split}.jsonl",
+            [{"text": _sentence(i), "label": WORDS[i % 2]} for i in range(n)],
+        )
+    _jsonl(
+        root / "TinyRetrieval" / "corpus.jsonl",
+        [{"_id": f"d{i}", "title": WORDS[i % 16], "text": _sentence(i)} for i in range(30)],
+    )
+    _jsonl(
+        root / "TinyRetrieval" / "queries.jsonl",
+        [{"_id": f"q{i}", "text": f"which {WORDS[i % 16]} number {i}"} for i in range(8)],
+    )
     (root / "TinyRetrieval" / "qrels").mkdir()
     (root / "TinyRetrieval" / "qrels" / "test.tsv").write_text(
         "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(6)), encoding="utf-8"
@@ -70,7 +94,9 @@ class TestOfflineTasks:
         part = small.dataset["default"]["test"]
         assert part["queries"]["id"] == ["q0", "q1"]
         assert {"d0", "d1"} <= set(part["corpus"]["id"]) and len(part["corpus"]) == 2 + 2 * 10
-        fewer = load_offline_task(tiny_tasks / "TinyRetrieval", max_rows=2, corpus_per_query=3).dataset["default"]["test"]
+        fewer = load_offline_task(tiny_tasks / "TinyRetrieval", max_rows=2, corpus_per_query=3).dataset["default"][
+            "test"
+        ]
         assert {"d0", "d1"} <= set(fewer["corpus"]["id"]) and len(fewer["corpus"]) == 2 + 2 * 3
 
     def test_shared_tasks_use_mteb_task_classes(self, benchmarks_dir):
@@ -78,8 +104,17 @@ class TestOfflineTasks:
         assert type(sick).__name__ == "SickrSTS" and len(sick.dataset["default"]["test"]) == 9927  # full.jsonl
         amazon = load_offline_task(benchmarks_dir / "AmazonCounterfactualClassification", max_rows=10)
         assert amazon.hf_subsets == ["en"] and list(amazon.eval_splits) == ["test"] and amazon.samples_per_label == 32
-        assert len(amazon.dataset["en"]["test"]) == 10 and len(amazon.dataset["en"]["train"]) == 256  # pool max(2N, 256)
-        assert len(load_offline_task(benchmarks_dir / "AmazonCounterfactualClassification", max_rows=200).dataset["en"]["train"]) == 400
+        assert (
+            len(amazon.dataset["en"]["test"]) == 10 and len(amazon.dataset["en"]["train"]) == 256
+        )  # pool max(2N, 256)
+        assert (
+            len(
+                load_offline_task(benchmarks_dir / "AmazonCounterfactualClassification", max_rows=200).dataset["en"][
+                    "train"
+                ]
+            )
+            == 400
+        )
         twitter = load_offline_task(benchmarks_dir / "TwitterURLCorpus", max_rows=10)
         assert twitter.metadata.main_score == "max_ap" and set(twitter.dataset["default"]["test"]["labels"]) <= {0, 1}
 
@@ -160,7 +195,10 @@ class TestEvaluateCLI:
         """all-MiniLM-L6-v2, no instruction: STSBenchmark 0.8203 and SICK-R 0.7758 as on the MTEB leaderboard."""
         out = tmp_path / "out"
         argv = [str(minilm_dir), "--tasks", "STSBenchmark", "SICK-R", "--benchmarks-dir", str(benchmarks_dir)]
-        assert evaluate_main([*argv, "--instructions", "none", "--batch-size", "128", "--output", str(out)], prog=PROG) == 0
+        assert (
+            evaluate_main([*argv, "--instructions", "none", "--batch-size", "128", "--output", str(out)], prog=PROG)
+            == 0
+        )
         summary = json.loads((out / "summary.json").read_text())
         assert set(summary) == {"STSBenchmark", "SICK-R"}
         assert summary["STSBenchmark"] == pytest.approx(0.8203, abs=0.001)
@@ -175,7 +213,9 @@ class TestEvaluateCLI:
         table = capsys.readouterr().out
         assert "| STSBenchmark | 82.03 |" in table and "| SICK-R | 77.58 |" in table
 
-    def test_raw_classification_embeddings_skip_only_the_final_normalize(self, minilm_dir, tiny_tasks, tmp_path, monkeypatch):
+    def test_raw_classification_embeddings_skip_only_the_final_normalize(
+        self, minilm_dir, tiny_tasks, tmp_path, monkeypatch
+    ):
         import numpy as np
         from sentence_transformers import SentenceTransformer
 
@@ -192,10 +232,21 @@ class TestEvaluateCLI:
 
         seen = {}  # task type -> was the encoder's last module a Normalize
         real_wrap = evaluate_module._wrap
-        monkeypatch.setattr(evaluate_module, "_wrap", lambda st, *a: seen.setdefault(id(st), type(list(st)[-1]).__name__) and real_wrap(st, *a))
+        monkeypatch.setattr(
+            evaluate_module,
+            "_wrap",
+            lambda st, *a: seen.setdefault(id(st), type(list(st)[-1]).__name__) and real_wrap(st, *a),
+        )
         tasks = ["TinyClassification", "TinySTS"]
-        scores = evaluate_module.evaluate(str(minilm_dir), tasks, tmp_path / "out", benchmarks_dir=tiny_tasks, max_rows=10,
-                                          raw_classification_embeddings=True, show_progress_bar=False)
+        scores = evaluate_module.evaluate(
+            str(minilm_dir),
+            tasks,
+            tmp_path / "out",
+            benchmarks_dir=tiny_tasks,
+            max_rows=10,
+            raw_classification_embeddings=True,
+            show_progress_bar=False,
+        )
         assert set(scores) == set(tasks) and sorted(seen.values()) == ["Normalize", "Pooling"]
 
     @pytest.mark.slow
@@ -204,7 +255,18 @@ class TestEvaluateCLI:
         copy = tmp_path / "minilm-copy"
         shutil.copytree(minilm_dir, copy)
         tasks = ["TinySTS", "TinyPairs", "TinyBitext", "TinyClassification", "TinyRetrieval"]
-        argv = [str(minilm_dir), str(copy), "--tasks", *tasks, "--benchmarks-dir", str(tiny_tasks), "--output", str(out), "--max-rows", "10"]
+        argv = [
+            str(minilm_dir),
+            str(copy),
+            "--tasks",
+            *tasks,
+            "--benchmarks-dir",
+            str(tiny_tasks),
+            "--output",
+            str(out),
+            "--max-rows",
+            "10",
+        ]
         assert evaluate_main(argv, prog=PROG) == 0
         summary = json.loads((out / "summary.json").read_text())
         labels = [minilm_dir.resolve().name, "minilm-copy"]

@@ -7,7 +7,6 @@ import shutil
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from e5_mistral.export import ExportArguments, export_checkpoint
 from e5_mistral.export.cli import main as export_main
 from e5_mistral.instructions import EVALUATION_INSTRUCTIONS, format_query, query_prompt
 from e5_mistral.pooling import encode
+
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXTS = [
@@ -31,12 +31,26 @@ WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer t
 
 def run_config(base: str, max_seq_length: int = 64, lora: bool = True, datasets=None) -> dict:
     return {
-        "base_model_name_or_path": base, "pooling": "lasttoken", "normalize": True, "append_eos": True,
-        "max_seq_length": max_seq_length, "query_max_length": None, "temperature": 0.02,
+        "base_model_name_or_path": base,
+        "pooling": "lasttoken",
+        "normalize": True,
+        "append_eos": True,
+        "max_seq_length": max_seq_length,
+        "query_max_length": None,
+        "temperature": 0.02,
         "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": LORA_TARGETS} if lora else None,
         "datasets": datasets or [],
-        "training": {"learning_rate": 1e-4, "per_device_train_batch_size": 4, "global_batch_size": 4, "warmup_steps": 0,
-                     "weight_decay": 0.1, "lr_scheduler_type": "linear", "seed": 0, "bf16": False, "fp16": False},
+        "training": {
+            "learning_rate": 1e-4,
+            "per_device_train_batch_size": 4,
+            "global_batch_size": 4,
+            "warmup_steps": 0,
+            "weight_decay": 0.1,
+            "lr_scheduler_type": "linear",
+            "seed": 0,
+            "bf16": False,
+            "fp16": False,
+        },
         "versions": {"transformers": "5.x"},
     }
 
@@ -56,7 +70,10 @@ def mistral_like_tokenizer(tiny_model_dir):
 
 def trainer_embeddings(model, tokenizer, texts, max_seq_length, padding_side="right"):
     """The training collator's tokenization (default specials, truncate to L-1, append EOS) + pooling.encode."""
-    rows = [tokenizer(t, truncation=True, max_length=max_seq_length - 1)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    rows = [
+        tokenizer(t, truncation=True, max_length=max_seq_length - 1)["input_ids"] + [tokenizer.eos_token_id]
+        for t in texts
+    ]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -87,11 +104,26 @@ def lora_run(tiny_model_dir, tmp_path_factory):
     dataset_dir.mkdir(exist_ok=True)
     (dataset_dir / "README.md").write_text(
         "---\npretty_name: Tiny synthetic retrieval data\nlanguage:\n- en\n- fr\n---\n\n# Tiny\n\n"
-        "Synthetic retrieval triples generated for the export test.\n", encoding="utf-8")
+        "Synthetic retrieval triples generated for the export test.\n",
+        encoding="utf-8",
+    )
     datasets = [
-        {"path": str(dataset_dir), "name": "short-long", "split": "train", "sampling_ratio": 1.0, "instruction": None, "num_rows": 12},
-        {"path": "sentence-transformers/msmarco", "name": None, "split": "train", "sampling_ratio": 0.5,
-         "instruction": WEB_SEARCH, "num_rows": 100},
+        {
+            "path": str(dataset_dir),
+            "name": "short-long",
+            "split": "train",
+            "sampling_ratio": 1.0,
+            "instruction": None,
+            "num_rows": 12,
+        },
+        {
+            "path": "sentence-transformers/msmarco",
+            "name": None,
+            "split": "train",
+            "sampling_ratio": 0.5,
+            "instruction": WEB_SEARCH,
+            "num_rows": 100,
+        },
     ]
     (out / "e5_mistral_config.json").write_text(json.dumps(run_config(str(tiny_model_dir), datasets=datasets)))
     model.eval()
@@ -109,7 +141,9 @@ def eval_summary(tmp_path_factory):
 def lora_export(lora_run, eval_summary, tmp_path_factory):
     ckpt, _, _ = lora_run
     out = tmp_path_factory.mktemp("exports") / "tiny-e5"
-    code = export_main([str(ckpt), str(out), "--keep-adapter", "--eval-results", str(eval_summary), "--license", "apache-2.0"])
+    code = export_main(
+        [str(ckpt), str(out), "--keep-adapter", "--eval-results", str(eval_summary), "--license", "apache-2.0"]
+    )
     assert code == 0
     return out
 
@@ -166,12 +200,19 @@ def test_lora_export_prompts_match_training_queries(lora_run, lora_export):
     batched, single = st_encode(lora_export, queries, prompt_name="query")
     torch.testing.assert_close(batched, reference, atol=1e-5, rtol=0)
     torch.testing.assert_close(single, reference, atol=1e-5, rtol=0)
-    sts = trainer_embeddings(peft_model, tokenizer, [format_query(EVALUATION_INSTRUCTIONS["STSBenchmark"], q) for q in queries], 64)
+    sts = trainer_embeddings(
+        peft_model, tokenizer, [format_query(EVALUATION_INSTRUCTIONS["STSBenchmark"], q) for q in queries], 64
+    )
     batched, _ = st_encode(lora_export, queries, prompt_name="STSBenchmark")
     torch.testing.assert_close(batched, sts, atol=1e-5, rtol=0)
     custom = "Given a recipe name, retrieve recipes"
     batched, _ = st_encode(lora_export, queries, prompt=query_prompt(custom))
-    torch.testing.assert_close(batched, trainer_embeddings(peft_model, tokenizer, [format_query(custom, q) for q in queries], 64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        batched,
+        trainer_embeddings(peft_model, tokenizer, [format_query(custom, q) for q in queries], 64),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_exported_tokenizer_adds_bos_and_eos_and_keeps_eos_when_truncating(lora_export):
@@ -264,8 +305,15 @@ def test_checkpoint_n_folder_and_options(lora_run, tmp_path):
     shutil.copy2(ckpt / "e5_mistral_config.json", run_dir / "e5_mistral_config.json")  # only in the run folder
     out = tmp_path / "out"
     # The run folder itself (no final model) resolves to its latest checkpoint-N.
-    export_checkpoint(ExportArguments(checkpoint_dir=str(run_dir), output_dir=str(out), max_seq_length=16,
-                                      dtype="bfloat16", query_instruction="Find recipes"))
+    export_checkpoint(
+        ExportArguments(
+            checkpoint_dir=str(run_dir),
+            output_dir=str(out),
+            max_seq_length=16,
+            dtype="bfloat16",
+            query_instruction="Find recipes",
+        )
+    )
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(out), device="cpu")
@@ -330,7 +378,9 @@ def test_unsupported_architectures_are_named(tmp_path, capsys):
     assert "unsupported architecture T5Model" in line and "encoder-decoder" in line
     weird = tmp_path / "weird"
     weird.mkdir()
-    (weird / "config.json").write_text(json.dumps({"model_type": "frobnicator", "architectures": ["FrobnicatorModel"]}))
+    (weird / "config.json").write_text(
+        json.dumps({"model_type": "frobnicator", "architectures": ["FrobnicatorModel"]})
+    )
     (weird / "model.safetensors").write_bytes(b"")
     assert export_main([str(weird), str(tmp_path / "out")]) == 1
     assert "unsupported architecture FrobnicatorModel" in _one_error_line(capsys)
@@ -382,7 +432,13 @@ def test_push_failure_keeps_the_export_and_hides_the_token(lora_run, tmp_path, c
     assert code == 1
     line = _one_error_line(capsys)
     assert "someone/tiny-e5" in line and "local export" in line and secret not in line
-    for name in ("modules.json", "model.safetensors", "tokenizer.json", "config_sentence_transformers.json", "README.md"):
+    for name in (
+        "modules.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "config_sentence_transformers.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
 
 
@@ -390,11 +446,17 @@ def test_push_calls_the_hub_api(lora_run, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
     calls = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or f"https://hf.co/{repo_id}")
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or f"https://hf.co/{repo_id}",
+    )
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
     ckpt, _, _ = lora_run
     out = tmp_path / "pushed"
-    export_checkpoint(ExportArguments(checkpoint_dir=str(ckpt), output_dir=str(out), push_to_hub="me/e5", private=True))
+    export_checkpoint(
+        ExportArguments(checkpoint_dir=str(ckpt), output_dir=str(out), push_to_hub="me/e5", private=True)
+    )
     assert calls[0] == ("create", "me/e5", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert calls[1][1]["repo_id"] == "me/e5" and calls[1][1]["folder_path"] == str(out)
     assert 'SentenceTransformer("me/e5")' in (out / "README.md").read_text()

@@ -7,6 +7,7 @@ from tokenizers import processors
 
 from e5_mistral.export.eos_contract import bake_eos_contract, default_affixes
 
+
 TEXTS = ["x", "how to cook rice", "Instruct: Retrieve semantically similar text.\nQuery: A man is playing a guitar."]
 LONG = "The quick brown fox jumps over the lazy dog. " * 50
 
@@ -17,7 +18,9 @@ def _tokenizer(tiny_model_dir, single: str | None):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     if single is not None:
         specials = [(t, tokenizer.convert_tokens_to_ids(t)) for t in ("<s>", "</s>") if t in single]
-        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=single, special_tokens=specials
+        )
     return tokenizer
 
 
@@ -78,7 +81,9 @@ def test_eval_summary_shapes(tmp_path):
     path.write_text(json.dumps({"my-model": {"STSBenchmark": 0.8, "NoSuchTask": 0.5}}))
     scores, source = load_eval_results(tmp_path)
     assert source == path and [(s.task, s.score, s.type) for s in scores] == [
-        ("STSBenchmark", 0.8, "STS"), ("NoSuchTask", 0.5, "feature-extraction")]
+        ("STSBenchmark", 0.8, "STS"),
+        ("NoSuchTask", 0.5, "feature-extraction"),
+    ]
     path.write_text(json.dumps({"a": {"STSBenchmark": 0.8}, "b": {"STSBenchmark": 0.7}}))
     with pytest.raises(ValueError, match="several models"):
         load_eval_results(path)

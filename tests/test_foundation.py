@@ -20,7 +20,9 @@ def test_tiny_model_loads_offline(tiny_model_dir):
     model = AutoModel.from_pretrained(tiny_model_dir)
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<s>", "</s>", "<pad>")
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    assert "<|im_start|>assistant" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     batch = tokenizer(["hello world", "a b"], padding=True, return_tensors="pt")
     out = model(**batch).last_hidden_state
     assert out.shape == (2, batch.input_ids.shape[1], 64)
@@ -98,13 +100,17 @@ def test_fake_server_fault_rates_are_seeded(fake_openai):
 
 
 def test_console_command_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "e5_mistral.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "e5_mistral.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for command in ("generate", "export", "evaluate", "decontaminate", "quickstart"):
         assert command in out
 
 
 def test_bad_arguments_exit_nonzero_with_one_line():
-    proc = subprocess.run([sys.executable, "-m", "e5_mistral.cli", "quickstart", "--no-such-flag"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "e5_mistral.cli", "quickstart", "--no-such-flag"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--no-such-flag" in proc.stderr
 
@@ -126,7 +132,10 @@ def test_pooling_is_padding_side_invariant():
 def test_instruction_format_matches_paper():
     from e5_mistral.instructions import evaluation_instruction, format_query
 
-    assert format_query("Retrieve semantically similar text.", "a cat") == "Instruct: Retrieve semantically similar text.\nQuery: a cat"
+    assert (
+        format_query("Retrieve semantically similar text.", "a cat")
+        == "Instruct: Retrieve semantically similar text.\nQuery: a cat"
+    )
     assert format_query(None, "doc") == "doc"
     assert evaluation_instruction("STSBenchmark") == "Retrieve semantically similar text."
     assert evaluation_instruction("CQADupstackEnglishRetrieval").startswith("Given a question, retrieve detailed")

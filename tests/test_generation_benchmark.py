@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("generation_throughput", REPO / "benchmarks" / "generation_throughput.py")
+    spec = importlib.util.spec_from_file_location(
+        "generation_throughput", REPO / "benchmarks" / "generation_throughput.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -27,9 +30,15 @@ def test_every_mode_is_reported_against_the_ideal(capsys):
         name, numbers = line[:38].rstrip(), line[38:].split()
         rows[name] = [float(x) for x in numbers]
     assert rows["ideal (concurrency / latency)"][:4] == [48 / 320, 48, 320.0, 1.0]
-    measured = ["raw gather + semaphore", "raw gather, aiohttp", "OnlineBackend + journal (auto)",
-                "OnlineBackend + journal (httpx)", "OnlineBackend, no fsync (auto)", "SynthesisRun, end to end (auto)",
-                "  its example stage"]
+    measured = [
+        "raw gather + semaphore",
+        "raw gather, aiohttp",
+        "OnlineBackend + journal (auto)",
+        "OnlineBackend + journal (httpx)",
+        "OnlineBackend, no fsync (auto)",
+        "SynthesisRun, end to end (auto)",
+        "  its example stage",
+    ]
     assert set(rows) == {"ideal (concurrency / latency)", *measured}
     for name in measured:
         seconds, examples, rate, ratio, vs_raw = rows[name]

@@ -8,11 +8,13 @@ import sys
 
 import pytest
 
-from e5_mistral.quickstart import HELDOUT_RETRIEVAL, HELDOUT_STS, write_heldout_tasks, SAMPLE_DIR
+from e5_mistral.quickstart import HELDOUT_RETRIEVAL, HELDOUT_STS, SAMPLE_DIR, write_heldout_tasks
 
 
 def _quickstart(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "e5_mistral.cli", "quickstart", *args], capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "e5_mistral.cli", "quickstart", *args], capture_output=True, text=True, **kwargs
+    )
 
 
 def test_heldout_tasks_are_offline_task_folders(tmp_path):
@@ -34,12 +36,22 @@ def test_heldout_tasks_are_offline_task_folders(tmp_path):
 def test_benchmark_tasks_are_grouped_by_row_budget(benchmarks_dir):
     from e5_mistral.quickstart import TATOEBA_SUBSETS, _row_budgets
 
-    tasks = ["AmazonCounterfactualClassification", "Banking77Classification", "SICK-R", "STSBenchmark", "SciFact",
-             "Tatoeba", "TwitterURLCorpus"]
+    tasks = [
+        "AmazonCounterfactualClassification",
+        "Banking77Classification",
+        "SICK-R",
+        "STSBenchmark",
+        "SciFact",
+        "Tatoeba",
+        "TwitterURLCorpus",
+    ]
     groups = {tuple(task_list): list(key) for key, task_list in _row_budgets(benchmarks_dir, tasks, 64).items()}
     # One text per classification row: twice the rows, so a binary task has enough minority rows to compare models.
     assert groups[("AmazonCounterfactualClassification", "Banking77Classification")] == [
-        "--max-rows", "128", "--raw-classification-embeddings"]
+        "--max-rows",
+        "128",
+        "--raw-classification-embeddings",
+    ]
     assert groups[("SICK-R", "STSBenchmark", "TwitterURLCorpus")] == ["--max-rows", "64"]
     assert groups[("SciFact",)] == ["--max-rows", "48", "--corpus-per-query", "3"]
     assert groups[("Tatoeba",)] == ["--max-rows", "16", "--subsets", *TATOEBA_SUBSETS]
@@ -48,8 +60,22 @@ def test_benchmark_tasks_are_grouped_by_row_budget(benchmarks_dir):
 @pytest.mark.slow
 def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchmarks_dir):
     out = tmp_path / "qs"
-    args = ["--output_dir", str(out), "--num_examples", "3", "--max_new_tokens", "48", "--max_steps", "2",
-            "--eval_max_rows", "8", "--benchmarks_dir", str(benchmarks_dir), "--tasks", "STSBenchmark"]
+    args = [
+        "--output_dir",
+        str(out),
+        "--num_examples",
+        "3",
+        "--max_new_tokens",
+        "48",
+        "--max_steps",
+        "2",
+        "--eval_max_rows",
+        "8",
+        "--benchmarks_dir",
+        str(benchmarks_dir),
+        "--tasks",
+        "STSBenchmark",
+    ]
     first = _quickstart(*args, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
 
@@ -67,7 +93,10 @@ def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchm
         assert all(-1.0 <= s <= 1.0 for s in scores.values())
     assert "| task |" in first.stdout and "step times" in first.stdout
     # SmolLM2's task lists come back as Markdown lists: the quickstart asks for JSON and reads such lists.
-    assert "--accept-text-task-lists" in first.stdout and "--system-prompt 'You only answer with valid JSON.'" in first.stdout
+    assert (
+        "--accept-text-task-lists" in first.stdout
+        and "--system-prompt 'You only answer with valid JSON.'" in first.stdout
+    )
     assert report["brainstorm"]["planned"] == report["brainstorm"]["ok"] + report["brainstorm"]["failed"]
     for step in ("generate", "train", "export", "evaluate"):
         assert f"[{step}] $" in first.stdout  # each step prints the command that runs it alone

@@ -18,13 +18,19 @@ from e5_mistral.synthesis.batch import (
 from e5_mistral.synthesis.journal import Journal, Request
 from tests.fake_openai_batch import FakeBatchServer
 
+
 API_KEY = "sk-test-DO-NOT-STORE-123"
 
 
 def make_requests(n: int, size: int = 10) -> list[Request]:
     return [
-        Request(f"req-{i:03d}", "example", "short_long", ({"role": "user", "content": f"prompt {i} " + "x" * size},),
-                {"model": "fake-model", "temperature": 1.0, "max_tokens": 64})
+        Request(
+            f"req-{i:03d}",
+            "example",
+            "short_long",
+            ({"role": "user", "content": f"prompt {i} " + "x" * size},),
+            {"model": "fake-model", "temperature": 1.0, "max_tokens": 64},
+        )
         for i in range(n)
     ]
 
@@ -131,7 +137,9 @@ class TestBatchRoundTrip:
         latest = run(first, requests, tmp_path)
         assert latest == {} and first.running == 1
         state = json.loads((tmp_path / "batch" / "state.json").read_text())
-        assert [(b["batch_id"], b["status"], b["collected"]) for b in state["batches"]] == [("batch_0000", "in_progress", False)]
+        assert [(b["batch_id"], b["status"], b["collected"]) for b in state["batches"]] == [
+            ("batch_0000", "in_progress", False)
+        ]
         assert state["batches"][0]["custom_ids"] == ["req-000", "req-001", "req-002"]
 
         second = backend(batch_server, tmp_path, wait=True)
@@ -148,7 +156,10 @@ class TestBatchRoundTrip:
         latest = run(backend(batch_server, tmp_path), examples, tmp_path)
         assert sorted(latest) == ["req-002", "req-003"]  # only the examples' batch was collected
         state = json.loads((tmp_path / "batch" / "state.json").read_text())
-        assert [(b["batch_id"], b["collected"]) for b in state["batches"]] == [("batch_0000", False), ("batch_0001", True)]
+        assert [(b["batch_id"], b["collected"]) for b in state["batches"]] == [
+            ("batch_0000", False),
+            ("batch_0001", True),
+        ]
         latest = run(backend(batch_server, tmp_path), brainstorms, tmp_path)
         assert all(rec["status"] == "ok" for rec in latest.values()) and len(latest) == 4
         assert len(batch_server.received_custom_ids) == 2  # nothing submitted twice
@@ -172,7 +183,9 @@ class TestBatchRoundTrip:
         assert "ended 'expired' without an answer" in latest["req-003"]["error"]
         # the downloaded files are kept beside the state
         assert sorted(p.name for p in (tmp_path / "batch").glob("*-batch_0000.jsonl")) == [
-            "error-batch_0000.jsonl", "output-batch_0000.jsonl"]
+            "error-batch_0000.jsonl",
+            "output-batch_0000.jsonl",
+        ]
 
     def test_api_key_is_never_written(self, batch_server, tmp_path):
         run(backend(batch_server, tmp_path), make_requests(2), tmp_path)
@@ -190,20 +203,39 @@ class TestBatchRoundTrip:
 
 class TestImportResults:
     def vllm_line(self, custom_id, content=None, status=200, error=None):
-        body = {"id": "cmpl-x", "object": "chat.completion", "model": "m",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "length" if content == "cut" else "stop"}],
-                "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
+        body = {
+            "id": "cmpl-x",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "length" if content == "cut" else "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+        }
         if status != 200:
             body = {"object": "error", "message": error, "code": status}
-        return json.dumps({"id": f"vllm-{custom_id}", "custom_id": custom_id,
-                           "response": {"status_code": status, "request_id": f"vllm-batch-{custom_id}", "body": body},
-                           "error": None if status == 200 else error})
+        return json.dumps(
+            {
+                "id": f"vllm-{custom_id}",
+                "custom_id": custom_id,
+                "response": {"status_code": status, "request_id": f"vllm-batch-{custom_id}", "body": body},
+                "error": None if status == 200 else error,
+            }
+        )
 
     def test_import_vllm_output(self, tmp_path):
         requests = make_requests(5)
-        lines = [self.vllm_line("req-003", '{"a": "3"}'), self.vllm_line("req-000", '{"a": "0"}'),
-                 self.vllm_line("req-001", status=400, error="maximum context length exceeded"),
-                 self.vllm_line("req-002", "cut"), self.vllm_line("someone-else", "{}")]
+        lines = [
+            self.vllm_line("req-003", '{"a": "3"}'),
+            self.vllm_line("req-000", '{"a": "0"}'),
+            self.vllm_line("req-001", status=400, error="maximum context length exceeded"),
+            self.vllm_line("req-002", "cut"),
+            self.vllm_line("someone-else", "{}"),
+        ]
         path = tmp_path / "results.jsonl"
         path.write_text("\n".join(lines) + "\n")
         with Journal(tmp_path / "journal") as journal:
@@ -248,14 +280,27 @@ class TestWithSynthesisRun:
             n = next(count)
             if body["messages"][0]["content"].startswith("Brainstorm"):
                 return json.dumps([f"Retrieve documents for need {n}-{i}." for i in range(20)])
-            return json.dumps({"user_query": f"query {n}", "positive_document": f"answer to {n}",
-                               "hard_negative_document": f"not the answer to {n}"})
+            return json.dumps(
+                {
+                    "user_query": f"query {n}",
+                    "positive_document": f"answer to {n}",
+                    "hard_negative_document": f"not the answer to {n}",
+                }
+            )
 
         # the runner calls the backend once per brainstorm re-ask round (4), each polling once: 5 keeps it running
         with FakeBatchServer(responder=responder, polls_to_complete=5) as server:
-            args = dict(model="fake", base_url=server.base_url, output=str(tmp_path), num_examples=6,
-                        families=["short_long"], languages=["English"], backend="batch", batch_poll_interval=0.01,
-                        no_progress=True)
+            args = dict(
+                model="fake",
+                base_url=server.base_url,
+                output=str(tmp_path),
+                num_examples=6,
+                families=["short_long"],
+                languages=["English"],
+                backend="batch",
+                batch_poll_interval=0.01,
+                no_progress=True,
+            )
             first = SynthesisRun(SynthesisArguments(**args, batch_no_wait=True)).run(progress=False)
             assert first.report["accepted"] == 0 and len(server.received_custom_ids) == 1  # brainstorm submitted
             state = json.loads((tmp_path / "batch" / "state.json").read_text())

@@ -12,9 +12,23 @@ from tests.test_synthesis_fakes import responder
 
 
 def _argv(base_url, output, *extra, languages=("English", "German")):
-    return ["--model", "fake-llm", "--base-url", base_url, "--output", str(output), "--num-examples", "12",
-            "--timeout", "2", "--retry-initial-wait", "0.01", "--no-progress", *extra,
-            *(["--languages", *languages] if languages else [])]
+    return [
+        "--model",
+        "fake-llm",
+        "--base-url",
+        base_url,
+        "--output",
+        str(output),
+        "--num-examples",
+        "12",
+        "--timeout",
+        "2",
+        "--retry-initial-wait",
+        "0.01",
+        "--no-progress",
+        *extra,
+        *(["--languages", *languages] if languages else []),
+    ]
 
 
 def _one_line(err: str) -> str:
@@ -29,15 +43,29 @@ def test_generate_writes_the_dataset_and_loads_back(fake_openai, tmp_path, capsy
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # loopback endpoints need no key
     fake_openai.responder = responder
-    code = main(_argv(fake_openai.base_url, tmp_path / "out", "--families", "short_long", "sts"), prog="e5-mistral generate")
+    code = main(
+        _argv(fake_openai.base_url, tmp_path / "out", "--families", "short_long", "sts"), prog="e5-mistral generate"
+    )
     out = capsys.readouterr().out
     assert code == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert f"{report['accepted']} accepted" in out
     # a private cache: datasets may reuse an older cache entry of another local folder named "dataset"
-    ds = datasets.load_dataset(str(tmp_path / "out" / "dataset"), "short_long", split="train", cache_dir=str(tmp_path / "cache"))
-    assert ds.column_names == ["request_id", "family", "task", "language", "slots", "template_version", "generator_model",
-                               "user_query", "positive_document", "hard_negative_document"]
+    ds = datasets.load_dataset(
+        str(tmp_path / "out" / "dataset"), "short_long", split="train", cache_dir=str(tmp_path / "cache")
+    )
+    assert ds.column_names == [
+        "request_id",
+        "family",
+        "task",
+        "language",
+        "slots",
+        "template_version",
+        "generator_model",
+        "user_query",
+        "positive_document",
+        "hard_negative_document",
+    ]
     assert ds.num_rows == report["per_family"]["short_long"]["accepted"] > 0
     assert set(ds[0]["slots"]) == {"query_type", "query_length", "clarity", "num_words", "difficulty", "language"}
     assert ds[0]["generator_model"] == "fake-llm" and ds[0]["language"] in ("English", "German")
@@ -60,18 +88,24 @@ def test_rejected_key_stops_the_run(tmp_path, capsys, monkeypatch):
 
 def test_missing_key_for_a_remote_endpoint_names_the_variable(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    code = main(_argv("https://api.example.invalid/v1", tmp_path / "out", "--api-key-env", "NO_SUCH_KEY_VAR"), prog="e5-mistral generate")
+    code = main(
+        _argv("https://api.example.invalid/v1", tmp_path / "out", "--api-key-env", "NO_SUCH_KEY_VAR"),
+        prog="e5-mistral generate",
+    )
     assert code == 1
     assert "set the environment variable NO_SUCH_KEY_VAR" in _one_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("extra,code,message", [
-    (["--families", "short-long"], 2, "unknown family 'short-long'"),
-    (["--languages", "Klingon"], 1, "unknown language 'Klingon'"),
-    (["--extra-body", "{oops"], 2, "--extra-body is not valid JSON"),
-    (["--max-cost", "5"], 1, "--max-cost needs a price for model 'fake-llm'"),
-    (["--backend", "carrier-pigeon"], 2, "--backend must be online or batch"),
-])
+@pytest.mark.parametrize(
+    "extra,code,message",
+    [
+        (["--families", "short-long"], 2, "unknown family 'short-long'"),
+        (["--languages", "Klingon"], 1, "unknown language 'Klingon'"),
+        (["--extra-body", "{oops"], 2, "--extra-body is not valid JSON"),
+        (["--max-cost", "5"], 1, "--max-cost needs a price for model 'fake-llm'"),
+        (["--backend", "carrier-pigeon"], 2, "--backend must be online or batch"),
+    ],
+)
 def test_bad_configuration(tmp_path, capsys, extra, code, message):
     argv = _argv("http://127.0.0.1:9/v1", tmp_path / "out", *extra, languages=None)
     assert main(argv, prog="e5-mistral generate") == code
@@ -100,8 +134,13 @@ def test_azure_uses_the_azure_client(tmp_path, monkeypatch):
     from e5_mistral.synthesis.runner import SynthesisRun
 
     monkeypatch.setenv("AZURE_KEY", "k")
-    args = SynthesisArguments(model="my-deployment", output=str(tmp_path), base_url="https://res.openai.azure.com",
-                              azure_api_version="2024-10-21", api_key_env="AZURE_KEY")
+    args = SynthesisArguments(
+        model="my-deployment",
+        output=str(tmp_path),
+        base_url="https://res.openai.azure.com",
+        azure_api_version="2024-10-21",
+        api_key_env="AZURE_KEY",
+    )
     run = SynthesisRun(args)
     backend = run._backend(Budget())
     assert isinstance(run._client, openai.AsyncAzureOpenAI)

@@ -54,7 +54,9 @@ def test_empty_families_still_have_a_typed_file(tmp_path):
 def test_builder_runs_the_journal_and_yields_accepted_rows(finished_run, fake_openai, tmp_path):
     args, result = finished_run
     fake_openai.reset_stats()
-    builder = SyntheticEmbeddingData(config_name="short_long", synthesis=args, cache_dir=str(tmp_path / "builder-cache"))
+    builder = SyntheticEmbeddingData(
+        config_name="short_long", synthesis=args, cache_dir=str(tmp_path / "builder-cache")
+    )
     builder.download_and_prepare()
     ds = builder.as_dataset(split="train")
     assert fake_openai.stats.requests == 0  # resumed from the journal: everything was answered already

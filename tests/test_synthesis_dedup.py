@@ -6,6 +6,7 @@ import pytest
 
 from e5_mistral.synthesis.dedup import near_duplicate_mask, semantic_duplicate_mask, shingles
 
+
 FOX = "The quick brown fox jumps over the lazy dog near the river bank today"
 
 
@@ -67,5 +68,11 @@ class TestSemanticDuplicates:
 
         model = SentenceTransformer(str(minilm_dir))  # a loaded model is accepted too
         assert semantic_duplicate_mask(texts, model, threshold=0.8, query_chunk_size=2) == [
-            True, True, False, True, False, False]
+            True,
+            True,
+            False,
+            True,
+            False,
+            False,
+        ]
         assert semantic_duplicate_mask([], model) == []

@@ -12,12 +12,40 @@ def row(family, task, language, **fields):
 
 
 ROWS = [
-    row("short_long", "Find recipes", "English", user_query="the cat sat", positive_document="a b", hard_negative_document="c",
-        S1=None),  # an `all`-config row: keys of other families are null
-    row("short_long", "find  Recipes", "English", user_query="The cat ran", positive_document="a b c", hard_negative_document="d"),
+    row(
+        "short_long",
+        "Find recipes",
+        "English",
+        user_query="the cat sat",
+        positive_document="a b",
+        hard_negative_document="c",
+        S1=None,
+    ),  # an `all`-config row: keys of other families are null
+    row(
+        "short_long",
+        "find  Recipes",
+        "English",
+        user_query="The cat ran",
+        positive_document="a b c",
+        hard_negative_document="d",
+    ),
     row("sts", "Retrieve semantically similar text.", "Polish", S1="the cat sat", S2="x", S3="y"),
-    row("long_short", "Classify reviews", "English", input_text="dog dog dog", label="positive", misleading_label="negative"),
-    row("short_long", "Find recipes", "German", user_query="THE  cat sat", positive_document="e", hard_negative_document="f"),
+    row(
+        "long_short",
+        "Classify reviews",
+        "English",
+        input_text="dog dog dog",
+        label="positive",
+        misleading_label="negative",
+    ),
+    row(
+        "short_long",
+        "Find recipes",
+        "German",
+        user_query="THE  cat sat",
+        positive_document="e",
+        hard_negative_document="f",
+    ),
 ]
 
 
@@ -40,14 +68,19 @@ def test_report_numbers():
     assert report["distinct_1"] == pytest.approx(5 / 15)  # the cat sat ran dog
     assert report["distinct_2"] == pytest.approx(4 / 10)  # the-cat cat-sat cat-ran dog-dog
     assert report["distinct_3"] == pytest.approx(3 / 5)
-    assert report["per_field"]["user_query"] == pytest.approx({"distinct_1": 4 / 9, "distinct_2": 3 / 6, "distinct_3": 2 / 3})
+    assert report["per_field"]["user_query"] == pytest.approx(
+        {"distinct_1": 4 / 9, "distinct_2": 3 / 6, "distinct_3": 2 / 3}
+    )
     assert report["per_field"]["label"] == {"distinct_1": 1.0, "distinct_2": 0.0, "distinct_3": 0.0}
     assert report["per_field"]["positive_document"]["distinct_1"] == pytest.approx(4 / 6)  # a b | a b c | e
     assert "input" not in report["per_field"]  # no row has it
     assert list(report["per_family"].items()) == [("short_long", 3), ("long_short", 1), ("sts", 1)]
     assert list(report["per_language"].items()) == [("English", 3), ("German", 1), ("Polish", 1)]
-    assert report["per_family_language"] == {"short_long": {"English": 2, "German": 1}, "long_short": {"English": 1},
-                                             "sts": {"Polish": 1}}
+    assert report["per_family_language"] == {
+        "short_long": {"English": 2, "German": 1},
+        "long_short": {"English": 1},
+        "sts": {"Polish": 1},
+    }
 
 
 def test_empty_and_bad_rows():

@@ -58,10 +58,16 @@ def responder(body: dict) -> str:
         return json.dumps([f"Given a {name} query of kind {i}, retrieve matching texts." for i in range(20)])
     if family == "short_long":
         query = "What is the weather in Paris" if outcome == "duplicate" else f"query {h}"
-        return json.dumps({"user_query": query, "positive_document": f"relevant {h}", "hard_negative_document": f"negative {h}"})
+        return json.dumps(
+            {"user_query": query, "positive_document": f"relevant {h}", "hard_negative_document": f"negative {h}"}
+        )
     if family == "long_short":
         misleading = "label a" if outcome == "label_equals_misleading" else "label b"
-        return "```json\n" + json.dumps({"input_text": f"text {h}", "label": "label a", "misleading_label": misleading}) + "\n```"
+        return (
+            "```json\n"
+            + json.dumps({"input_text": f"text {h}", "label": "label a", "misleading_label": misleading})
+            + "\n```"
+        )
     if family in ("short_short", "long_long"):
         return json.dumps({"input": f"input {h}", "positive_document": f"document {h}"})
     s3 = f"one {h}" if outcome == "sentences_not_distinct" else f"three {h}"
@@ -73,9 +79,21 @@ def run_args(server, output, **overrides) -> SynthesisArguments:
 
     No structured outputs by default: these runs count the plan's requests exactly, and the format probe has tests
     of its own (tests/test_synthesis_structured.py)."""
-    settings = dict(model="fake-llm", base_url=server.base_url, output=str(output), num_examples=120, seed=3,
-                    languages=["English", "German", "Uzbek"], timeout=1.0, retry_initial_wait=0.01, retry_max_wait=0.05,
-                    concurrency=8, max_attempts=10, no_progress=True, response_format="none")
+    settings = dict(
+        model="fake-llm",
+        base_url=server.base_url,
+        output=str(output),
+        num_examples=120,
+        seed=3,
+        languages=["English", "German", "Uzbek"],
+        timeout=1.0,
+        retry_initial_wait=0.01,
+        retry_max_wait=0.05,
+        concurrency=8,
+        max_attempts=10,
+        no_progress=True,
+        response_format="none",
+    )
     settings.update(overrides)
     return SynthesisArguments(**settings)
 

@@ -17,14 +17,25 @@ from e5_mistral.synthesis.runner import generate
 from tests.fake_openai import FaultRates
 from tests.test_synthesis_fakes import responder, run_args
 
-COMPLETION = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}
+
+COMPLETION = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+}
 
 
 def _request(i: int = 0, **params) -> Request:
-    return Request(f"id-{i}", "example", "sts", ({"role": "user", "content": f"prompt {i}"},),
-                   {"model": "m", "temperature": 1.0, "max_tokens": 64, **params})
+    return Request(
+        f"id-{i}",
+        "example",
+        "sts",
+        ({"role": "user", "content": f"prompt {i}"},),
+        {"model": "m", "temperature": 1.0, "max_tokens": 64, **params},
+    )
 
 
 def _mock_client(make, answer=lambda request: httpx2.Response(200, json=COMPLETION)):
@@ -37,18 +48,32 @@ def _mock_client(make, answer=lambda request: httpx2.Response(200, json=COMPLETI
     return make(httpx2.AsyncClient(transport=httpx2.MockTransport(handler))), seen
 
 
-@pytest.mark.parametrize("make", [
-    lambda http: openai.AsyncOpenAI(base_url="http://llm.test/v1", api_key="sk-test", max_retries=0, http_client=http),
-    lambda http: openai.AsyncAzureOpenAI(azure_endpoint="https://res.openai.azure.com", api_version="2024-10-21",
-                                         api_key="az-test", max_retries=0, http_client=http),
-], ids=["openai", "azure"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda http: openai.AsyncOpenAI(
+            base_url="http://llm.test/v1", api_key="sk-test", max_retries=0, http_client=http
+        ),
+        lambda http: openai.AsyncAzureOpenAI(
+            azure_endpoint="https://res.openai.azure.com",
+            api_version="2024-10-21",
+            api_key="az-test",
+            max_retries=0,
+            http_client=http,
+        ),
+    ],
+    ids=["openai", "azure"],
+)
 def test_backend_sends_exactly_what_chat_completions_create_sends(make, tmp_path):
     request = _request(extra_body={"generation_config": '{"do_sample": true}'})
     client, seen = _mock_client(make)
 
     async def both():
-        await client.chat.completions.create(messages=list(request.messages), extra_body={"generation_config": '{"do_sample": true}'},
-                                             **{k: v for k, v in request.params.items() if k != "extra_body"})
+        await client.chat.completions.create(
+            messages=list(request.messages),
+            extra_body={"generation_config": '{"do_sample": true}'},
+            **{k: v for k, v in request.params.items() if k != "extra_body"},
+        )
         with Journal(tmp_path) as journal:
             await OnlineBackend(client, concurrency=1).run([request], journal)
         return journal
@@ -63,15 +88,25 @@ def test_backend_sends_exactly_what_chat_completions_create_sends(make, tmp_path
     assert record["usage"] == {"prompt_tokens": 3, "completion_tokens": 5} and record["attempts"] == 1
 
 
-@pytest.mark.parametrize("body, status, content, error", [
-    ("<html>busy</html>", "failed", None, "not a JSON object"),  # a 200 that is no completion: asked again next run
-    (json.dumps({"choices": []}), "ok", None, None),  # no choice: parsing later rejects it as empty_response
-    (json.dumps({"choices": [{"message": None, "finish_reason": "length"}], "usage": None}), "ok", None, None),
-])
+@pytest.mark.parametrize(
+    "body, status, content, error",
+    [
+        (
+            "<html>busy</html>",
+            "failed",
+            None,
+            "not a JSON object",
+        ),  # a 200 that is no completion: asked again next run
+        (json.dumps({"choices": []}), "ok", None, None),  # no choice: parsing later rejects it as empty_response
+        (json.dumps({"choices": [{"message": None, "finish_reason": "length"}], "usage": None}), "ok", None, None),
+    ],
+)
 def test_odd_answers_are_journaled_not_raised(body, status, content, error, tmp_path):
     content_type = "text/html" if body.startswith("<") else "application/json"
-    client, _ = _mock_client(lambda http: openai.AsyncOpenAI(base_url="http://llm.test/v1", api_key="k", max_retries=0, http_client=http),
-                             lambda request: httpx2.Response(200, content=body.encode(), headers={"content-type": content_type}))
+    client, _ = _mock_client(
+        lambda http: openai.AsyncOpenAI(base_url="http://llm.test/v1", api_key="k", max_retries=0, http_client=http),
+        lambda request: httpx2.Response(200, content=body.encode(), headers={"content-type": content_type}),
+    )
     with Journal(tmp_path) as journal:
         asyncio.run(OnlineBackend(client, concurrency=1).run([_request()], journal))
     [record] = journal.records()
@@ -87,8 +122,9 @@ def test_each_transport_retries_honours_retry_after_and_times_out(fake_openai, t
     fake_openai.force("429")
     fake_openai.force("500")
     fake_openai.force("timeout")
-    client = openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="k", max_retries=0, timeout=0.5,
-                                http_client=make_http_client(transport))
+    client = openai.AsyncOpenAI(
+        base_url=fake_openai.base_url, api_key="k", max_retries=0, timeout=0.5, http_client=make_http_client(transport)
+    )
 
     async def go():
         try:
@@ -111,7 +147,9 @@ def test_each_transport_stops_on_a_rejected_key_and_on_a_dead_endpoint(fake_open
     fake_openai.api_key = "right"
 
     async def check(base_url, key):
-        client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=2, http_client=make_http_client(transport))
+        client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=key, max_retries=0, timeout=2, http_client=make_http_client(transport)
+        )
         try:
             backend = OnlineBackend(client, concurrency=1, max_attempts=1)
             await backend.check_endpoint()
@@ -149,7 +187,9 @@ def test_a_faulty_run_gives_the_same_report_over_both_transports(fake_openai, tm
     fake_openai.responder = responder
     # A 3 s client timeout: only the injected 4 s stalls time out, never a reply slowed by a busy CI machine
     # (an extra retry there would shift that prompt's later fault draws and the request count).
-    fake_openai.faults = FaultRates(rate_429=0.2, retry_after=0.05, rate_500=0.1, rate_timeout=0.05, rate_malformed=0.1, slow_seconds=4.0)
+    fake_openai.faults = FaultRates(
+        rate_429=0.2, retry_after=0.05, rate_500=0.1, rate_timeout=0.05, rate_malformed=0.1, slow_seconds=4.0
+    )
     reports = {}
     for transport in ("httpx", "aiohttp"):
         fake_openai.reset_stats()
@@ -167,8 +207,10 @@ def test_the_example_plan_is_built_once_per_run(fake_openai, tmp_path, monkeypat
     monkeypatch.setattr(runner_module, "example_request", lambda *a, **k: built.append(a[1]) or original(*a, **k))
     report = generate(run_args(fake_openai, tmp_path / "out", num_examples=30, families=["short_long", "sts"])).report
     assert report["planned"] == 30 and report["complete"]
-    assert sorted(built) == sorted(list(range(report["per_family"]["short_long"]["planned"]))
-                                   + list(range(report["per_family"]["sts"]["planned"])))
+    assert sorted(built) == sorted(
+        list(range(report["per_family"]["short_long"]["planned"]))
+        + list(range(report["per_family"]["sts"]["planned"]))
+    )
 
 
 def test_http_client_is_checked_with_the_other_settings():

@@ -11,6 +11,7 @@ from e5_mistral.synthesis import plan
 from e5_mistral.synthesis.config import SynthesisArguments
 from e5_mistral.synthesis.runner import SynthesisRun
 
+
 TASKS = [f"Retrieve documents of kind {i}." for i in range(30)]
 
 
@@ -42,7 +43,14 @@ def test_ids_depend_on_model_and_params():
 
 def test_family_counts_follow_the_paper_mix_and_sum_exactly():
     counts = plan.family_counts(507_000, plan.resolve_mix(None, None))
-    assert counts == {"short_long": 167_000, "long_short": 122_000, "sts": 99_000, "bitext": 89_000, "long_long": 17_000, "short_short": 13_000}
+    assert counts == {
+        "short_long": 167_000,
+        "long_short": 122_000,
+        "sts": 99_000,
+        "bitext": 89_000,
+        "long_long": 17_000,
+        "short_short": 13_000,
+    }
     for n in (0, 1, 7, 101):
         assert sum(plan.family_counts(n, plan.resolve_mix(None, None)).values()) == n
     assert plan.family_counts(10, plan.resolve_mix(["sts", "bitext"], None)) == {"sts": 5, "bitext": 5}

@@ -17,14 +17,40 @@ from e5_mistral.synthesis.runner import SynthesisRun, generate
 from tests.fake_openai import prompt_hash
 from tests.test_synthesis_fakes import responder, run_args
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(server, output) -> list[str]:
-    return [sys.executable, "-m", "e5_mistral.cli", "generate", "--model", "fake-llm", "--base-url", server.base_url,
-            "--output", str(output), "--num-examples", "160", "--seed", "3", "--languages", "English", "German", "Uzbek",
-            "--concurrency", "4", "--timeout", "5", "--retry-initial-wait", "0.01", "--no-progress",
-            "--response-format", "none"]  # as run_args: the plan's requests only
+    return [
+        sys.executable,
+        "-m",
+        "e5_mistral.cli",
+        "generate",
+        "--model",
+        "fake-llm",
+        "--base-url",
+        server.base_url,
+        "--output",
+        str(output),
+        "--num-examples",
+        "160",
+        "--seed",
+        "3",
+        "--languages",
+        "English",
+        "German",
+        "Uzbek",
+        "--concurrency",
+        "4",
+        "--timeout",
+        "5",
+        "--retry-initial-wait",
+        "0.01",
+        "--no-progress",
+        "--response-format",
+        "none",
+    ]  # as run_args: the plan's requests only
 
 
 def _env() -> dict:
@@ -53,7 +79,9 @@ def test_sigkill_then_resume_sends_nothing_twice_and_matches_an_uninterrupted_ru
     fake_openai.reset_stats()
 
     output = tmp_path / "killed"
-    process = subprocess.Popen(_cli(fake_openai, output), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        _cli(fake_openai, output), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         if (output / "journal").is_dir() and _journal_lines(output) >= 40:
@@ -72,7 +100,9 @@ def test_sigkill_then_resume_sends_nothing_twice_and_matches_an_uninterrupted_ru
     assert done <= {r.request_id for r in requests}
 
     fake_openai.reset_stats()
-    finished = subprocess.run(_cli(fake_openai, output), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(
+        _cli(fake_openai, output), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert finished.returncode == 0, finished.stderr
 
     # Every request the killed run journaled as answered was never sent again: per prompt, the second run

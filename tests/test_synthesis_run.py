@@ -14,13 +14,19 @@ from e5_mistral.synthesis.runner import SynthesisRun, generate
 from tests.fake_openai import FaultRates
 from tests.test_synthesis_fakes import intended_outcome, responder, run_args
 
+
 MALFORMED_PREFIX = "Sure! Here is the JSON you asked for:"
 
 
 def _invariant(report):
-    assert report["planned"] == report["accepted"] + sum(report["rejected"].values()) + report["duplicates_removed"] + report["failed"]
+    assert (
+        report["planned"]
+        == report["accepted"] + sum(report["rejected"].values()) + report["duplicates_removed"] + report["failed"]
+    )
     for family, stats in report["per_family"].items():
-        assert stats["planned"] == stats["accepted"] + stats["rejected"] + stats["duplicates_removed"] + stats["failed"], family
+        assert (
+            stats["planned"] == stats["accepted"] + stats["rejected"] + stats["duplicates_removed"] + stats["failed"]
+        ), family
 
 
 def _expected_rejects(args, output: Path) -> Counter:
@@ -29,7 +35,11 @@ def _expected_rejects(args, output: Path) -> Counter:
     for fp in SynthesisRun(args).plan(latest):
         for request, _ in fp.examples:
             content = latest[request.request_id]["content"]
-            outcome = "invalid_json" if content.startswith(MALFORMED_PREFIX) else intended_outcome(request.messages[0]["content"])
+            outcome = (
+                "invalid_json"
+                if content.startswith(MALFORMED_PREFIX)
+                else intended_outcome(request.messages[0]["content"])
+            )
             if outcome not in ("ok", "duplicate"):
                 expected[outcome] += 1
     return expected
@@ -43,7 +53,9 @@ def _dataset_rows(output: Path) -> list[dict]:
 
 def test_faulty_endpoint_run_keeps_invariant_and_resumes_without_resending(fake_openai, tmp_path):
     fake_openai.responder = responder
-    fake_openai.faults = FaultRates(rate_429=0.2, retry_after=0.05, rate_500=0.1, rate_timeout=0.05, rate_malformed=0.1, slow_seconds=1.5)
+    fake_openai.faults = FaultRates(
+        rate_429=0.2, retry_after=0.05, rate_500=0.1, rate_timeout=0.05, rate_malformed=0.1, slow_seconds=1.5
+    )
     args = run_args(fake_openai, tmp_path / "out")
     report = generate(args).report
 
@@ -60,7 +72,9 @@ def test_faulty_endpoint_run_keeps_invariant_and_resumes_without_resending(fake_
     rows = _dataset_rows(tmp_path / "out")
     assert len(rows) == report["accepted"]
     for family in report["per_family"]:
-        key = {"short_long": "user_query", "long_short": "input_text", "sts": "S1", "bitext": "S1"}.get(family, "input")
+        key = {"short_long": "user_query", "long_short": "input_text", "sts": "S1", "bitext": "S1"}.get(
+            family, "input"
+        )
         keys = [normalize(r[key]) for r in rows if r["family"] == family]
         assert len(keys) == len(set(keys)), family
     assert sum(r["user_query"] == "What is the weather in Paris" for r in rows) == 1
@@ -78,15 +92,25 @@ def test_faulty_endpoint_run_keeps_invariant_and_resumes_without_resending(fake_
 
 def test_budget_stops_cleanly_and_a_rerun_finishes(fake_openai, tmp_path):
     fake_openai.responder = responder
-    args = run_args(fake_openai, tmp_path / "out", num_examples=60, max_total_tokens=4000, concurrency=2,
-                    price_table='{"fake-llm": {"input": 1.0, "output": 2.0}}')
+    args = run_args(
+        fake_openai,
+        tmp_path / "out",
+        num_examples=60,
+        max_total_tokens=4000,
+        concurrency=2,
+        price_table='{"fake-llm": {"input": 1.0, "output": 2.0}}',
+    )
     first = generate(args).report
     _invariant(first)
     assert first["budget_stopped"] and not first["complete"]
     assert first["failed_reasons"].get("budget", 0) > 0 or first["failed_reasons"].get("brainstorm_incomplete", 0) > 0
     spent = first["prompt_tokens"] + first["completion_tokens"]
-    assert 3000 <= spent <= 4000 + 2 * 400  # stops before the next request would pass it; in-flight overshoot is bounded
-    assert first["estimated_cost_usd"] == pytest.approx((first["prompt_tokens"] + 2 * first["completion_tokens"]) / 1e6)
+    assert (
+        3000 <= spent <= 4000 + 2 * 400
+    )  # stops before the next request would pass it; in-flight overshoot is bounded
+    assert first["estimated_cost_usd"] == pytest.approx(
+        (first["prompt_tokens"] + 2 * first["completion_tokens"]) / 1e6
+    )
 
     args.max_total_tokens = None
     final = generate(args).report
@@ -124,7 +148,9 @@ def test_retry_after_is_honoured(fake_openai, tmp_path):
     fake_openai.responder = responder
     fake_openai.faults = FaultRates(retry_after=0.6)
     fake_openai.force("429", 1)
-    args = run_args(fake_openai, tmp_path / "out", num_examples=1, families=["sts"], retry_initial_wait=0.0, retry_max_wait=5.0)
+    args = run_args(
+        fake_openai, tmp_path / "out", num_examples=1, families=["sts"], retry_initial_wait=0.0, retry_max_wait=5.0
+    )
     start = time.monotonic()
     report = generate(args).report
     assert time.monotonic() - start >= 0.6
@@ -152,12 +178,27 @@ def test_backend_batch_is_wired_to_the_batch_backend(fake_openai, tmp_path, monk
         async def run(self, requests, journal):
             for request in requests:
                 body = {"messages": list(request.messages)}
-                journal.append(make_record(request, "ok", content=responder(body), finish_reason="stop",
-                                           usage={"prompt_tokens": 100, "completion_tokens": 50}, source="batch"))
+                journal.append(
+                    make_record(
+                        request,
+                        "ok",
+                        content=responder(body),
+                        finish_reason="stop",
+                        usage={"prompt_tokens": 100, "completion_tokens": 50},
+                        source="batch",
+                    )
+                )
 
     monkeypatch.setattr(batch, "BatchBackend", FakeBatchBackend)
-    args = run_args(fake_openai, tmp_path / "out", num_examples=6, families=["sts"], backend="batch",
-                    batch_poll_interval=5.0, price_table='{"*": {"input": 1.0, "output": 1.0}}')
+    args = run_args(
+        fake_openai,
+        tmp_path / "out",
+        num_examples=6,
+        families=["sts"],
+        backend="batch",
+        batch_poll_interval=5.0,
+        price_table='{"*": {"input": 1.0, "output": 1.0}}',
+    )
     report = generate(args).report
     assert created == {"output_dir": tmp_path / "out", "poll_interval": 5.0, "wait": True}
     assert report["accepted"] + report["duplicates_removed"] + sum(report["rejected"].values()) == 6
@@ -167,7 +208,14 @@ def test_backend_batch_is_wired_to_the_batch_backend(fake_openai, tmp_path, monk
 
 def test_minhash_task_dedup_is_counted(fake_openai, tmp_path):
     fake_openai.responder = responder
-    args = run_args(fake_openai, tmp_path / "out", num_examples=30, families=["short_long"], dedup_tasks="minhash", dedup_threshold=0.3)
+    args = run_args(
+        fake_openai,
+        tmp_path / "out",
+        num_examples=30,
+        families=["short_long"],
+        dedup_tasks="minhash",
+        dedup_threshold=0.3,
+    )
     report = generate(args).report
     removed = report["brainstorm"]["tasks_removed_near_duplicate"]
     assert removed > 0 and report["brainstorm"]["tasks_unique"] == 20 - removed
@@ -175,11 +223,19 @@ def test_minhash_task_dedup_is_counted(fake_openai, tmp_path):
 
 
 @pytest.mark.parametrize("temperature, reasks, expected_calls", [(1.0, None, 4), (0.0, None, 1), (0.0, 2, 3)])
-def test_unusable_task_lists_are_asked_again_unless_decoding_is_greedy(fake_openai, tmp_path, temperature, reasks, expected_calls):
+def test_unusable_task_lists_are_asked_again_unless_decoding_is_greedy(
+    fake_openai, tmp_path, temperature, reasks, expected_calls
+):
     # A greedy endpoint answers a re-ask word for word, so by default it is asked once only.
     fake_openai.responder = lambda body: "- not a list of strings"
-    args = run_args(fake_openai, tmp_path / "out", num_examples=2, families=["short_long"], temperature=temperature,
-                    brainstorm_reasks=reasks)
+    args = run_args(
+        fake_openai,
+        tmp_path / "out",
+        num_examples=2,
+        families=["short_long"],
+        temperature=temperature,
+        brainstorm_reasks=reasks,
+    )
     report = generate(args).report
     assert fake_openai.stats.requests == expected_calls
     assert report["accepted"] == 0 and report["failed"] == 0

@@ -12,10 +12,17 @@ from tests.test_synthesis_fakes import responder as json_responder
 from tests.test_synthesis_fakes import run_args
 from tests.test_synthesis_run import _invariant
 
+
 SYSTEM = "You only answer with valid JSON."
 # Computed with the code before these options existed: runs without a system prompt keep their ids (and journals).
-SLOTS = {"query_type": "extremely long-tail", "query_length": "less than 5 words", "clarity": "clear", "num_words": "50",
-         "language": "English", "difficulty": "high school"}
+SLOTS = {
+    "query_type": "extremely long-tail",
+    "query_length": "less than 5 words",
+    "clarity": "clear",
+    "num_words": "50",
+    "language": "English",
+    "difficulty": "high school",
+}
 BRAINSTORM_ID = "042c92666d69f91a07037f4da7d876cf8d8d4b3c58e15bc5588bf10a4e6b6940"
 EXAMPLE_ID = "68090ff68944960647c0c86bfbecebc21404ed38d3a062160f46f6229a6b72fe"
 
@@ -49,8 +56,11 @@ class Recorder:
 
     def prompts(self, kind: str) -> list[str]:
         brainstorms = {template_text(f, "brainstorm") for f in ASYMMETRIC_FAMILIES}
-        return [b["messages"][-1]["content"] for b in self.bodies
-                if (b["messages"][-1]["content"] in brainstorms) == (kind == "brainstorm")]
+        return [
+            b["messages"][-1]["content"]
+            for b in self.bodies
+            if (b["messages"][-1]["content"] in brainstorms) == (kind == "brainstorm")
+        ]
 
 
 def _text_list_run(fake_openai, output, accept: bool):
@@ -95,9 +105,16 @@ def test_text_task_lists_feed_the_asymmetric_families_only_with_the_flag(fake_op
 def test_system_prompt_reaches_every_request_and_changes_only_its_ids(fake_openai, tmp_path):
     recorder = Recorder()
     fake_openai.responder = recorder
-    args = run_args(fake_openai, tmp_path / "out", num_examples=8, families=["short_long", "sts"],
-                    family_mix=json.dumps({"short_long": 1, "sts": 1}), temperature=0.0,
-                    system_prompt=SYSTEM, accept_text_task_lists=True)
+    args = run_args(
+        fake_openai,
+        tmp_path / "out",
+        num_examples=8,
+        families=["short_long", "sts"],
+        family_mix=json.dumps({"short_long": 1, "sts": 1}),
+        temperature=0.0,
+        system_prompt=SYSTEM,
+        accept_text_task_lists=True,
+    )
     report = generate(args).report
     assert report["complete"] and report["accepted"] > 0
     assert len(recorder.prompts("brainstorm")) == 1 and len(recorder.prompts("example")) == 8
@@ -109,14 +126,22 @@ def test_system_prompt_reaches_every_request_and_changes_only_its_ids(fake_opena
     assert f"System prompt: {json.dumps(SYSTEM)}" in (tmp_path / "out" / "dataset" / "README.md").read_text()
 
     plain = SynthesisArguments(model="fake-llm", output="o", temperature=0.0, max_tokens=512)
-    with_system = SynthesisArguments(model="fake-llm", output="o", temperature=0.0, max_tokens=512, system_prompt=SYSTEM)
+    with_system = SynthesisArguments(
+        model="fake-llm", output="o", temperature=0.0, max_tokens=512, system_prompt=SYSTEM
+    )
     assert brainstorm_request("short_long", 0, plain.generation_params()).request_id == BRAINSTORM_ID
-    assert example_request("short_long", 1, "Retrieve recipes for a dish.", SLOTS, plain.generation_params()).request_id == EXAMPLE_ID
+    assert (
+        example_request("short_long", 1, "Retrieve recipes for a dish.", SLOTS, plain.generation_params()).request_id
+        == EXAMPLE_ID
+    )
     brainstorm = brainstorm_request("short_long", 0, with_system.generation_params())
     example = example_request("short_long", 1, "Retrieve recipes for a dish.", SLOTS, with_system.generation_params())
     assert brainstorm.request_id != BRAINSTORM_ID and example.request_id != EXAMPLE_ID
     # the batch backend writes Request.body() lines: the same system message, no extra field
-    assert example.body()["messages"][0] == {"role": "system", "content": SYSTEM} and "system_prompt" not in example.body()
+    assert (
+        example.body()["messages"][0] == {"role": "system", "content": SYSTEM}
+        and "system_prompt" not in example.body()
+    )
 
     # The same output without the system prompt: its journal is not reused, every request is sent again.
     fake_openai.reset_stats()

@@ -9,9 +9,23 @@ import pytest
 from e5_mistral.local_server import sampling_body, transformers_serve
 from e5_mistral.synthesis.cli import main
 
-KNOWN_REASONS = ("truncated", "empty_response", "invalid_json", "not_an_object", "missing_key:", "empty_value:",
-                 "nested_value:", "not_a_string:", "extra_key:", "query_equals_positive", "label_equals_misleading",
-                 "sentences_not_distinct", "brainstorm_not_a_list_of_strings", "no_valid_tasks")
+
+KNOWN_REASONS = (
+    "truncated",
+    "empty_response",
+    "invalid_json",
+    "not_an_object",
+    "missing_key:",
+    "empty_value:",
+    "nested_value:",
+    "not_a_string:",
+    "extra_key:",
+    "query_equals_positive",
+    "label_equals_misleading",
+    "sentences_not_distinct",
+    "brainstorm_not_a_list_of_strings",
+    "no_valid_tasks",
+)
 
 
 @pytest.fixture
@@ -27,18 +41,49 @@ def smollm2_server(smollm2_dir, tmp_path, monkeypatch):
 def test_smollm2_produces_accepted_rows_and_explained_rejects(smollm2_server, smollm2_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     # Greedy decoding (temperature 0) keeps this 135M model's JSON usable.
-    code = main(["--base-url", smollm2_server, "--model", str(smollm2_dir), "--output", str(tmp_path / "out"),
-                 "--families", "sts", "--num-examples", "2", "--languages", "English", "--max-tokens", "96",
-                 "--concurrency", "1", "--timeout", "300", "--max-attempts", "1", "--no-progress",
-                 "--extra-body", sampling_body(96, temperature=0)], prog="e5-mistral generate")
+    code = main(
+        [
+            "--base-url",
+            smollm2_server,
+            "--model",
+            str(smollm2_dir),
+            "--output",
+            str(tmp_path / "out"),
+            "--families",
+            "sts",
+            "--num-examples",
+            "2",
+            "--languages",
+            "English",
+            "--max-tokens",
+            "96",
+            "--concurrency",
+            "1",
+            "--timeout",
+            "300",
+            "--max-attempts",
+            "1",
+            "--no-progress",
+            "--extra-body",
+            sampling_body(96, temperature=0),
+        ],
+        prog="e5-mistral generate",
+    )
     assert code == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["planned"] == report["accepted"] + sum(report["rejected"].values()) + report["duplicates_removed"] + report["failed"]
+    assert (
+        report["planned"]
+        == report["accepted"] + sum(report["rejected"].values()) + report["duplicates_removed"] + report["failed"]
+    )
     assert report["accepted"] >= 1, report
     assert report["completion_tokens"] > 0
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
     for reject in rejects:
-        assert reject["reason"].startswith(KNOWN_REASONS) and reject["raw"] is not None or reject["reason"] == "empty_response"
+        assert (
+            reject["reason"].startswith(KNOWN_REASONS)
+            and reject["raw"] is not None
+            or reject["reason"] == "empty_response"
+        )
     import pyarrow.parquet as pq
 
     rows = pq.read_table(tmp_path / "out" / "dataset" / "sts" / "train-00000-of-00001.parquet").to_pylist()

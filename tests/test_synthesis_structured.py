@@ -61,15 +61,21 @@ def test_brainstorm_schemas_and_both_shapes_parse():
     assert parse_brainstorm(json.dumps({"tasks": tasks})) == parse_brainstorm(json.dumps(tasks)) == tasks
     strict = response_format("json_schema", "brainstorm", "short_long")
     assert strict["json_schema"]["strict"] is True and strict["json_schema"]["schema"]["required"] == ["tasks"]
-    assert response_format("json_object", "brainstorm", "short_long") == {"type": "json_object", "schema": brainstorm_schema(False)}
+    assert response_format("json_object", "brainstorm", "short_long") == {
+        "type": "json_object",
+        "schema": brainstorm_schema(False),
+    }
     assert response_format("none", "example", "sts") is None
 
 
-@pytest.mark.parametrize("behaviour,chosen,plan_type", [
-    ("openai", "json_schema", "json_schema"),
-    ("llamacpp", "json_object", "json_object"),
-    ("transformers", "none", None),
-])
+@pytest.mark.parametrize(
+    "behaviour,chosen,plan_type",
+    [
+        ("openai", "json_schema", "json_schema"),
+        ("llamacpp", "json_object", "json_object"),
+        ("transformers", "none", None),
+    ],
+)
 def test_auto_picks_the_shape_each_server_enforces(tmp_path, behaviour, chosen, plan_type):
     with FakeOpenAIServer(responder=responder, structured=behaviour) as server:
         args = run_args(server, tmp_path / "out", num_examples=24, response_format="auto")
@@ -77,8 +83,11 @@ def test_auto_picks_the_shape_each_server_enforces(tmp_path, behaviour, chosen, 
         formats = server.stats.response_formats
         # the probe: json_schema first, then json_object where refused or not followed; a 500 is checked with the
         # same request without a schema (it succeeds: the format was refused, the server works)
-        expected = {"openai": ["json_schema"], "llamacpp": ["json_schema", None, "json_object"],
-                    "transformers": ["json_schema", "json_object"]}[behaviour]
+        expected = {
+            "openai": ["json_schema"],
+            "llamacpp": ["json_schema", None, "json_object"],
+            "transformers": ["json_schema", "json_object"],
+        }[behaviour]
         probes = len(expected)
         assert [(f or {}).get("type") for f in formats[:probes]] == expected
         plan_formats = formats[probes:]
@@ -93,7 +102,9 @@ def test_auto_picks_the_shape_each_server_enforces(tmp_path, behaviour, chosen, 
             assert example_schema("sts") in schemas and brainstorm_schema(False) in schemas
     assert report["complete"] and report["accepted"] > 0
     assert report["response_format"]["chosen"] == chosen
-    assert json.loads((tmp_path / "out" / "run_config.json").read_text())["response_format_resolved"]["chosen"] == chosen
+    assert (
+        json.loads((tmp_path / "out" / "run_config.json").read_text())["response_format_resolved"]["chosen"] == chosen
+    )
     assert report["requests_sent"] == server.stats.requests  # the probe's requests are journaled and counted
     if chosen == "none":
         assert set(report["response_format"]["refused"]) == {"json_schema", "json_object"}
@@ -125,8 +136,22 @@ def test_a_journal_from_before_structured_outputs_still_resumes(tmp_path):
 
 def test_an_explicit_format_the_server_refuses_is_one_clear_error(tmp_path, capsys):
     with FakeOpenAIServer(responder=responder, structured="transformers") as server:
-        code = main(["--model", "m", "--base-url", server.base_url, "--output", str(tmp_path / "o"), "--no-progress",
-                     "--num-examples", "4", "--response-format", "json_schema"], prog="e5-mistral generate")
+        code = main(
+            [
+                "--model",
+                "m",
+                "--base-url",
+                server.base_url,
+                "--output",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--num-examples",
+                "4",
+                "--response-format",
+                "json_schema",
+            ],
+            prog="e5-mistral generate",
+        )
         assert server.stats.requests == 1  # the probe only; no example was sent, no retry of the refusal
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
@@ -153,8 +178,9 @@ def test_non_retryable_refusals_are_kept_and_sent_again_only_when_asked(tmp_path
 def test_a_family_goes_on_with_the_tasks_of_its_answered_brainstorms(tmp_path):
     with FakeOpenAIServer(responder=responder) as server:
         # 80 short_long examples at 2 per task: 2 brainstorm calls; the first is refused
-        args = run_args(server, tmp_path / "out", num_examples=80, families=["short_long"], examples_per_task=2,
-                        concurrency=1)
+        args = run_args(
+            server, tmp_path / "out", num_examples=80, families=["short_long"], examples_per_task=2, concurrency=1
+        )
         server.force("400", 1)
         run = SynthesisRun(args)
         report = run.run(progress=False).report
@@ -164,4 +190,7 @@ def test_a_family_goes_on_with_the_tasks_of_its_answered_brainstorms(tmp_path):
     assert family["failed"] == 0 and family["accepted"] > 0
     assert family["accepted"] + family["rejected"] + family["duplicates_removed"] == 80
     assert report["acceptance"]["per_family"]["short_long"] == {
-        "answered": 80, "accepted": family["accepted"], "rate": round(family["accepted"] / 80, 4)}
+        "answered": 80,
+        "accepted": family["accepted"],
+        "rate": round(family["accepted"] / 80, 4),
+    }

@@ -11,6 +11,7 @@ import pytest
 from e5_mistral.synthesis import templates
 from e5_mistral.synthesis.templates import FAMILIES, placeholders, slot_values, template_text
 
+
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "paper.md"
 
 # Transcribed from the captions of Tables 8-13 (query_length follows Table 8, not section 3.1's "5-10 words").
@@ -31,16 +32,34 @@ PAPER_SLOTS = {
     },
     "short_short": {"language": "languages"},
     "long_long": {"language": "languages"},
-    "sts": {"unit": ["sentence", "phrase", "passage"], "high_score": ["4", "4.5", "5"], "low_score": ["2.5", "3", "3.5"],
-            "difficulty": ["elementary school", "high school", "college"], "language": "languages"},
-    "bitext": {"unit": ["sentence", "phrase", "passage"], "high_score": ["4", "4.5", "5"], "low_score": ["1.5", "2", "2.5"],
-               "difficulty": ["elementary school", "high school", "college"], "src_lang": "languages", "tgt_lang": "languages"},
+    "sts": {
+        "unit": ["sentence", "phrase", "passage"],
+        "high_score": ["4", "4.5", "5"],
+        "low_score": ["2.5", "3", "3.5"],
+        "difficulty": ["elementary school", "high school", "college"],
+        "language": "languages",
+    },
+    "bitext": {
+        "unit": ["sentence", "phrase", "passage"],
+        "high_score": ["4", "4.5", "5"],
+        "low_score": ["1.5", "2", "2.5"],
+        "difficulty": ["elementary school", "high school", "college"],
+        "src_lang": "languages",
+        "tgt_lang": "languages",
+    },
 }
 
 TEMPLATE_ORDER = [  # order of the fenced blocks in paper.md section 1.2
-    ("short_long", "brainstorm"), ("short_long", "generate"), ("long_short", "brainstorm"), ("long_short", "generate"),
-    ("short_short", "brainstorm"), ("short_short", "generate"), ("long_long", "brainstorm"), ("long_long", "generate"),
-    ("sts", "generate"), ("bitext", "generate"),
+    ("short_long", "brainstorm"),
+    ("short_long", "generate"),
+    ("long_short", "brainstorm"),
+    ("long_short", "generate"),
+    ("short_short", "brainstorm"),
+    ("short_short", "generate"),
+    ("long_long", "brainstorm"),
+    ("long_long", "generate"),
+    ("sts", "generate"),
+    ("bitext", "generate"),
 ]
 
 # sha256 prefixes of the template texts, so a drift is caught even where ../shared is absent.

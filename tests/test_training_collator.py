@@ -25,8 +25,16 @@ def backbone(tiny_model_dir):
 
 
 ROWS = [
-    {"query": "Instruct: t\nQuery: how to cook rice", "positive": "A man is playing a guitar.", "negatives": ["Two dogs run."]},
-    {"query": "Instruct: t\nQuery: fox", "positive": "The quick brown fox jumps over the lazy dog. " * 3, "negatives": []},
+    {
+        "query": "Instruct: t\nQuery: how to cook rice",
+        "positive": "A man is playing a guitar.",
+        "negatives": ["Two dogs run."],
+    },
+    {
+        "query": "Instruct: t\nQuery: fox",
+        "positive": "The quick brown fox jumps over the lazy dog. " * 3,
+        "negatives": [],
+    },
 ]
 
 
@@ -96,7 +104,19 @@ def test_pooling_picks_eos_for_both_padding_sides_and_batch_of_one(tokenizer, ba
             hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
             at_eos = torch.nn.functional.normalize(hidden[eos_positions], dim=-1)
             torch.testing.assert_close(outputs[side], at_eos)
-            single = torch.cat([encode(backbone, **{k: v for k, v in zip(("input_ids", "attention_mask"), (b["doc_input_ids"], b["doc_attention_mask"]))})
-                                for b in (collator([r]) for r in rows)])
+            single = torch.cat(
+                [
+                    encode(
+                        backbone,
+                        **{
+                            k: v
+                            for k, v in zip(
+                                ("input_ids", "attention_mask"), (b["doc_input_ids"], b["doc_attention_mask"])
+                            )
+                        },
+                    )
+                    for b in (collator([r]) for r in rows)
+                ]
+            )
         torch.testing.assert_close(outputs[side], single, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(outputs["left"], outputs["right"], atol=1e-5, rtol=1e-4)

@@ -28,7 +28,9 @@ def synthetic_dir(tmp_path_factory):
         ("bitext", "S1", "S2", "S3"),
     ],
 )
-def test_synthetic_family_maps_to_query_positive_negative(synthetic_dir, family, query_key, positive_key, negative_key):
+def test_synthetic_family_maps_to_query_positive_negative(
+    synthetic_dir, family, query_key, positive_key, negative_key
+):
     dataset, infos = build_mixture([E5DatasetConfig(path=str(synthetic_dir), name=family)])
     source = synthetic_row(family, 1)
     row = dataset[1]
@@ -42,14 +44,22 @@ def test_synthetic_family_maps_to_query_positive_negative(synthetic_dir, family,
 
 
 def test_all_config_and_mixture_ids(synthetic_dir, tmp_path):
-    labeled = write_labeled(tmp_path / "lab" / "train.jsonl", [
-        {"query": "q1", "positive": "p1", "negative": "n1"},
-        {"query": "q2", "positive": "p2", "negative": ["n2a", "n2b"], "instruction": "Own task"},
-        {"query": "q3", "positive": "p3"},
-    ])
+    labeled = write_labeled(
+        tmp_path / "lab" / "train.jsonl",
+        [
+            {"query": "q1", "positive": "p1", "negative": "n1"},
+            {"query": "q2", "positive": "p2", "negative": ["n2a", "n2b"], "instruction": "Own task"},
+            {"query": "q3", "positive": "p3"},
+        ],
+    )
     configs = [
         E5DatasetConfig(path=str(synthetic_dir), name="all"),
-        E5DatasetConfig(path="json", data_files=str(labeled), instruction="Given a web search query, retrieve passages", in_batch_negatives=False),
+        E5DatasetConfig(
+            path="json",
+            data_files=str(labeled),
+            instruction="Given a web search query, retrieve passages",
+            in_batch_negatives=False,
+        ),
     ]
     dataset, infos = build_mixture(configs, num_hard_negatives=1)
     assert [i.num_rows for i in infos] == [18, 3]
@@ -64,9 +74,13 @@ def test_all_config_and_mixture_ids(synthetic_dir, tmp_path):
 
 def test_sampling_ratio(tmp_path):
     data = write_labeled(tmp_path / "d.jsonl", [{"query": f"q{i}", "positive": f"p{i}"} for i in range(20)])
-    dataset, infos = build_mixture([E5DatasetConfig(path="json", data_files=str(data), sampling_ratio=0.1, instruction="t")])
+    dataset, infos = build_mixture(
+        [E5DatasetConfig(path="json", data_files=str(data), sampling_ratio=0.1, instruction="t")]
+    )
     assert infos[0].num_rows == 2 and len(set(dataset["positive"])) == 2
-    dataset, infos = build_mixture([E5DatasetConfig(path="json", data_files=str(data), sampling_ratio=1.5, instruction="t")])
+    dataset, infos = build_mixture(
+        [E5DatasetConfig(path="json", data_files=str(data), sampling_ratio=1.5, instruction="t")]
+    )
     assert infos[0].num_rows == 30 and len(set(dataset["positive"])) == 20
     assert sample_indices(10, 0.5, seed=1) == sample_indices(10, 0.5, seed=1)
 
@@ -111,7 +125,7 @@ def test_same_dataset_order_makes_homogeneous_global_batches():
     assert len(order) == 8 + 4  # incomplete tails dropped; dataset 2 has no full batch
     assert len(set(order)) == len(order)
     for start in range(0, len(order), 4):
-        assert len({ids[i] for i in order[start:start + 4]}) == 1
+        assert len({ids[i] for i in order[start : start + 4]}) == 1
     assert same_dataset_order(ids, 4, seed=0) == order and same_dataset_order(ids, 4, seed=1) != order
 
 
@@ -129,18 +143,39 @@ def test_rewritten_local_folder_is_not_read_from_a_stale_cache(tmp_path):
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("recipe", ["smollm2-135m/cpu.yaml", "e5-mistral-7b/full.yaml", "e5-mistral-7b/synthetic-only.yaml",
-                                    "e5-mistral-7b/synthetic-msmarco.yaml"])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "smollm2-135m/cpu.yaml",
+        "e5-mistral-7b/full.yaml",
+        "e5-mistral-7b/synthetic-only.yaml",
+        "e5-mistral-7b/synthetic-msmarco.yaml",
+    ],
+)
 def test_recipes_parse(recipe, tmp_path):
     from e5_mistral.training.run import parse_args
 
-    model_args, data_args, args = parse_args([str(REPO / "recipes" / recipe), "--output_dir", str(tmp_path), "--use_cpu", "true",
-                                              "--bf16", "false"])
+    model_args, data_args, args = parse_args(
+        [str(REPO / "recipes" / recipe), "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"]
+    )
     assert args.temperature == 0.02 and args.lora_r == 16 and args.lora_alpha == 32 and args.pooling == "lasttoken"
     if recipe.startswith("e5-mistral-7b"):
         assert model_args.model_name_or_path == "mistralai/Mistral-7B-v0.1"
-        assert args.learning_rate == 1e-4 and args.warmup_steps == 100 and args.weight_decay == 0.1 and args.max_seq_length == 512
-        assert args.lora_dropout == 0.1 and set(args.lora_target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        assert (
+            args.learning_rate == 1e-4
+            and args.warmup_steps == 100
+            and args.weight_decay == 0.1
+            and args.max_seq_length == 512
+        )
+        assert args.lora_dropout == 0.1 and set(args.lora_target_modules) == {
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        }
     if recipe.endswith("full.yaml"):
         ratios = {d.path.split("/")[-1]: d.sampling_ratio for d in data_args.dataset_mixture}
         # synthetic + the 13 labeled datasets, MS-MARCO counted twice (passage and document, own ratios)
@@ -157,7 +192,9 @@ def test_bundled_sample_feeds_the_cpu_recipe(monkeypatch):
     if not (sample / "README.md").is_file():
         pytest.skip("the bundled sample is not there yet")
     monkeypatch.chdir(REPO)
-    _, data_args, args = parse_args([str(REPO / "recipes" / "smollm2-135m" / "cpu.yaml"), "--output_dir", "/tmp/unused"])
+    _, data_args, args = parse_args(
+        [str(REPO / "recipes" / "smollm2-135m" / "cpu.yaml"), "--output_dir", "/tmp/unused"]
+    )
     dataset, infos = build_mixture(data_args.dataset_mixture, num_hard_negatives=args.num_hard_negatives)
     assert all(info.num_rows > 0 for info in infos) and len(infos) == 6
     assert all(q.startswith("Instruct: ") for q in dataset["query"])

@@ -20,14 +20,30 @@ from safetensors.torch import load_file
 from e5_mistral.training.run import parse_args, train
 from tests.test_training_fixtures import tiny_config, write_synthetic_folder, write_yaml
 
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
 
 
 def launch_two_processes(config: Path) -> subprocess.CompletedProcess:
     accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "0", str(REPO / "recipes" / "train.py"), str(config)]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        str(REPO / "recipes" / "train.py"),
+        str(config),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
 
@@ -43,8 +59,14 @@ def test_two_processes_equal_one_full_batch_process(tiny_model_dir, tmp_path):
     common = dict(max_steps=STEPS, learning_rate=2e-3, save_strategy="steps", save_steps=STEPS)
     runs = {
         "ddp": tiny_config(tiny_model_dir, data, tmp_path / "ddp", per_device_train_batch_size=8, **common),
-        "ddp_gradcache": tiny_config(tiny_model_dir, data, tmp_path / "ddp_gradcache", per_device_train_batch_size=8,
-                                     gradcache_chunk_size=3, **common),
+        "ddp_gradcache": tiny_config(
+            tiny_model_dir,
+            data,
+            tmp_path / "ddp_gradcache",
+            per_device_train_batch_size=8,
+            gradcache_chunk_size=3,
+            **common,
+        ),
         "single": tiny_config(tiny_model_dir, data, tmp_path / "single", per_device_train_batch_size=16, **common),
     }
     for name in ("ddp", "ddp_gradcache"):
@@ -60,9 +82,13 @@ def test_two_processes_equal_one_full_batch_process(tiny_model_dir, tmp_path):
     for name in ("ddp", "ddp_gradcache"):
         assert logged(tmp_path / name, "loss") == pytest.approx(single, rel=1e-4), name
         # The gradient norm is scale-sensitive (Adam's update is not): a 1/W or W mis-scaling shows here.
-        assert logged(tmp_path / name, "grad_norm") == pytest.approx(logged(tmp_path / "single", "grad_norm"), rel=1e-3), name
+        assert logged(tmp_path / name, "grad_norm") == pytest.approx(
+            logged(tmp_path / "single", "grad_norm"), rel=1e-3
+        ), name
         want = load_file(tmp_path / "single" / "adapter_model.safetensors")
         got = load_file(tmp_path / name / "adapter_model.safetensors")
         for key in want:
             # fp32 noise passes through Adam's normalisation; a wrong gradient would differ by about lr = 2e-3.
-            torch.testing.assert_close(got[key], want[key], rtol=1e-3, atol=1e-4, msg=lambda m, key=key: f"{name}: {key}: {m}")
+            torch.testing.assert_close(
+                got[key], want[key], rtol=1e-3, atol=1e-4, msg=lambda m, key=key: f"{name}: {key}: {m}"
+            )

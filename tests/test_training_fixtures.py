@@ -9,6 +9,7 @@ import yaml
 
 from e5_mistral.instructions import BITEXT_TASK, STS_TASK
 
+
 FAMILY_KEYS = {
     "short_long": ["user_query", "positive_document", "hard_negative_document"],
     "long_short": ["input_text", "label", "misleading_label"],
@@ -20,11 +21,21 @@ FAMILY_KEYS = {
 ALL_KEYS = sorted({k for keys in FAMILY_KEYS.values() for k in keys})
 
 TOPICS = [
-    ("rice", "cook the rice in boiling water"), ("fox", "the quick brown fox jumps"), ("guitar", "a man is playing a guitar"),
-    ("onion", "a woman is slicing an onion"), ("dogs", "two dogs run across the field"), ("chat", "le chat est assis sur le tapis"),
-    ("perro", "el perro come su comida"), ("hund", "der hund spielt im garten"), ("glucose", "photosynthesis stores energy in glucose"),
-    ("market", "the stock market fell sharply"), ("rates", "the central bank raised interest rates"), ("tweet", "the sentiment of a given tweet"),
-    ("light", "light energy into chemical energy"), ("garden", "spielt im garten der hund"), ("lazy", "over the lazy dog"),
+    ("rice", "cook the rice in boiling water"),
+    ("fox", "the quick brown fox jumps"),
+    ("guitar", "a man is playing a guitar"),
+    ("onion", "a woman is slicing an onion"),
+    ("dogs", "two dogs run across the field"),
+    ("chat", "le chat est assis sur le tapis"),
+    ("perro", "el perro come su comida"),
+    ("hund", "der hund spielt im garten"),
+    ("glucose", "photosynthesis stores energy in glucose"),
+    ("market", "the stock market fell sharply"),
+    ("rates", "the central bank raised interest rates"),
+    ("tweet", "the sentiment of a given tweet"),
+    ("light", "light energy into chemical energy"),
+    ("garden", "spielt im garten der hund"),
+    ("lazy", "over the lazy dog"),
     ("field", "across the field two dogs"),
 ]
 
@@ -42,8 +53,13 @@ def synthetic_row(family: str, i: int) -> dict:
     }[family]
     task = {"sts": STS_TASK, "bitext": BITEXT_TASK}.get(family, f"Given a {family} query, retrieve the matching text")
     row = {
-        "request_id": f"{family}-{i}", "family": family, "task": task, "language": "English",
-        "slots": {"language": "English"}, "template_version": "test", "generator_model": "test",
+        "request_id": f"{family}-{i}",
+        "family": family,
+        "task": task,
+        "language": "English",
+        "slots": {"language": "English"},
+        "template_version": "test",
+        "generator_model": "test",
     }
     row.update(dict(zip(FAMILY_KEYS[family], values)))
     return row

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from tests.test_training_fixtures import tiny_config, write_synthetic_folder, write_yaml
 
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
 
@@ -27,14 +28,32 @@ STEPS = 8
 def test_fsdp_config_on_cpu_trains_and_saves_a_loadable_adapter(tiny_model_dir, tmp_path):
     data = write_synthetic_folder(tmp_path / "data", rows_per_family=8, families=("short_long", "long_short"))
     out = tmp_path / "out"
-    config = write_yaml(tmp_path / "fsdp.yaml", tiny_config(tiny_model_dir, data, out, max_steps=STEPS, learning_rate=2e-3,
-                                                               save_strategy="steps", save_steps=STEPS))
+    config = write_yaml(
+        tmp_path / "fsdp.yaml",
+        tiny_config(
+            tiny_model_dir, data, out, max_steps=STEPS, learning_rate=2e-3, save_strategy="steps", save_steps=STEPS
+        ),
+    )
     accelerate = Path(sys.executable).with_name("accelerate")
     # sync_module_states / cpu_ram_efficient_loading need an accelerator device: off on CPU.
-    cmd = [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate_configs" / "fsdp.yaml"),
-           "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0",
-           "--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading", "false",
-           str(REPO / "recipes" / "train.py"), str(config)]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(REPO / "recipes" / "accelerate_configs" / "fsdp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        "--fsdp_sync_module_states",
+        "false",
+        "--fsdp_cpu_ram_efficient_loading",
+        "false",
+        str(REPO / "recipes" / "train.py"),
+        str(config),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

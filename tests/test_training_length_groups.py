@@ -47,8 +47,16 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_grouped_loss_and_gradients_equal_one_pass_with_less_padding(tiny_model_dir, data_dir, tmp_path, side):
-    trainer = make_trainer(tiny_model_dir, data_dir, tmp_path / "groups", use_lora=True, per_device_train_batch_size=12,
-                           num_hard_negatives=1, max_seq_length=48, length_groups=1)
+    trainer = make_trainer(
+        tiny_model_dir,
+        data_dir,
+        tmp_path / "groups",
+        use_lora=True,
+        per_device_train_batch_size=12,
+        num_hard_negatives=1,
+        max_seq_length=48,
+        length_groups=1,
+    )
     trainer.processing_class.padding_side = side  # the collator pads with the same tokenizer
     with torch.no_grad():
         for name, p in trainer.model.named_parameters():
@@ -65,7 +73,10 @@ def test_grouped_loss_and_gradients_equal_one_pass_with_less_padding(tiny_model_
     grouped_loss, grouped = grads_of_one_step(trainer, batch)
     torch.testing.assert_close(grouped_loss, loss, rtol=1e-5, atol=1e-6)
     assert grads.keys() == grouped.keys() and len(grads) > 0
-    flat, flat_grouped = torch.cat([g.flatten() for g in grads.values()]), torch.cat([g.flatten() for g in grouped.values()])
+    flat, flat_grouped = (
+        torch.cat([g.flatten() for g in grads.values()]),
+        torch.cat([g.flatten() for g in grouped.values()]),
+    )
     assert flat.norm() > 0 and ((flat_grouped - flat).norm() / flat.norm()).item() < 1e-5
     per_column = batch["query_input_ids"].numel() + batch["doc_input_ids"].numel()
     assert len(tokens) == 4 and sum(tokens) < per_column <= one_pass

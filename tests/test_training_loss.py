@@ -37,8 +37,14 @@ def test_masks():
     tau, c = 0.5, 1 / math.sqrt(2)
     e = lambda s: math.exp(s / tau)  # noqa: E731
     # Empty negative slot for query 1 (its n1) and no in-batch negatives for query 0.
-    got = info_nce_loss(q, p, n, temperature=tau, negative_mask=torch.tensor([[True], [False]]),
-                        in_batch_negatives=torch.tensor([False, True]))
+    got = info_nce_loss(
+        q,
+        p,
+        n,
+        temperature=tau,
+        negative_mask=torch.tensor([[True], [False]]),
+        in_batch_negatives=torch.tensor([False, True]),
+    )
     l0 = -math.log(e(1) / (e(1) + e(0)))  # own positive and own negative only
     l1 = -math.log(e(c) / (e(0) + e(c) + e(1)))  # p0, p1, n0 (n1 masked)
     assert got.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
@@ -79,7 +85,9 @@ def test_world_processes_equal_one_full_batch(monkeypatch):
         calls = iter([gathered["p"], gathered["n"]])
         monkeypatch.setattr(loss_module, "gather_with_grad", lambda t: next(calls))
         monkeypatch.setattr(loss_module, "gather_no_grad", lambda t: mask)
-        per_rank.append(info_nce_loss(q[sl], p[sl], n[sn], negative_mask=mask[sl], in_batch_negatives=in_batch[sl], **kwargs))
+        per_rank.append(
+            info_nce_loss(q[sl], p[sl], n[sn], negative_mask=mask[sl], in_batch_negatives=in_batch[sl], **kwargs)
+        )
     # Each rank's backward reaches every rank's documents through the gather (summed by its backward);
     # DDP then averages over the W ranks: the effective objective is the mean of the per-rank losses.
     ddp = torch.stack(per_rank).mean()

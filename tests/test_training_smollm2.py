@@ -18,6 +18,7 @@ from e5_mistral.training.collator import E5DataCollator
 from e5_mistral.training.run import parse_args, train
 from tests.test_training_fixtures import write_labeled, write_yaml
 
+
 HELD_OUT = 64
 
 
@@ -30,7 +31,9 @@ def pairs(benchmarks_dir):
 @torch.no_grad()
 def top1_accuracy(model, tokenizer, held_out) -> float:
     collator = E5DataCollator(tokenizer, max_seq_length=32, num_hard_negatives=0)
-    batch = collator([{"query": f"Instruct: {STS_TASK}\nQuery: {q}", "positive": d, "negatives": []} for q, d in held_out])
+    batch = collator(
+        [{"query": f"Instruct: {STS_TASK}\nQuery: {q}", "positive": d, "negatives": []} for q, d in held_out]
+    )
     model.eval()
     q = encode(model, batch["query_input_ids"], batch["query_attention_mask"])
     d = encode(model, batch["doc_input_ids"], batch["doc_attention_mask"])
@@ -50,12 +53,26 @@ def test_lora_on_smollm2_improves_held_out_retrieval(smollm2_dir, benchmarks_dir
     before = top1_accuracy(base, tokenizer, held_out)
 
     config = {
-        "model_name_or_path": str(smollm2_dir), "dtype": "float32",
+        "model_name_or_path": str(smollm2_dir),
+        "dtype": "float32",
         "dataset_mixture": [{"path": "json", "data_files": str(train_file), "instruction": STS_TASK}],
-        "output_dir": str(tmp_path / "out"), "use_cpu": True, "per_device_train_batch_size": 8, "max_seq_length": 32,
-        "num_hard_negatives": 0, "max_steps": 24, "learning_rate": 1e-3, "lr_scheduler_type": "linear", "warmup_steps": 2, "weight_decay": 0.0,
-        "lora_dropout": 0.0, "lora_layers_to_transform": list(range(20, 30)), "save_strategy": "no", "report_to": "none",
-        "logging_steps": 3, "seed": 0, "disable_tqdm": True,
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+        "per_device_train_batch_size": 8,
+        "max_seq_length": 32,
+        "num_hard_negatives": 0,
+        "max_steps": 24,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 2,
+        "weight_decay": 0.0,
+        "lora_dropout": 0.0,
+        "lora_layers_to_transform": list(range(20, 30)),
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": 3,
+        "seed": 0,
+        "disable_tqdm": True,
     }
     trainer = train(*parse_args([str(write_yaml(tmp_path / "smollm2.yaml", config))]))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

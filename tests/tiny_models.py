@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -37,7 +38,11 @@ def build_tokenizer(save_dir: str | Path, vocab_size: int = 512):
     )
     tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         model_max_length=512,
     )
     fast.chat_template = CHATML_TEMPLATE
@@ -53,10 +58,18 @@ def build_tiny_mistral(save_dir: str | Path, hidden_size: int = 64, num_layers: 
     save_dir = Path(save_dir)
     tokenizer = build_tokenizer(save_dir)
     config = MistralConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        sliding_window=None, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        sliding_window=None,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = MistralForCausalLM(config)

@@ -9,4 +9,5 @@ from .decontamination import decontaminate, find_contamination
 from .evaluate import evaluate, markdown_table, resolve_tasks
 from .offline_tasks import load_offline_task
 
+
 __all__ = ["decontaminate", "evaluate", "find_contamination", "load_offline_task", "markdown_table", "resolve_tasks"]

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+
 DESCRIPTION = (
     "Evaluate one or more sentence-transformers models (folders or Hub ids) with mteb. Results go to OUTPUT in "
     "mteb's results format, plus OUTPUT/summary.json (task -> mteb main_score, 0-1) and a markdown table with a "
@@ -20,7 +21,8 @@ class EvaluateArguments:
     )
     output: str = field(metadata={"help": "Folder for mteb's results, summary.json and summary.md."})
     benchmarks_dir: Optional[str] = field(
-        default=None, metadata={"help": "Folder of offline tasks: task X is read from DIR/X/ (see docs/evaluation.md)."}
+        default=None,
+        metadata={"help": "Folder of offline tasks: task X is read from DIR/X/ (see docs/evaluation.md)."},
     )
     instructions: str = field(
         default="paper",
@@ -40,20 +42,27 @@ class EvaluateArguments:
     )
     corpus_per_query: int = field(
         default=10,
-        metadata={"help": "With --max-rows, retrieval keeps this many other documents per kept query (besides the relevant ones)."},
+        metadata={
+            "help": "With --max-rows, retrieval keeps this many other documents per kept query (besides the relevant ones)."
+        },
     )
     raw_classification_embeddings: bool = field(
         default=False,
-        metadata={"help": "Classification tasks get the embeddings before the model's final Normalize, as in the "
-                  "paper's evaluation (default: the model's own output, as mteb)."},
+        metadata={
+            "help": "Classification tasks get the embeddings before the model's final Normalize, as in the "
+            "paper's evaluation (default: the model's own output, as mteb)."
+        },
     )
     subsets: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "Only these subsets of tasks that have several (e.g. Tatoeba's deu-eng fra-eng); "
-                  "single-subset tasks run whole."},
+        metadata={
+            "help": "Only these subsets of tasks that have several (e.g. Tatoeba's deu-eng fra-eng); "
+            "single-subset tasks run whole."
+        },
     )
     dtype: str = field(
-        default="auto", metadata={"help": "Model weights dtype.", "choices": ["auto", "float32", "bfloat16", "float16"]}
+        default="auto",
+        metadata={"help": "Model weights dtype.", "choices": ["auto", "float32", "bfloat16", "float16"]},
     )
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Truncate inputs to this many tokens."})
 

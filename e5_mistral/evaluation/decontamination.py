@@ -19,13 +19,27 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..families import all_output_keys
 
+
 logger = logging.getLogger(__name__)
 
 # Text columns checked: the synthetic schema's LLM keys (every family), then common generic names.
 SYNTHETIC_TEXT_FIELDS = tuple(all_output_keys())
 GENERIC_TEXT_FIELDS = (
-    "query", "anchor", "positive", "negative", "negatives", "pos", "neg", "document", "text",
-    "sentence1", "sentence2", "question", "answer", "passage", "title",
+    "query",
+    "anchor",
+    "positive",
+    "negative",
+    "negatives",
+    "pos",
+    "neg",
+    "document",
+    "text",
+    "sentence1",
+    "sentence2",
+    "question",
+    "answer",
+    "passage",
+    "title",
 )
 TEXT_FIELDS = SYNTHETIC_TEXT_FIELDS + GENERIC_TEXT_FIELDS
 MAX_EXAMPLES = 5
@@ -139,7 +153,9 @@ def task_texts(task, include_corpus: bool = False) -> Iterator[str]:
                     titles = corpus["title"] if "title" in corpus.column_names else [""] * len(corpus)
                     yield from (f"{t} {x}".strip() for t, x in zip(titles, corpus["text"]))
             elif isinstance(part, Dataset):
-                yield from _dataset_texts(part, skip=("label", "labels", "score") if task.metadata.type != "Classification" else ("label",))
+                yield from _dataset_texts(
+                    part, skip=("label", "labels", "score") if task.metadata.type != "Classification" else ("label",)
+                )
 
 
 # ---------------------------------------------------------------- training data
@@ -178,7 +194,9 @@ def _config_files(folder: Path, config: dict) -> list[Path]:
             patterns.extend([paths] if isinstance(paths, str) else paths or [])
     files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
     if not files:
-        raise FileNotFoundError(f"{folder}: config {config.get('config_name')!r} lists data files {patterns} that do not exist")
+        raise FileNotFoundError(
+            f"{folder}: config {config.get('config_name')!r} lists data files {patterns} that do not exist"
+        )
     return files
 
 
@@ -219,7 +237,9 @@ def read_training_data(dataset: str | Path, configs: Sequence[str] | None = None
                 rel = file.relative_to(path)
                 files.append(DataFile(rel.parts[0] if len(rel.parts) > 1 else "default", file, rel.as_posix()))
         if not files:
-            raise ValueError(f"{path} holds no data files ({', '.join(DATA_SUFFIXES)}) or none of configs {list(configs or [])}")
+            raise ValueError(
+                f"{path} holds no data files ({', '.join(DATA_SUFFIXES)}) or none of configs {list(configs or [])}"
+            )
     else:
         import datasets
 
@@ -229,7 +249,9 @@ def read_training_data(dataset: str | Path, configs: Sequence[str] | None = None
                 for split, ds in datasets.load_dataset(str(dataset), name).items():
                     files.append(DataFile(name, None, f"{name}/{split}.parquet", ds.to_list()))
         except Exception as err:  # noqa: BLE001 - a missing path or unreachable Hub id: one clear line
-            raise FileNotFoundError(f"{dataset} is neither a local file/folder nor a loadable Hub dataset ({type(err).__name__}: {err})") from err
+            raise FileNotFoundError(
+                f"{dataset} is neither a local file/folder nor a loadable Hub dataset ({type(err).__name__}: {err})"
+            ) from err
     for file in files:
         if file.path is not None:
             file.rows = _read_rows(file.path)
@@ -255,7 +277,9 @@ def find_contamination(files: Sequence[DataFile], index: TestIndex) -> tuple[dic
     """(report, {file.relative: contaminated row indexes})."""
     # The synthetic 'all' config repeats the family configs' rows: clean it, but do not count it twice.
     counted = {f.config for f in files} - ({"all"} if len({f.config for f in files}) > 1 else set())
-    per_task = {t: {"test_texts": index.sizes[t], "matches": 0, "rows_affected": 0, "examples": []} for t in index.tasks}
+    per_task = {
+        t: {"test_texts": index.sizes[t], "matches": 0, "rows_affected": 0, "examples": []} for t in index.tasks
+    }
     per_config: dict[str, dict[str, int]] = {}
     flagged: dict[str, set[int]] = {}
     for file in files:
@@ -271,7 +295,14 @@ def find_contamination(files: Sequence[DataFile], index: TestIndex) -> tuple[dic
                         per_task[task]["matches"] += 1
                         if len(per_task[task]["examples"]) < MAX_EXAMPLES:
                             per_task[task]["examples"].append(
-                                {"config": file.config, "file": file.relative, "row": i, "field": name, "match": kind, "text": text[:300]}
+                                {
+                                    "config": file.config,
+                                    "file": file.relative,
+                                    "row": i,
+                                    "field": name,
+                                    "match": kind,
+                                    "text": text[:300],
+                                }
                             )
             if row_tasks:
                 hits.add(i)
@@ -291,7 +322,9 @@ def find_contamination(files: Sequence[DataFile], index: TestIndex) -> tuple[dic
     return report, flagged
 
 
-def write_clean(dataset: str | Path, files: Sequence[DataFile], flagged: dict[str, set[int]], output: str | Path) -> Path:
+def write_clean(
+    dataset: str | Path, files: Sequence[DataFile], flagged: dict[str, set[int]], output: str | Path
+) -> Path:
     """A copy of the dataset without the flagged rows, in the same layout (card and other files copied as is)."""
     output = Path(output)
     source = Path(dataset)
@@ -317,7 +350,10 @@ def write_clean(dataset: str | Path, files: Sequence[DataFile], flagged: dict[st
             keep = [i for i in range(table.num_rows) if i not in drop]
             pq.write_table(table.take(keep), target)
         elif file.path.suffix == ".json":
-            target.write_text(json.dumps([r for i, r in enumerate(file.rows) if i not in drop], ensure_ascii=False, indent=2), encoding="utf-8")
+            target.write_text(
+                json.dumps([r for i, r in enumerate(file.rows) if i not in drop], ensure_ascii=False, indent=2),
+                encoding="utf-8",
+            )
         else:
             with open(target, "w", encoding="utf-8") as handle:
                 for i, row in enumerate(file.rows):
@@ -357,7 +393,9 @@ def decontaminate(
     index = TestIndex(min_words=min_words, ngram=ngram)
     for task in resolve_tasks(against, benchmarks_dir):
         index.add(task.metadata.name, task_texts(task, include_corpus))
-        logger.info("%s: %d test texts of at least %d words", task.metadata.name, index.sizes[task.metadata.name], min_words)
+        logger.info(
+            "%s: %d test texts of at least %d words", task.metadata.name, index.sizes[task.metadata.name], min_words
+        )
     report, flagged = find_contamination(files, index)
     report = {"dataset": str(dataset), "against": list(index.tasks), **report}
     if remove:

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+
 DESCRIPTION = (
     "Report training rows whose text equals a test-set text after case and whitespace normalization (paper "
     "Appendix B), optionally also sharing a long word n-gram; with --remove, write a cleaned copy in the same layout."
@@ -15,16 +16,24 @@ DESCRIPTION = (
 
 @dataclass
 class DecontaminateArguments:
-    against: list[str] = field(metadata={"help": "Tasks whose test sets to check against (offline folders or mteb names)."})
-    benchmarks_dir: Optional[str] = field(default=None, metadata={"help": "Folder of offline tasks: task X is DIR/X/."})
+    against: list[str] = field(
+        metadata={"help": "Tasks whose test sets to check against (offline folders or mteb names)."}
+    )
+    benchmarks_dir: Optional[str] = field(
+        default=None, metadata={"help": "Folder of offline tasks: task X is DIR/X/."}
+    )
     min_words: int = field(
         default=5, metadata={"help": "Ignore texts with fewer words (low-entropy texts such as 'i need a coffee')."}
     )
-    ngram: Optional[int] = field(default=None, metadata={"help": "Also flag texts sharing an N-word sequence (e.g. 13)."})
+    ngram: Optional[int] = field(
+        default=None, metadata={"help": "Also flag texts sharing an N-word sequence (e.g. 13)."}
+    )
     include_corpus: bool = field(
         default=False, metadata={"help": "Also check retrieval corpora (the paper does not count shared corpora)."}
     )
-    configs: Optional[list[str]] = field(default=None, metadata={"help": "Only these configs of a Hub-layout dataset."})
+    configs: Optional[list[str]] = field(
+        default=None, metadata={"help": "Only these configs of a Hub-layout dataset."}
+    )
     remove: bool = field(default=False, metadata={"help": "Write the dataset without the flagged rows to --output."})
     output: Optional[str] = field(default=None, metadata={"help": "Folder for the cleaned dataset (with --remove)."})
     report: Optional[str] = field(default=None, metadata={"help": "Also write the JSON report to this file."})
@@ -34,7 +43,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral decontaminat
     from ..cli import CommandParser, run
 
     parser = CommandParser([DecontaminateArguments], prog=prog, description=DESCRIPTION)
-    parser.add_argument("dataset", metavar="DATASET", help="Hub-layout dataset folder, JSONL/parquet file or folder, or Hub id")
+    parser.add_argument(
+        "dataset", metavar="DATASET", help="Hub-layout dataset folder, JSONL/parquet file or folder, or Hub id"
+    )
     args, positionals = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
     if args.remove and not args.output:
         parser.error("--remove needs --output DIR")
@@ -58,7 +69,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral decontaminat
         print(report_table(report))
         for task, stats in report["tasks"].items():
             for example in stats["examples"]:
-                print(f"  {task}: {example['file']} row {example['row']} {example['field']} ({example['match']}): {json.dumps(example['text'], ensure_ascii=False)[:120]}")
+                print(
+                    f"  {task}: {example['file']} row {example['row']} {example['field']} ({example['match']}): {json.dumps(example['text'], ensure_ascii=False)[:120]}"
+                )
         if args.remove:
             print(f"removed {report['rows_removed']} row(s); cleaned dataset in {report['output']}")
         return 0

@@ -16,13 +16,19 @@ from typing import Sequence
 from .offline_tasks import CORPUS_SAMPLE_PER_QUERY, load_offline_task, pick_subsets
 from .prompts import model_prompts_for
 
+
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def resolve_tasks(names: Sequence[str], benchmarks_dir: str | Path | None = None, max_rows: int | None = None,
-                  subsets: Sequence[str] | None = None, corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY) -> list:
+def resolve_tasks(
+    names: Sequence[str],
+    benchmarks_dir: str | Path | None = None,
+    max_rows: int | None = None,
+    subsets: Sequence[str] | None = None,
+    corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY,
+) -> list:
     """mteb task objects for ``names``: ``benchmarks_dir/NAME/`` when that folder exists, else mteb's registry.
 
     ``subsets`` restricts tasks that have several subsets (languages, language pairs) to those.
@@ -37,8 +43,11 @@ def resolve_tasks(names: Sequence[str], benchmarks_dir: str | Path | None = None
     for name in dict.fromkeys(names):  # keep order, drop repeats
         folder = Path(benchmarks_dir) / name if benchmarks_dir is not None else None
         if folder is not None and folder.is_dir():
-            tasks.append(load_offline_task(folder, name=name, max_rows=max_rows, subsets=subsets,
-                                           corpus_per_query=corpus_per_query))
+            tasks.append(
+                load_offline_task(
+                    folder, name=name, max_rows=max_rows, subsets=subsets, corpus_per_query=corpus_per_query
+                )
+            )
             continue
         try:
             task = mteb.get_task(name)
@@ -107,7 +116,9 @@ def _wrap(st_model, name: str, prompts: dict[str, str]):
     # Set after construction: mteb's constructor drops prompt keys that are not registry task names,
     # which would lose the prompts of offline tasks named after their folder.
     wrapper.model_prompts = prompts
-    wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(update={"name": name if "/" in name else f"local/{name}"})
+    wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(
+        update={"name": name if "/" in name else f"local/{name}"}
+    )
     return wrapper
 
 
@@ -172,7 +183,9 @@ def evaluate(
         own_prompts = {k: v for k, v in (getattr(st_model, "prompts", None) or {}).items() if v}
         prompts = model_prompts_for(task_objects, instructions, own_prompts)
         cache = mteb.ResultCache(cache_path=output_dir / label if several else output_dir)
-        classification = [t for t in task_objects if t.metadata.type == "Classification" and raw_classification_embeddings]
+        classification = [
+            t for t in task_objects if t.metadata.type == "Classification" and raw_classification_embeddings
+        ]
         others = [t for t in task_objects if t not in classification]
         scores = {}
         for group, raw in ((others, False), (classification, True)):
@@ -205,7 +218,9 @@ def evaluate(
     (output_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
     print(table, flush=True)
     if failures:
-        raise RuntimeError(f"{len(failures)} evaluation(s) failed (the others are in {output_dir}): " + "; ".join(failures))
+        raise RuntimeError(
+            f"{len(failures)} evaluation(s) failed (the others are in {output_dir}): " + "; ".join(failures)
+        )
     return summary if several else summary[labels[0]]
 
 

@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+
 logger = logging.getLogger(__name__)
 
 SPLIT = "test"
@@ -148,7 +149,9 @@ def _pairs(path: Path, columns: dict[str, str], value: str, max_rows: int | None
         raise ValueError(f"{path}: field {value!r} must be a number ({err})") from None
 
 
-def _load_retrieval(folder: Path, max_rows: int | None, corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY) -> dict[str, Any]:
+def _load_retrieval(
+    folder: Path, max_rows: int | None, corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY
+) -> dict[str, Any]:
     from datasets import Dataset
 
     qrels_path = folder / "qrels" / f"{SPLIT}.tsv"
@@ -208,7 +211,10 @@ def _load_bitext(path: Path, max_rows: int | None) -> dict[str, Any]:
         groups.setdefault(key, []).append(row)
     return {
         key: Dataset.from_dict(
-            {"sentence1": [str(r["source"]) for r in _take(g, max_rows)], "sentence2": [str(r["target"]) for r in _take(g, max_rows)]}
+            {
+                "sentence1": [str(r["source"]) for r in _take(g, max_rows)],
+                "sentence2": [str(r["target"]) for r in _take(g, max_rows)],
+            }
         )
         for key, g in groups.items()
     }
@@ -230,7 +236,9 @@ def _load_classification(folder: Path, max_rows: int | None):
     index = {label: i for i, label in enumerate(labels)}
     return DatasetDict(
         {
-            split: Dataset.from_dict({"text": [str(r["text"]) for r in rows], "label": [index[str(r["label"])] for r in rows]})
+            split: Dataset.from_dict(
+                {"text": [str(r["text"]) for r in rows], "label": [index[str(r["label"])] for r in rows]}
+            )
             for split, rows in splits.items()
         }
     )
@@ -296,8 +304,13 @@ def pick_subsets(available: Sequence[str], subsets: Sequence[str] | None, where:
     return [s for s in available if s in set(subsets)]
 
 
-def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int | None = None,
-                      subsets: Sequence[str] | None = None, corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY):
+def load_offline_task(
+    folder: str | Path,
+    name: str | None = None,
+    max_rows: int | None = None,
+    subsets: Sequence[str] | None = None,
+    corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY,
+):
     """An mteb task (``AbsTask*`` instance, data loaded) built from a local folder.
 
     ``max_rows`` subsamples deterministically: N pairs/test rows (per subset), or N queries with their relevant
@@ -321,7 +334,9 @@ def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int
             data[subset] = {SPLIT: _load_retrieval(sub, max_rows, corpus_per_query)}
         elif task_type == "BitextMining":
             for key, ds in _load_bitext(sub / "test.jsonl", max_rows).items():
-                data[key if subset == "default" else f"{subset}-{key}" if key != "default" else subset] = DatasetDict({SPLIT: ds})
+                data[key if subset == "default" else f"{subset}-{key}" if key != "default" else subset] = DatasetDict(
+                    {SPLIT: ds}
+                )
         elif task_type == "Classification":
             data[subset] = _load_classification(sub, max_rows)
         elif task_type == "STS":
@@ -350,9 +365,13 @@ def load_offline_task(folder: str | Path, name: str | None = None, max_rows: int
         known = task.metadata.hf_subsets
         unknown = sorted(set(data) - set(known))
         if unknown and data.keys() != {"default"}:
-            raise ValueError(f"{folder}: subset(s) {', '.join(unknown)} are not subsets of mteb's {name} ({', '.join(known)})")
+            raise ValueError(
+                f"{folder}: subset(s) {', '.join(unknown)} are not subsets of mteb's {name} ({', '.join(known)})"
+            )
         if data.keys() == {"default"} and known != ["default"]:
-            raise ValueError(f"{folder}: mteb's {name} has subsets {', '.join(known)}; put each in a sub-folder of that name")
+            raise ValueError(
+                f"{folder}: mteb's {name} has subsets {', '.join(known)}; put each in a sub-folder of that name"
+            )
         task.filter_eval_splits([SPLIT])
         task.hf_subsets = [s for s in known if s in data]
         logger.info("%s: local data evaluated with mteb's %s task (%s)", folder, name, type(task).__name__)

@@ -12,6 +12,7 @@ import logging
 
 from ..instructions import BITEXT_TASK, STS_TASK, evaluation_instruction, query_prompt
 
+
 logger = logging.getLogger(__name__)
 
 MODES = ("paper", "none")
@@ -59,9 +60,13 @@ def model_prompts_for(tasks, mode: str, model_prompts: dict[str, str] | None = N
             instruction, source = task_instruction(name, task_type, model_prompts)
             prefix = instruction if source == "model" else query_prompt(instruction)
             if source == "default":
-                logger.warning("%s is not in the paper's instruction table: using the %s default %r", name, task_type, instruction)
+                logger.warning(
+                    "%s is not in the paper's instruction table: using the %s default %r", name, task_type, instruction
+                )
             elif source == "model":
-                logger.warning("%s is not in the paper's instruction table: using the model's own prompt %r", name, prefix)
+                logger.warning(
+                    "%s is not in the paper's instruction table: using the model's own prompt %r", name, prefix
+                )
         document = "" if task_type in QUERY_ONLY_TYPES else prefix
         prompts[f"{name}-query"] = prefix
         prompts[f"{name}-document"] = document

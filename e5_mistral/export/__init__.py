@@ -5,4 +5,5 @@
 
 from .exporter import ExportArguments, build_prompts, export_checkpoint
 
+
 __all__ = ["ExportArguments", "build_prompts", "export_checkpoint"]

@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG_NAME = "e5_mistral_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
-MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+MODEL_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -107,7 +113,11 @@ def resolve_checkpoint(path: str | Path) -> Checkpoint:
     search = [folder, folder.parent] if folder.name.startswith("checkpoint-") else [folder]
     run_config_path = next((d / RUN_CONFIG_NAME for d in search if (d / RUN_CONFIG_NAME).is_file()), None)
     if run_config_path is None:
-        logger.warning("no %s next to %s; using the defaults (lasttoken pooling, EOS appended, 512 tokens)", RUN_CONFIG_NAME, folder)
+        logger.warning(
+            "no %s next to %s; using the defaults (lasttoken pooling, EOS appended, 512 tokens)",
+            RUN_CONFIG_NAME,
+            folder,
+        )
     run_config = RunConfig.from_file(run_config_path)
 
     base_model = None
@@ -149,9 +159,13 @@ def load_config(name_or_path: str | Path, where: str):
         if config_file.is_file():
             raw = json.loads(config_file.read_text(encoding="utf-8"))
         architecture = ", ".join(raw.get("architectures") or []) or raw.get("model_type") or "unknown"
-        raise ValueError(f"unsupported architecture {architecture} in {where}: {' '.join(str(err).split())[:300]}") from err
+        raise ValueError(
+            f"unsupported architecture {architecture} in {where}: {' '.join(str(err).split())[:300]}"
+        ) from err
     except OSError as err:
-        raise FileNotFoundError(f"cannot load the model config from {name_or_path} ({where}): {' '.join(str(err).split())[:300]}") from err
+        raise FileNotFoundError(
+            f"cannot load the model config from {name_or_path} ({where}): {' '.join(str(err).split())[:300]}"
+        ) from err
     _check_architecture(config, where)
     return config
 
@@ -178,7 +192,9 @@ def load_backbone(checkpoint: Checkpoint):
         try:
             peft_model = PeftModel.from_pretrained(base, str(checkpoint.path))
         except (ValueError, KeyError, RuntimeError) as err:
-            raise ValueError(f"cannot apply the adapter in {checkpoint.path} to {checkpoint.base_model}: {' '.join(str(err).split())[:300]}") from err
+            raise ValueError(
+                f"cannot apply the adapter in {checkpoint.path} to {checkpoint.base_model}: {' '.join(str(err).split())[:300]}"
+            ) from err
         model = peft_model.merge_and_unload()
     else:
         config = load_config(checkpoint.path, str(checkpoint.path / "config.json"))

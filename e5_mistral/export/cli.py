@@ -7,6 +7,7 @@ from typing import Sequence
 
 from .exporter import ExportArguments
 
+
 DESCRIPTION = (
     "Turn a training checkpoint (LoRA adapter or full model) into a sentence-transformers folder: merged weights, "
     "Transformer -> Pooling -> Normalize, a tokenizer that appends EOS itself, query prompts and a model card; "

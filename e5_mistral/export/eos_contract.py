@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+
 logger = logging.getLogger(__name__)
 
 # A probe that tokenizes to ordinary pieces in any vocabulary; used to see which specials a tokenizer adds.
@@ -87,7 +88,9 @@ def write_legacy_flags(tokenizer_dir: str | Path, tokenizer, affixes: SpecialAff
     add_bos = affixes.prefix == (bos,) if bos is not None else False
     add_eos = affixes.suffix == (eos,) if eos is not None else False
     if affixes.prefix not in ((), (bos,)) or affixes.suffix not in ((), (eos,)):
-        logger.warning("special tokens %s cannot be described by add_bos_token/add_eos_token; not writing them", affixes)
+        logger.warning(
+            "special tokens %s cannot be described by add_bos_token/add_eos_token; not writing them", affixes
+        )
         return
     path = Path(tokenizer_dir) / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))

@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..instructions import EVALUATION_INSTRUCTIONS, query_prompt
-from .checkpoint import ADAPTER_CONFIG, ADAPTER_FILES, RUN_CONFIG_NAME, check_architecture, load_backbone, resolve_checkpoint
+from .checkpoint import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    RUN_CONFIG_NAME,
+    check_architecture,
+    load_backbone,
+    resolve_checkpoint,
+)
 from .eos_contract import bake_eos_contract, default_affixes, write_legacy_flags
+
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +43,34 @@ class ExportArguments:
     """Options of ``e5-mistral export``."""
 
     checkpoint_dir: str | None = field(
-        default=None, metadata={"help": "Training output (PEFT adapter or full model) or one of its checkpoint-N folders."}
+        default=None,
+        metadata={"help": "Training output (PEFT adapter or full model) or one of its checkpoint-N folders."},
     )
     output_dir: str | None = field(default=None, metadata={"help": "Where to write the sentence-transformers folder."})
     keep_adapter: bool = field(
         default=False, metadata={"help": "Also copy the LoRA adapter (un-merged) to OUTPUT_DIR/adapter/."}
     )
     max_seq_length: int | None = field(
-        default=None, metadata={"help": "Truncation length in tokens, EOS included (default: the trained length, else 512)."}
+        default=None,
+        metadata={"help": "Truncation length in tokens, EOS included (default: the trained length, else 512)."},
     )
     dtype: str = field(default="float32", metadata={"help": "Weight dtype of the export.", "choices": list(DTYPES)})
     query_instruction: str = field(
         default=DEFAULT_QUERY_INSTRUCTION, metadata={"help": "Task instruction of the default 'query' prompt."}
     )
     eval_results: str | None = field(
-        default=None, metadata={"help": "summary.json of `e5-mistral evaluate` (or its folder) for the card's evaluation table."}
+        default=None,
+        metadata={"help": "summary.json of `e5-mistral evaluate` (or its folder) for the card's evaluation table."},
     )
-    license: str | None = field(default=None, metadata={"help": "License id written into the card metadata (e.g. apache-2.0)."})
-    model_name: str | None = field(default=None, metadata={"help": "Name shown in the card (default: the repo id or folder name)."})
-    push_to_hub: str | None = field(default=None, metadata={"help": "Upload the export to this Hub repo (e.g. user/my-e5)."})
+    license: str | None = field(
+        default=None, metadata={"help": "License id written into the card metadata (e.g. apache-2.0)."}
+    )
+    model_name: str | None = field(
+        default=None, metadata={"help": "Name shown in the card (default: the repo id or folder name)."}
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Upload the export to this Hub repo (e.g. user/my-e5)."}
+    )
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
     overwrite: bool = field(default=False, metadata={"help": "Replace OUTPUT_DIR if it already holds files."})
 
@@ -106,7 +123,7 @@ def export_checkpoint(args: ExportArguments) -> Path:
     output_dir = Path(args.output_dir).expanduser().resolve()
     _check_output_dir(output_dir, args.overwrite)
     # Read the evaluation results before the heavy work, so a typo fails in a second.
-    eval_results, eval_source = (load_eval_results(args.eval_results) if args.eval_results else (None, None))
+    eval_results, eval_source = load_eval_results(args.eval_results) if args.eval_results else (None, None)
     max_seq_length = args.max_seq_length or run.max_seq_length
     check_architecture(checkpoint)
 
@@ -133,18 +150,24 @@ def export_checkpoint(args: ExportArguments) -> Path:
         tokenizer.save_pretrained(backbone_dir)
         del model  # the Transformer module below loads its own copy; never hold two
         transformer = Transformer(
-            str(backbone_dir), max_seq_length=max_seq_length, model_kwargs={"dtype": torch_dtype},
+            str(backbone_dir),
+            max_seq_length=max_seq_length,
+            model_kwargs={"dtype": torch_dtype},
             query_length=run.query_max_length,
             # Plain text only: with a chat template, sentence-transformers would otherwise wrap every text in
             # it ("message" modality), which training never did.
-            modality_config=TEXT_ONLY_MODALITY, module_output_name="token_embeddings",
+            modality_config=TEXT_ONLY_MODALITY,
+            module_output_name="token_embeddings",
         )
         modules = [transformer, Pooling(embedding_dim, pooling_mode=run.pooling)]
         if run.normalize:
             modules.append(Normalize())
         st_model = SentenceTransformer(
-            modules=modules, device="cpu", prompts=build_prompts(args.query_instruction),
-            default_prompt_name=None, similarity_fn_name="cosine",
+            modules=modules,
+            device="cpu",
+            prompts=build_prompts(args.query_instruction),
+            default_prompt_name=None,
+            similarity_fn_name="cosine",
         )
         st_model.save(str(staging), create_model_card=False)
         del st_model, transformer
@@ -215,4 +238,3 @@ def _verify_tokenizer(folder: Path, tokenizer, affixes) -> None:
             f"the exported tokenizer adds {got} instead of {affixes}; this transformers version rewrote the "
             "post-processor on load, please report it"
         )
-

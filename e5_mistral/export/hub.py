@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,7 +23,9 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), repo_type="model",
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
             commit_message=commit_message or "Upload e5-mistral export",
         )
     except Exception as err:  # noqa: BLE001 - HTTP, transport, auth and offline errors all end the same way

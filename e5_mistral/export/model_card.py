@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE_NAME = "model_card_template.md"
@@ -21,9 +22,20 @@ SUMMARY_NAME = "summary.json"
 CARD_TAGS = ["sentence-transformers", "feature-extraction", "e5-mistral", "mteb"]
 # Hyperparameters shown in the card, in this order (keys of the run config's "training" block).
 HYPERPARAMETER_KEYS = (
-    "learning_rate", "per_device_train_batch_size", "global_batch_size", "gradient_accumulation_steps",
-    "gradcache_chunk_size", "num_train_epochs", "max_steps", "warmup_steps", "weight_decay", "lr_scheduler_type",
-    "world_size", "seed", "bf16", "fp16",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "global_batch_size",
+    "gradient_accumulation_steps",
+    "gradcache_chunk_size",
+    "num_train_epochs",
+    "max_steps",
+    "warmup_steps",
+    "weight_decay",
+    "lr_scheduler_type",
+    "world_size",
+    "seed",
+    "bf16",
+    "fp16",
 )
 
 
@@ -67,13 +79,20 @@ def load_eval_results(path: str | Path) -> tuple[list[EvalScore], Path]:
     if nested and len(nested) == len(raw):
         # The evaluation stage's several-model shape {model: {task: score}}: only one model can go in a card.
         if len(raw) > 1:
-            raise ValueError(f"{path} holds results of several models ({', '.join(raw)}); pass a single model's summary.json")
+            raise ValueError(
+                f"{path} holds results of several models ({', '.join(raw)}); pass a single model's summary.json"
+            )
         raw = nested[0]
     scores = []
     for task, value in raw.items():
         # Accept {"main_score": x, ...} objects as well as bare numbers.
         score = value.get("main_score") if isinstance(value, dict) else value
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) or not 0 <= score <= 1:
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, (int, float))
+            or not math.isfinite(score)
+            or not 0 <= score <= 1
+        ):
             raise ValueError(f"{path}: task {task!r} has main score {score!r}; expected a number in 0-1")
         scores.append(EvalScore(task=str(task), score=float(score)))
     _add_task_metadata(scores)
@@ -166,11 +185,15 @@ def render_model_card(
         license=license,
         eval_results=[
             EvalResult(
-                task_type=r.type, dataset_type=r.dataset or r.task, dataset_name=r.task,
-                metric_type=r.metric, metric_value=round(r.score, 6),
+                task_type=r.type,
+                dataset_type=r.dataset or r.task,
+                dataset_name=r.task,
+                metric_type=r.metric,
+                metric_value=round(r.score, 6),
             )
             for r in eval_results or []
-        ] or None,
+        ]
+        or None,
     )
     training = run_config.training or {}
     hyperparameters = {key: training[key] for key in HYPERPARAMETER_KEYS if training.get(key) is not None}

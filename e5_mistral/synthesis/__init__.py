@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 
+
 _EXPORTS = {
     "SynthesisArguments": ".config",
     "generate": ".runner",

@@ -24,6 +24,7 @@ from typing import Iterable
 
 from .journal import STATUS_FAILED, STATUS_OK, Journal, Request, make_record
 
+
 logger = logging.getLogger(__name__)
 
 BATCH_PRICE_FACTOR = 0.5  # the Batch API bills half the online price
@@ -125,7 +126,10 @@ def parse_result_line(line: dict) -> BatchResult:
             True,
             content=content,
             finish_reason=choice.get("finish_reason"),
-            usage={"prompt_tokens": int(usage.get("prompt_tokens") or 0), "completion_tokens": int(usage.get("completion_tokens") or 0)},
+            usage={
+                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "completion_tokens": int(usage.get("completion_tokens") or 0),
+            },
         )
     return BatchResult(custom_id, False, error=_error_text(error, status_code, body))
 
@@ -166,7 +170,9 @@ def read_results(text: str, source: str) -> dict[str, BatchResult]:
     return results
 
 
-def journal_results(results: dict[str, BatchResult], requests: dict[str, Request], journal: Journal, done: set[str]) -> dict:
+def journal_results(
+    results: dict[str, BatchResult], requests: dict[str, Request], journal: Journal, done: set[str]
+) -> dict:
     """Append one record per known, not yet ``ok`` request that has a result; return the counts."""
     counts = {"ok": 0, "failed": 0, "unknown": 0, "already_ok": 0}
     for custom_id, result in results.items():
@@ -178,8 +184,14 @@ def journal_results(results: dict[str, BatchResult], requests: dict[str, Request
             counts["already_ok"] += 1
             continue
         if result.ok:
-            record = make_record(request, STATUS_OK, content=result.content, finish_reason=result.finish_reason,
-                                 usage=result.usage, source=SOURCE)
+            record = make_record(
+                request,
+                STATUS_OK,
+                content=result.content,
+                finish_reason=result.finish_reason,
+                usage=result.usage,
+                source=SOURCE,
+            )
         else:
             record = make_record(request, STATUS_FAILED, error=result.error, source=SOURCE)
         journal.append(record)
@@ -304,14 +316,24 @@ class BatchBackend:
 
     def _write_round(self, requests: list[Request], state: dict) -> None:
         round_index = state["rounds"]
-        files = write_batch_files(requests, self.directory, f"input-{round_index:03d}", self.endpoint,
-                                  self.max_lines, self.max_bytes)
+        files = write_batch_files(
+            requests, self.directory, f"input-{round_index:03d}", self.endpoint, self.max_lines, self.max_bytes
+        )
         for path, custom_ids in files:
-            state["batches"].append({
-                "file": path.name, "round": round_index, "custom_ids": custom_ids, "file_id": None,
-                "batch_id": None, "status": "written", "collected": False, "request_counts": None,
-                "output_file_id": None, "error_file_id": None,
-            })
+            state["batches"].append(
+                {
+                    "file": path.name,
+                    "round": round_index,
+                    "custom_ids": custom_ids,
+                    "file_id": None,
+                    "batch_id": None,
+                    "status": "written",
+                    "collected": False,
+                    "request_counts": None,
+                    "output_file_id": None,
+                    "error_file_id": None,
+                }
+            )
         state["rounds"] = round_index + 1
         self.save_state(state)
         logger.info("wrote %d request(s) to %d batch file(s) (round %d)", len(requests), len(files), round_index)
@@ -327,7 +349,9 @@ class BatchBackend:
                 self.save_state(state)
             if entry["batch_id"] is None:
                 batch = await self.client.batches.create(
-                    input_file_id=entry["file_id"], endpoint=self.endpoint, completion_window=self.completion_window,
+                    input_file_id=entry["file_id"],
+                    endpoint=self.endpoint,
+                    completion_window=self.completion_window,
                     metadata={"e5_mistral_file": entry["file"]},
                 )
                 entry["batch_id"], entry["status"] = batch.id, batch.status
@@ -362,10 +386,22 @@ class BatchBackend:
         reason = _batch_errors(batch)
         unanswered = [cid for cid in wanted if cid not in results and cid not in done]
         for cid in unanswered:
-            journal.append(make_record(wanted[cid], STATUS_FAILED, source=SOURCE,
-                                       error=f"batch {batch.id} ended '{batch.status}' without an answer for this request{reason}"))
-        logger.info("batch %s (%s): %d ok, %d failed, %d without an answer", batch.id, batch.status,
-                    counts["ok"], counts["failed"], len(unanswered))
+            journal.append(
+                make_record(
+                    wanted[cid],
+                    STATUS_FAILED,
+                    source=SOURCE,
+                    error=f"batch {batch.id} ended '{batch.status}' without an answer for this request{reason}",
+                )
+            )
+        logger.info(
+            "batch %s (%s): %d ok, %d failed, %d without an answer",
+            batch.id,
+            batch.status,
+            counts["ok"],
+            counts["failed"],
+            len(unanswered),
+        )
 
 
 def _batch_errors(batch) -> str:

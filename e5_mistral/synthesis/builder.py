@@ -24,6 +24,7 @@ from datasets.builder import Key
 from .config import SynthesisArguments
 from .schema import ALL_CONFIG, CONFIG_NAMES, conform, features
 
+
 CITATION = """@inproceedings{wang2024improving,
   title = {Improving Text Embeddings with Large Language Models},
   author = {Wang, Liang and Yang, Nan and Huang, Xiaolong and Yang, Linjun and Majumder, Rangan and Wei, Furu},
@@ -57,15 +58,21 @@ class SyntheticEmbeddingDataConfig(datasets.BuilderConfig):
 
 class SyntheticEmbeddingData(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIG_CLASS = SyntheticEmbeddingDataConfig
-    BUILDER_CONFIGS = [SyntheticEmbeddingDataConfig(name=name, description=DESCRIPTIONS[name]) for name in CONFIG_NAMES]
+    BUILDER_CONFIGS = [
+        SyntheticEmbeddingDataConfig(name=name, description=DESCRIPTIONS[name]) for name in CONFIG_NAMES
+    ]
     DEFAULT_CONFIG_NAME = ALL_CONFIG
 
     def _info(self):
-        return datasets.DatasetInfo(description=self.config.description, features=features(self.config.name), citation=CITATION)
+        return datasets.DatasetInfo(
+            description=self.config.description, features=features(self.config.name), citation=CITATION
+        )
 
     def _split_generators(self, dl_manager):
         if self.config.synthesis is None:
-            raise ValueError("SyntheticEmbeddingData needs synthesis=SynthesisArguments(...) (model, output, endpoint)")
+            raise ValueError(
+                "SyntheticEmbeddingData needs synthesis=SynthesisArguments(...) (model, output, endpoint)"
+            )
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"synthesis": self.config.synthesis})]
 
     def _generate_examples(self, synthesis: SynthesisArguments):

@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import Sequence
 
+
 DESCRIPTION = (
     "Generate synthetic embedding training data as in Wang et al. (2024): brainstorm tasks, then one JSON "
     "example per (task, sampled slots). Rerunning the same command resumes from OUTPUT/journal."
@@ -25,7 +26,10 @@ def _generate(args) -> int:
         f"dataset in {result.output / 'dataset'}"
     )
     if report["budget_stopped"]:
-        print("budget reached: rerun the same command (with a larger --max-cost/--max-total-tokens) to resume", file=sys.stderr)
+        print(
+            "budget reached: rerun the same command (with a larger --max-cost/--max-total-tokens) to resume",
+            file=sys.stderr,
+        )
     elif report["failed"]:
         print(f"{report['failed']} examples are not finished: rerun the same command to retry them", file=sys.stderr)
     if args.push_to_hub:

@@ -21,31 +21,58 @@ def _help(text: str, **kwargs):
 @dataclass
 class SynthesisArguments:
     # Endpoint
-    model: Optional[str] = _help("model name sent to the endpoint (for `transformers serve`: the served path)", default=None)
-    base_url: Optional[str] = _help("OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: the OpenAI API)", default=None)
-    api_key_env: str = _help("environment variable that holds the API key (loopback endpoints default to 'EMPTY')", default="OPENAI_API_KEY")
-    azure_api_version: Optional[str] = _help("use Azure OpenAI with this api-version; --base-url is the azure_endpoint", default=None)
-    extra_body: Optional[str] = _help("JSON object merged into every request body (e.g. transformers serve's generation_config)", default=None)
+    model: Optional[str] = _help(
+        "model name sent to the endpoint (for `transformers serve`: the served path)", default=None
+    )
+    base_url: Optional[str] = _help(
+        "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: the OpenAI API)", default=None
+    )
+    api_key_env: str = _help(
+        "environment variable that holds the API key (loopback endpoints default to 'EMPTY')", default="OPENAI_API_KEY"
+    )
+    azure_api_version: Optional[str] = _help(
+        "use Azure OpenAI with this api-version; --base-url is the azure_endpoint", default=None
+    )
+    extra_body: Optional[str] = _help(
+        "JSON object merged into every request body (e.g. transformers serve's generation_config)", default=None
+    )
     # What to generate
-    output: Optional[str] = _help("output folder: journal, report.json, rejected.jsonl, diversity.json, dataset/", default=None)
+    output: Optional[str] = _help(
+        "output folder: journal, report.json, rejected.jsonl, diversity.json, dataset/", default=None
+    )
     num_examples: int = _help("number of examples to plan over all families", default=100)
     families: Optional[list[str]] = _help(f"families to generate (default: all of {' '.join(FAMILIES)})", default=None)
-    family_mix: Optional[str] = _help("JSON object family -> weight (default: the paper's counts 167/122/99/89/17/13k)", default=None)
-    languages: Optional[list[str]] = _help("language names (uniform over them) or one JSON object name -> weight (default: the paper's Figure 2 weights over 93 XLM-R languages)", default=None)
+    family_mix: Optional[str] = _help(
+        "JSON object family -> weight (default: the paper's counts 167/122/99/89/17/13k)", default=None
+    )
+    languages: Optional[list[str]] = _help(
+        "language names (uniform over them) or one JSON object name -> weight (default: the paper's Figure 2 weights over 93 XLM-R languages)",
+        default=None,
+    )
     seed: int = _help("seed of the plan: the same seed gives the same slots, languages and request ids", default=42)
-    examples_per_task: float = _help("brainstorm enough ~20-task lists that each task is used about this often", default=3.0)
+    examples_per_task: float = _help(
+        "brainstorm enough ~20-task lists that each task is used about this often", default=3.0
+    )
     brainstorm_reasks: Optional[int] = _help(
-        "times an unusable task list is asked for again (default: 3, or 0 at --temperature 0, where it would come back the same)", default=None)
+        "times an unusable task list is asked for again (default: 3, or 0 at --temperature 0, where it would come back the same)",
+        default=None,
+    )
     # Small local models
     system_prompt: Optional[str] = _help(
-        "a system message sent before every prompt (e.g. 'You only answer with valid JSON.'); changes the request ids", default=None)
+        "a system message sent before every prompt (e.g. 'You only answer with valid JSON.'); changes the request ids",
+        default=None,
+    )
     accept_text_task_lists: bool = _help(
         "also accept a brainstorm answer written as a plain-text list ('- task', '1. task'), not only a JSON list; "
-        "for small local models (the paper's strict parsing is the default)", default=False)
+        "for small local models (the paper's strict parsing is the default)",
+        default=False,
+    )
     # Structured outputs
     response_format: str = _help(
         "JSON schema enforcement: auto (ask the endpoint once which shape it enforces), json_schema (OpenAI, vLLM, "
-        "SGLang, llama.cpp), json_object (llama.cpp's json_object + schema) or none", default="auto")
+        "SGLang, llama.cpp), json_object (llama.cpp's json_object + schema) or none",
+        default="auto",
+    )
     # Decoding
     temperature: float = _help("sampling temperature (paper: 1.0)", default=1.0)
     top_p: float = _help("nucleus sampling top_p (paper: 1.0)", default=1.0)
@@ -54,26 +81,44 @@ class SynthesisArguments:
     concurrency: int = _help("requests in flight at once", default=16)
     rpm: Optional[float] = _help("requests per minute limit", default=None)
     tpm: Optional[float] = _help("tokens per minute limit (prompt estimate + max_tokens)", default=None)
-    max_attempts: int = _help("attempts per request before it is journaled as failed (retried by the next run)", default=6)
+    max_attempts: int = _help(
+        "attempts per request before it is journaled as failed (retried by the next run)", default=6
+    )
     retry_refused: bool = _help(
         "send again the requests the endpoint refused with a non-retryable 4xx (by default a rerun leaves them refused)",
-        default=False)
+        default=False,
+    )
     timeout: float = _help("seconds before one attempt times out", default=600.0)
-    retry_initial_wait: float = _help("first backoff in seconds (exponential with jitter; Retry-After wins)", default=1.0)
+    retry_initial_wait: float = _help(
+        "first backoff in seconds (exponential with jitter; Retry-After wins)", default=1.0
+    )
     retry_max_wait: float = _help("longest backoff in seconds", default=60.0)
-    http_client: str = _help("HTTP transport of the online backend: auto (aiohttp when installed, else httpx), aiohttp or httpx", default="auto")
+    http_client: str = _help(
+        "HTTP transport of the online backend: auto (aiohttp when installed, else httpx), aiohttp or httpx",
+        default="auto",
+    )
     # Cost
-    price_table: Optional[str] = _help('JSON (or a JSON file) of USD per 1M tokens: {"MODEL": {"input": 0.15, "output": 0.6}}', default=None)
-    max_cost: Optional[float] = _help("stop sending new requests at this estimated cost in USD (needs --price-table)", default=None)
-    max_total_tokens: Optional[int] = _help("stop sending new requests after this many prompt+completion tokens", default=None)
+    price_table: Optional[str] = _help(
+        'JSON (or a JSON file) of USD per 1M tokens: {"MODEL": {"input": 0.15, "output": 0.6}}', default=None
+    )
+    max_cost: Optional[float] = _help(
+        "stop sending new requests at this estimated cost in USD (needs --price-table)", default=None
+    )
+    max_total_tokens: Optional[int] = _help(
+        "stop sending new requests after this many prompt+completion tokens", default=None
+    )
     # Backend
     backend: str = _help("online (concurrent requests) or batch (OpenAI Batch API, 50%% cheaper)", default="online")
     batch_no_wait: bool = _help("batch backend: submit and return; rerun later to collect", default=False)
     batch_poll_interval: float = _help("batch backend: seconds between status polls", default=30.0)
     # Task dedup beyond the paper's exact match
     dedup_tasks: str = _help("extra dedup of brainstormed tasks: none, minhash or semantic", default="none")
-    dedup_model: Optional[str] = _help("embedding model for --dedup-tasks semantic (default: the bundled all-MiniLM-L6-v2)", default=None)
-    dedup_threshold: Optional[float] = _help("similarity threshold for --dedup-tasks (default: 0.8 minhash, 0.9 semantic)", default=None)
+    dedup_model: Optional[str] = _help(
+        "embedding model for --dedup-tasks semantic (default: the bundled all-MiniLM-L6-v2)", default=None
+    )
+    dedup_threshold: Optional[float] = _help(
+        "similarity threshold for --dedup-tasks (default: 0.8 minhash, 0.9 semantic)", default=None
+    )
     # Output
     push_to_hub: Optional[str] = _help("push the dataset to this Hub repo id", default=None)
     private: bool = _help("make the Hub repo private", default=False)
@@ -88,7 +133,9 @@ class SynthesisArguments:
         if self.backend not in ("online", "batch"):
             raise ValueError(f"--backend must be online or batch, not {self.backend!r}")
         if self.response_format not in RESPONSE_FORMATS:
-            raise ValueError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, not {self.response_format!r}")
+            raise ValueError(
+                f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, not {self.response_format!r}"
+            )
         if self.http_client not in ("auto", "aiohttp", "httpx"):
             raise ValueError(f"--http-client must be auto, aiohttp or httpx, not {self.http_client!r}")
         if self.dedup_tasks not in ("none", "minhash", "semantic"):
@@ -119,7 +166,12 @@ class SynthesisArguments:
         ``response_format`` is the resolved format (never ``auto``); it joins the ids only when a schema is sent,
         so journals written without one still resume.
         """
-        params = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        params = {
+            "model": self.model,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+        }
         if response_format != "none":
             params["response_format"] = response_format
         if self.extra_body:
@@ -135,7 +187,9 @@ class SynthesisArguments:
             return key
         if is_loopback(self.base_url):
             return "EMPTY"
-        raise ValueError(f"no API key: set the environment variable {self.api_key_env} (or choose another with --api-key-env)")
+        raise ValueError(
+            f"no API key: set the environment variable {self.api_key_env} (or choose another with --api-key-env)"
+        )
 
     def public_dict(self) -> dict:
         """Settings safe to write to disk and cards (the key is never a field, only its variable's name)."""

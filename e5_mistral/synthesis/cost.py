@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+
 BATCH_DISCOUNT = 0.5
 
 
@@ -32,7 +33,7 @@ def load_price_table(spec: str | Mapping | None) -> dict[str, dict[str, float]]:
     table = {}
     for model, entry in dict(spec).items():
         if not isinstance(entry, Mapping) or not {"input", "output"} <= entry.keys():
-            raise ValueError(f"price table entry {model!r} must be {{\"input\": USD per 1M tokens, \"output\": ...}}")
+            raise ValueError(f'price table entry {model!r} must be {{"input": USD per 1M tokens, "output": ...}}')
         table[model] = {"input": float(entry["input"]), "output": float(entry["output"])}
     return table
 
@@ -81,4 +82,5 @@ class Budget:
     @property
     def exhausted(self) -> bool:
         return (self.max_tokens is not None and self.tokens >= self.max_tokens) or (
-            self.max_cost is not None and self.cost >= self.max_cost)
+            self.max_cost is not None and self.cost >= self.max_cost
+        )

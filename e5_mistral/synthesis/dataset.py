@@ -19,6 +19,7 @@ from typing import Sequence
 from .schema import ALL_CONFIG, CONFIG_NAMES, columns, conform, features, output_keys
 from .templates import TEMPLATE_DIR
 
+
 logger = logging.getLogger(__name__)
 
 DATA_FILE = "train-00000-of-00001.parquet"
@@ -51,9 +52,14 @@ def write_outputs(output: Path, report: dict, rows: list[dict], rejects: list[di
         for reject in rejects:
             handle.write(json.dumps(reject, ensure_ascii=False) + "\n")
     os.replace(tmp, output / "rejected.jsonl")
-    settings = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed,
-                "system_prompt": args.system_prompt,
-                "accept_text_task_lists": args.accept_text_task_lists}
+    settings = {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+        "system_prompt": args.system_prompt,
+        "accept_text_task_lists": args.accept_text_task_lists,
+    }
     return write_hub_folder(rows, output / "dataset", report, settings, diversity, repo_id=args.push_to_hub)
 
 
@@ -77,7 +83,9 @@ def write_hub_folder(
         subset = [conform(r, config) for r in rows if config == ALL_CONFIG or r["family"] == config]
         counts[config] = len(subset)
         (tmp / config).mkdir(parents=True)
-        table = datasets.Dataset.from_dict({c: [r[c] for r in subset] for c in columns(config)}, features=features(config)).data.table
+        table = datasets.Dataset.from_dict(
+            {c: [r[c] for r in subset] for c in columns(config)}, features=features(config)
+        ).data.table
         if table.num_rows:
             pq.write_table(table, tmp / config / DATA_FILE)  # the schema metadata carries the datasets features
         else:  # no row group at all: datasets' parquet reader fails on an empty row group
@@ -101,7 +109,9 @@ def dataset_card(rows, counts: dict, report: dict, settings: dict, diversity, re
 
     codes = _language_codes()
     card_data = DatasetCardData(
-        configs=[{"config_name": c, "data_files": [{"split": "train", "path": f"{c}/*.parquet"}]} for c in CONFIG_NAMES],
+        configs=[
+            {"config_name": c, "data_files": [{"split": "train", "path": f"{c}/*.parquet"}]} for c in CONFIG_NAMES
+        ],
         language=sorted({codes[r["language"]] for r in rows if r["language"] in codes}) or None,
         license="other",
         task_categories=["sentence-similarity", "text-retrieval", "text-classification"],
@@ -109,7 +119,9 @@ def dataset_card(rows, counts: dict, report: dict, settings: dict, diversity, re
         pretty_name="Synthetic embedding training data (E5-mistral recipe)",
     )
     slot_counter = Counter(f"{k} = {v}" for r in rows for k, v in (r.get("slots") or {}).items())
-    config_rows = [{"name": c, "rows": counts[c], "columns": ", ".join(f"`{k}`" for k in output_keys(c))} for c in CONFIG_NAMES]
+    config_rows = [
+        {"name": c, "rows": counts[c], "columns": ", ".join(f"`{k}`" for k in output_keys(c))} for c in CONFIG_NAMES
+    ]
     report = {"brainstorm": {}, "per_family": {}, **report}
     return DatasetCard.from_template(
         card_data,
@@ -125,7 +137,9 @@ def dataset_card(rows, counts: dict, report: dict, settings: dict, diversity, re
         slot_table=_table(slot_counter, limit=200),
         diversity=json.dumps(diversity, indent=2, ensure_ascii=False) if diversity is not None else "{}",
         **{k: settings.get(k, "") for k in ("temperature", "top_p", "max_tokens", "seed")},
-        system_prompt=json.dumps(settings["system_prompt"], ensure_ascii=False) if settings.get("system_prompt") else None,
+        system_prompt=json.dumps(settings["system_prompt"], ensure_ascii=False)
+        if settings.get("system_prompt")
+        else None,
         accept_text_task_lists=bool(settings.get("accept_text_task_lists")),
     )
 
@@ -144,6 +158,10 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, 
         raise FileNotFoundError(f"{folder} is not a dataset folder written by e5-mistral generate (no README.md)")
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="dataset",
-                             commit_message="Upload synthetic embedding data (e5-mistral generate)")
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="dataset",
+        commit_message="Upload synthetic embedding data (e5-mistral generate)",
+    )
     return str(getattr(info, "commit_url", info))

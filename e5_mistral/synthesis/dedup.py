@@ -13,6 +13,7 @@ import re
 import unicodedata
 from typing import Sequence
 
+
 # Han, kana and Hangul have no spaces between words: each character counts as one word, so Chinese or
 # Japanese texts still get useful shingles. Everything else splits on non-word characters.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
@@ -32,7 +33,9 @@ def shingles(text: str, ngram: int = 3) -> set[str]:
     return {" ".join(words[i : i + ngram]) for i in range(len(words) - ngram + 1)}
 
 
-def near_duplicate_mask(texts: Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 3) -> list[bool]:
+def near_duplicate_mask(
+    texts: Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 3
+) -> list[bool]:
     """Keep-mask dropping texts whose word-shingle Jaccard similarity to an earlier kept text is ≥ ``threshold``.
 
     ``datasketch`` MinHash LSH finds the candidates; the exact Jaccard of the two shingle sets confirms them,
@@ -81,13 +84,20 @@ def semantic_duplicate_mask(
         raise ValueError(f"semantic-duplicate threshold must be in [-1, 1], got {threshold}")
     if not texts:
         return []
-    model = model_name_or_path if isinstance(model_name_or_path, SentenceTransformer) else SentenceTransformer(str(model_name_or_path))
+    model = (
+        model_name_or_path
+        if isinstance(model_name_or_path, SentenceTransformer)
+        else SentenceTransformer(str(model_name_or_path))
+    )
     embeddings = model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
     keep: list[bool] = []
     for start in range(0, len(texts), query_chunk_size):
-        hits = util.semantic_search(embeddings[start : start + query_chunk_size], embeddings, top_k=top_k + 1,
-                                    score_function=util.dot_score)
+        hits = util.semantic_search(
+            embeddings[start : start + query_chunk_size], embeddings, top_k=top_k + 1, score_function=util.dot_score
+        )
         for offset, neighbours in enumerate(hits):
             i = start + offset
-            keep.append(not any(h["corpus_id"] < i and keep[h["corpus_id"]] and h["score"] >= threshold for h in neighbours))
+            keep.append(
+                not any(h["corpus_id"] < i and keep[h["corpus_id"]] and h["score"] >= threshold for h in neighbours)
+            )
     return keep

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 from ..families import all_output_keys
 from .templates import DEDUP_KEY
 
+
 NGRAM_ORDERS = (1, 2, 3)
 
 

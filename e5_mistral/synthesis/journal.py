@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
+
 STATUS_OK = "ok"  # an answer came back (it may still be rejected by parsing later)
 STATUS_FAILED = "failed"  # retries exhausted or a fatal error; retried on the next run
 STATUS_REFUSED = "refused"  # a non-retryable 4xx (the request itself is wrong); sent again only when asked

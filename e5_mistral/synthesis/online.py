@@ -27,10 +27,15 @@ from tenacity.wait import wait_base
 from .cost import Budget
 from .journal import STATUS_FAILED, STATUS_OK, STATUS_REFUSED, Journal, Request, make_record
 
+
 logger = logging.getLogger(__name__)
 
 HTTP_CLIENTS = ("auto", "aiohttp", "httpx")
-FATAL_STATUS = {401: "the endpoint rejected the API key", 403: "the endpoint refused access", 404: "the endpoint or model was not found"}
+FATAL_STATUS = {
+    401: "the endpoint rejected the API key",
+    403: "the endpoint refused access",
+    404: "the endpoint or model was not found",
+}
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -73,7 +78,9 @@ def make_http_client(kind: str = "auto"):
         return openai.DefaultAioHttpClient()
     except RuntimeError:  # openai's placeholder when the aiohttp extra is missing
         if kind == "aiohttp":
-            raise ValueError("--http-client aiohttp needs the aiohttp package: pip install 'openai[aiohttp]'") from None
+            raise ValueError(
+                "--http-client aiohttp needs the aiohttp package: pip install 'openai[aiohttp]'"
+            ) from None
         return None
 
 
@@ -146,18 +153,25 @@ class OnlineBackend:
 
     async def post(self, body: dict):
         """One chat completion, as sent by every request of the plan."""
-        return await self.client.post("/chat/completions", body=body, cast_to=object,
-                                      options={"security": {"bearer_auth": True}})
+        return await self.client.post(
+            "/chat/completions", body=body, cast_to=object, options={"security": {"bearer_auth": True}}
+        )
 
     async def retry_rate_limits(self, send, body: dict):
         """``await send(body)``, retried only on rate limits (408/409/429) and connection errors: any other status
         is an answer about the request (the structured-output probe reads it as such)."""
+
         def transient(exc: BaseException) -> bool:
             return isinstance(exc, openai.APIConnectionError) or (
-                isinstance(exc, openai.APIStatusError) and exc.status_code in (408, 409, 429))
+                isinstance(exc, openai.APIStatusError) and exc.status_code in (408, 409, 429)
+            )
 
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_attempts), wait=self.wait,
-                                 retry=retry_if_exception(transient), reraise=True)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self.wait,
+            retry=retry_if_exception(transient),
+            reraise=True,
+        )
         async for attempt in retrying:
             with attempt:
                 return await send(body)
@@ -174,7 +188,10 @@ class OnlineBackend:
     async def _answer(self, request: Request) -> dict:
         attempts = 0
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts), wait=self.wait, retry=retry_if_exception(is_retryable), reraise=True
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self.wait,
+            retry=retry_if_exception(is_retryable),
+            reraise=True,
         )
         try:
             async for attempt in retrying:
@@ -183,20 +200,30 @@ class OnlineBackend:
                     response = await self._create(request)
         except openai.APIStatusError as err:
             if err.status_code in FATAL_STATUS:
-                raise EndpointError(f"{FATAL_STATUS[err.status_code]} (HTTP {err.status_code} from {self.endpoint}): {err.message}") from None
+                raise EndpointError(
+                    f"{FATAL_STATUS[err.status_code]} (HTTP {err.status_code} from {self.endpoint}): {err.message}"
+                ) from None
             if not is_retryable(err):  # a 4xx about this request: asking again gets the same answer
-                return make_record(request, STATUS_REFUSED, attempts=attempts,
-                                   error=f"HTTP {err.status_code}: {' '.join(str(err.message).split())}"[:500])
+                return make_record(
+                    request,
+                    STATUS_REFUSED,
+                    attempts=attempts,
+                    error=f"HTTP {err.status_code}: {' '.join(str(err.message).split())}"[:500],
+                )
             return self._failed(request, err, attempts)
         except openai.APIConnectionError as err:
             self._connection_failures += 1
             if self._connection_failures >= max(5, self.concurrency):
-                raise EndpointError(f"the endpoint {self.endpoint} stopped answering ({self._connection_failures} "
-                                    f"requests in a row failed to connect); rerun to resume") from None
+                raise EndpointError(
+                    f"the endpoint {self.endpoint} stopped answering ({self._connection_failures} "
+                    f"requests in a row failed to connect); rerun to resume"
+                ) from None
             return self._failed(request, err, attempts)
         self._connection_failures = 0
         if not isinstance(response, dict):  # a 200 whose body is not a JSON object: the next run asks again
-            return self._failed(request, ValueError(f"the answer is not a JSON object: {str(response)[:200]!r}"), attempts)
+            return self._failed(
+                request, ValueError(f"the answer is not a JSON object: {str(response)[:200]!r}"), attempts
+            )
         choices = response.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
@@ -206,7 +233,12 @@ class OnlineBackend:
             STATUS_OK,
             content=message.get("content"),
             finish_reason=choice.get("finish_reason"),
-            usage={"prompt_tokens": usage.get("prompt_tokens") or 0, "completion_tokens": usage.get("completion_tokens") or 0} if usage else None,
+            usage={
+                "prompt_tokens": usage.get("prompt_tokens") or 0,
+                "completion_tokens": usage.get("completion_tokens") or 0,
+            }
+            if usage
+            else None,
             attempts=attempts,
         )
 

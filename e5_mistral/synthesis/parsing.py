@@ -14,6 +14,7 @@ import re
 from ..families import family_spec
 from .structured import BRAINSTORM_KEY
 
+
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.+)$")  # "- x", "* x", "• x", "1. x", "1) x"
@@ -127,7 +128,9 @@ def parse_example(family: str, content: str | None, finish_reason: str | None = 
     return row
 
 
-def parse_brainstorm(content: str | None, finish_reason: str | None = "stop", *, accept_text_lists: bool = False) -> list[str]:
+def parse_brainstorm(
+    content: str | None, finish_reason: str | None = "stop", *, accept_text_lists: bool = False
+) -> list[str]:
     """The brainstormed task definitions (stripped, exact duplicates within the list removed).
 
     Strict by default (a JSON or Python list, as the paper asks); ``accept_text_lists`` also accepts a
@@ -136,8 +139,9 @@ def parse_brainstorm(content: str | None, finish_reason: str | None = "stop", *,
     return parse_brainstorm_answer(content, finish_reason, accept_text_lists=accept_text_lists)[0]
 
 
-def parse_brainstorm_answer(content: str | None, finish_reason: str | None = "stop", *,
-                            accept_text_lists: bool = False) -> tuple[list[str], bool]:
+def parse_brainstorm_answer(
+    content: str | None, finish_reason: str | None = "stop", *, accept_text_lists: bool = False
+) -> tuple[list[str], bool]:
     """``(tasks, from_text_list)``: the tasks, and whether they came from the plain-text fallback.
 
     The fallback takes the list-item lines (``- x``, ``* x``, ``• x``, ``1. x``, ``1) x``) without Markdown
@@ -146,7 +150,7 @@ def parse_brainstorm_answer(content: str | None, finish_reason: str | None = "st
     """
     try:
         return _unique(_strict_brainstorm(content, finish_reason)), False
-    except Rejected as err:
+    except Rejected:
         if not accept_text_lists or not content or not content.strip():
             raise
         if content.lstrip().startswith("["):  # a JSON list that failed (e.g. cut) is not read as text

@@ -26,8 +26,16 @@ from .templates import (
     template_version,
 )
 
+
 # Paper Figure 2 counts (thousands): the default family mix.
-PAPER_MIX: dict[str, float] = {"short_long": 167, "long_short": 122, "sts": 99, "bitext": 89, "long_long": 17, "short_short": 13}
+PAPER_MIX: dict[str, float] = {
+    "short_long": 167,
+    "long_short": 122,
+    "sts": 99,
+    "bitext": 89,
+    "long_long": 17,
+    "short_short": 13,
+}
 TASKS_PER_BRAINSTORM = 20  # "a python list ... with about 20 elements"
 DEFAULT_EXAMPLES_PER_TASK = 3.0  # the paper's 500k examples / 150k unique tasks
 BRAINSTORM_REASKS = 3  # an unusable task list is asked for again this many times (it blocks a family's examples)
@@ -64,7 +72,9 @@ def resolve_languages(spec: str | Sequence[str] | Mapping[str, float] | None) ->
         for name, weight in items:
             canonical = by_folded.get(str(name).strip().casefold())
             if canonical is None:
-                raise ValueError(f"unknown language {name!r}: use a name of the XLM-R list (e.g. English, Polish, Chinese)")
+                raise ValueError(
+                    f"unknown language {name!r}: use a name of the XLM-R list (e.g. English, Polish, Chinese)"
+                )
             if not isinstance(weight, (int, float)) or weight < 0 or math.isnan(weight):
                 raise ValueError(f"language weight for {name!r} must be a non-negative number, got {weight!r}")
             weights[canonical] = weights.get(canonical, 0.0) + float(weight)
@@ -139,8 +149,13 @@ def brainstorm_request(family: str, index: int, params: Mapping, reask: int = 0)
     if reask:
         payload["reask"] = reask
     rid = request_id(payload)
-    return Request(rid, "brainstorm", family, _messages(render(family, "brainstorm", {}), params),
-                   _body_params(params, "brainstorm", family))
+    return Request(
+        rid,
+        "brainstorm",
+        family,
+        _messages(render(family, "brainstorm", {}), params),
+        _body_params(params, "brainstorm", family),
+    )
 
 
 def sample_slots(family: str, seed: int, index: int, languages: Mapping[str, float]) -> dict[str, str]:
@@ -149,7 +164,9 @@ def sample_slots(family: str, seed: int, index: int, languages: Mapping[str, flo
     values: dict[str, str] = {}
     for name, choices in slot_values(family).items():
         if choices == LANGUAGE_SLOT:
-            values[name] = _weighted_choice(rng, languages, exclude=values.get("src_lang") if name == "tgt_lang" else None)
+            values[name] = _weighted_choice(
+                rng, languages, exclude=values.get("src_lang") if name == "tgt_lang" else None
+            )
         else:
             values[name] = rng.choice(choices)
     return values
@@ -169,10 +186,24 @@ def assign_tasks(family: str, tasks: Sequence[str], count: int, seed: int) -> li
 def example_request(family: str, index: int, task: str, slots: Mapping[str, str], params: Mapping) -> Request:
     version = template_version(family, "generate")
     values = dict(slots) if family in FIXED_TASKS else {**slots, "task": task}
-    rid = request_id({"kind": "example", "family": family, "index": index, "task": task, "slots": dict(slots),
-                      "template": version, "params": dict(params)})
-    return Request(rid, "example", family, _messages(render(family, "generate", values), params),
-                   _body_params(params, "example", family))
+    rid = request_id(
+        {
+            "kind": "example",
+            "family": family,
+            "index": index,
+            "task": task,
+            "slots": dict(slots),
+            "template": version,
+            "params": dict(params),
+        }
+    )
+    return Request(
+        rid,
+        "example",
+        family,
+        _messages(render(family, "generate", values), params),
+        _body_params(params, "example", family),
+    )
 
 
 def needs_brainstorm(family: str) -> bool:

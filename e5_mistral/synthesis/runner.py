@@ -34,6 +34,7 @@ from .plan import (
 from .structured import SCHEMA_FORMATS, detect
 from .templates import DEDUP_KEY, template_version
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -128,37 +129,61 @@ class SynthesisRun:
         backend = self._backend(Budget(None, None, self.prices))
 
         async def send(body: dict):
-            probe = Request(request_id({"kind": "probe", "body": body}), "probe", "", tuple(body["messages"]),
-                            {k: v for k, v in body.items() if k != "messages"})
+            probe = Request(
+                request_id({"kind": "probe", "body": body}),
+                "probe",
+                "",
+                tuple(body["messages"]),
+                {k: v for k, v in body.items() if k != "messages"},
+            )
             try:
                 answer = await backend.post(body)
             except (openai.APIStatusError, openai.APIConnectionError) as err:
                 journal.append(make_record(probe, STATUS_FAILED, error=f"{type(err).__name__}: {err}"[:500]))
                 raise
             usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else {}
-            journal.append(make_record(probe, STATUS_OK, usage={"prompt_tokens": usage.get("prompt_tokens") or 0,
-                                                                "completion_tokens": usage.get("completion_tokens") or 0}))
+            journal.append(
+                make_record(
+                    probe,
+                    STATUS_OK,
+                    usage={
+                        "prompt_tokens": usage.get("prompt_tokens") or 0,
+                        "completion_tokens": usage.get("completion_tokens") or 0,
+                    },
+                )
+            )
             return answer
 
         try:
             await backend.check_endpoint()
             try:
-                found = await detect(lambda body: backend.retry_rate_limits(send, body), self.args.generation_params(),
-                                     SCHEMA_FORMATS if requested == "auto" else (requested,))
+                found = await detect(
+                    lambda body: backend.retry_rate_limits(send, body),
+                    self.args.generation_params(),
+                    SCHEMA_FORMATS if requested == "auto" else (requested,),
+                )
             except openai.APIStatusError as err:
-                reason = FATAL_STATUS.get(err.status_code, "the endpoint failed while asked which JSON schema shape it enforces")
-                raise EndpointError(f"{reason} (HTTP {err.status_code} from {backend.endpoint}): {err.message}") from None
+                reason = FATAL_STATUS.get(
+                    err.status_code, "the endpoint failed while asked which JSON schema shape it enforces"
+                )
+                raise EndpointError(
+                    f"{reason} (HTTP {err.status_code} from {backend.endpoint}): {err.message}"
+                ) from None
             except openai.APIConnectionError as err:
                 raise EndpointError(f"cannot reach the endpoint {backend.endpoint} ({type(err).__name__})") from None
         finally:
             await self._client.close()
         self.detection = found.to_dict()
         if requested != "auto" and found.chosen != requested:
-            raise ValueError(f"the endpoint does not enforce --response-format {requested} "
-                             f"({found.refused[requested]}); use --response-format auto or none")
+            raise ValueError(
+                f"the endpoint does not enforce --response-format {requested} "
+                f"({found.refused[requested]}); use --response-format auto or none"
+            )
         if found.chosen == "none":
-            logger.warning("the endpoint enforces no JSON schema (%s); sending requests without response_format",
-                           "; ".join(f"{mode}: {why}" for mode, why in found.refused.items()))
+            logger.warning(
+                "the endpoint enforces no JSON schema (%s); sending requests without response_format",
+                "; ".join(f"{mode}: {why}" for mode, why in found.refused.items()),
+            )
         return found.chosen
 
     # -- plan ----------------------------------------------------------------------------------------------
@@ -187,9 +212,15 @@ class SynthesisRun:
             for index, task in enumerate(assign_tasks(family, list(tasks), count, self.args.seed)):
                 slots = sample_slots(family, self.args.seed, index, self.languages)
                 request = example_request(family, index, task, slots, self.params)
-                meta = {"request_id": request.request_id, "family": family, "task": task,
-                        "language": slots.get("language") or slots["src_lang"], "slots": slots,
-                        "template_version": template_version(family, "generate"), "generator_model": self.args.model}
+                meta = {
+                    "request_id": request.request_id,
+                    "family": family,
+                    "task": task,
+                    "language": slots.get("language") or slots["src_lang"],
+                    "slots": slots,
+                    "template_version": template_version(family, "generate"),
+                    "generator_model": self.args.model,
+                }
                 examples.append((request, meta))
             cached = self._examples_cache[family] = ((count, tasks), examples)
         return cached[1]
@@ -213,7 +244,9 @@ class SynthesisRun:
     def _tasks_of(self, rec: dict) -> tuple[list[str], bool]:
         """A brainstorm answer's tasks and whether they came from a plain-text list; the one parse the run's
         re-asks, task lists and report all use, so they agree."""
-        return parse_brainstorm_answer(rec["content"], rec["finish_reason"], accept_text_lists=self.args.accept_text_task_lists)
+        return parse_brainstorm_answer(
+            rec["content"], rec["finish_reason"], accept_text_lists=self.args.accept_text_task_lists
+        )
 
     def _resolve_tasks(self, fp: FamilyPlan, latest: dict[str, dict]) -> None:
         """The family's tasks once every brainstorm call has an answer; calls that failed are left out, so a
@@ -280,12 +313,16 @@ class SynthesisRun:
             for record in journal.records():  # money already spent counts against the budget
                 budget.add(record)
             journal.listeners.append(budget.add)
-            stopped = asyncio.run(self._execute(journal, budget, self.args.no_progress if progress is None else not progress))
+            stopped = asyncio.run(
+                self._execute(journal, budget, self.args.no_progress if progress is None else not progress)
+            )
         finally:
             journal.close()
         result = self.finalize(journal.latest(), budget_stopped=stopped)
         if stopped:
-            logger.warning("budget reached: stopped sending requests; rerun the same command (with a larger budget) to resume")
+            logger.warning(
+                "budget reached: stopped sending requests; rerun the same command (with a larger budget) to resume"
+            )
         return result
 
     async def _execute(self, journal: ObservedJournal, budget: Budget, hide_progress: bool) -> bool:
@@ -330,8 +367,14 @@ class SynthesisRun:
                     counts["accepted"] += 1
                 except Rejected:
                     counts["rejected"] += 1
-            bar.set_postfix(accepted=counts["accepted"], rejected=counts["rejected"], failed=counts["failed"],
-                            tokens=budget.tokens, cost=f"${budget.cost:.4f}", refresh=False)
+            bar.set_postfix(
+                accepted=counts["accepted"],
+                rejected=counts["rejected"],
+                failed=counts["failed"],
+                tokens=budget.tokens,
+                cost=f"${budget.cost:.4f}",
+                refresh=False,
+            )
 
         journal.listeners.append(on_record)
         try:
@@ -350,10 +393,16 @@ class SynthesisRun:
         if args.azure_api_version and not args.base_url:
             raise ValueError("--azure-api-version needs --base-url (the Azure endpoint)")
         # aiohttp only where CPU per request matters; the batch backend uploads files through httpx
-        common = dict(api_key=api_key, max_retries=0, timeout=args.timeout,
-                      http_client=make_http_client(args.http_client) if args.backend == "online" else None)
+        common = dict(
+            api_key=api_key,
+            max_retries=0,
+            timeout=args.timeout,
+            http_client=make_http_client(args.http_client) if args.backend == "online" else None,
+        )
         if args.azure_api_version:
-            self._client = openai.AsyncAzureOpenAI(azure_endpoint=args.base_url, api_version=args.azure_api_version, **common)
+            self._client = openai.AsyncAzureOpenAI(
+                azure_endpoint=args.base_url, api_version=args.azure_api_version, **common
+            )
         else:
             self._client = openai.AsyncOpenAI(base_url=args.base_url, **common)
         if args.backend == "batch":
@@ -361,17 +410,31 @@ class SynthesisRun:
                 from .batch import BatchBackend
             except ImportError as err:
                 raise RuntimeError(f"--backend batch needs e5_mistral.synthesis.batch ({err})") from None
-            return BatchBackend(self._client, self.output, poll_interval=args.batch_poll_interval, wait=not args.batch_no_wait)
+            return BatchBackend(
+                self._client, self.output, poll_interval=args.batch_poll_interval, wait=not args.batch_no_wait
+            )
         from .online import OnlineBackend
 
-        return OnlineBackend(self._client, concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm,
-                             max_attempts=args.max_attempts, initial_wait=args.retry_initial_wait,
-                             max_wait=args.retry_max_wait, budget=budget, endpoint=args.base_url or "the OpenAI API")
+        return OnlineBackend(
+            self._client,
+            concurrency=args.concurrency,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            max_attempts=args.max_attempts,
+            initial_wait=args.retry_initial_wait,
+            max_wait=args.retry_max_wait,
+            budget=budget,
+            endpoint=args.base_url or "the OpenAI API",
+        )
 
     def _pending(self, request: Request, latest: dict[str, dict]) -> bool:
         """Not answered yet: never sent, or failed (a refused request only with ``--retry-refused``)."""
         rec = latest.get(request.request_id)
-        return rec is None or rec["status"] == STATUS_FAILED or (rec["status"] == STATUS_REFUSED and self.args.retry_refused)
+        return (
+            rec is None
+            or rec["status"] == STATUS_FAILED
+            or (rec["status"] == STATUS_REFUSED and self.args.retry_refused)
+        )
 
     # -- results -------------------------------------------------------------------------------------------
     def finalize(self, latest: dict[str, dict], budget_stopped: bool = False) -> RunResult:
@@ -429,7 +492,9 @@ class SynthesisRun:
                 stats["accepted"] += 1
                 accepted.update((("family", fp.family), ("language", meta["language"])))
                 rows.append({**meta, "generator_model": rec.get("model") or meta["generator_model"], **fields})
-            per_family[fp.family] = {k: stats[k] for k in ("planned", "accepted", "rejected", "duplicates_removed", "failed")}
+            per_family[fp.family] = {
+                k: stats[k] for k in ("planned", "accepted", "rejected", "duplicates_removed", "failed")
+            }
 
         records = list(Journal(self.output / "journal").records())  # reading opens no new file
         report = {
@@ -446,10 +511,15 @@ class SynthesisRun:
             "estimated_cost_usd": round(sum(record_cost(r, self.prices) for r in records), 6),
             "cost_priced": price_for(self.prices, self.args.model) is not None,
             "brainstorm": {
-                "planned": brainstorm["planned"], "ok": brainstorm["ok"], "failed": brainstorm["failed"],
-                "rejected": brainstorm["rejected"], "reasked": brainstorm["reasked"],
-                "from_text_lists": brainstorm["from_text_lists"], "tasks_generated": brainstorm["generated"],
-                "tasks_unique": brainstorm["unique"], "tasks_removed_duplicate": brainstorm["removed_duplicate"],
+                "planned": brainstorm["planned"],
+                "ok": brainstorm["ok"],
+                "failed": brainstorm["failed"],
+                "rejected": brainstorm["rejected"],
+                "reasked": brainstorm["reasked"],
+                "from_text_lists": brainstorm["from_text_lists"],
+                "tasks_generated": brainstorm["generated"],
+                "tasks_unique": brainstorm["unique"],
+                "tasks_removed_duplicate": brainstorm["removed_duplicate"],
                 "tasks_removed_near_duplicate": brainstorm["removed_near_duplicate"],
             },
             "per_family": per_family,
@@ -469,15 +539,26 @@ class SynthesisRun:
 def _acceptance(answered: Counter, accepted: Counter, rejected: Counter) -> dict:
     """Accepted share of the answered examples (duplicates and rejects count against it), overall, per family and
     per language, and each reject reason's share of the answered examples."""
+
     def rates(axis: str) -> dict:
         keys = sorted((k for a, k in answered if a == axis), key=lambda k: (-answered[(axis, k)], k))
-        return {k: {"answered": answered[(axis, k)], "accepted": accepted[(axis, k)],
-                    "rate": round(accepted[(axis, k)] / answered[(axis, k)], 4)} for k in keys}
+        return {
+            k: {
+                "answered": answered[(axis, k)],
+                "accepted": accepted[(axis, k)],
+                "rate": round(accepted[(axis, k)] / answered[(axis, k)], 4),
+            }
+            for k in keys
+        }
 
     total = sum(n for (axis, _), n in answered.items() if axis == "family")
-    return {"answered": total, "rate": round(sum(n for (a, _), n in accepted.items() if a == "family") / total, 4) if total else None,
-            "per_family": rates("family"), "per_language": rates("language"),
-            "per_reason": {reason: round(n / total, 4) for reason, n in sorted(rejected.items()) if total}}
+    return {
+        "answered": total,
+        "rate": round(sum(n for (a, _), n in accepted.items() if a == "family") / total, 4) if total else None,
+        "per_family": rates("family"),
+        "per_language": rates("language"),
+        "per_reason": {reason: round(n / total, 4) for reason, n in sorted(rejected.items()) if total},
+    }
 
 
 def _failure_reason(rec: dict | None, budget_stopped: bool, batches_running: int = 0) -> str:
@@ -490,9 +571,15 @@ def _failure_reason(rec: dict | None, budget_stopped: bool, batches_running: int
 
 
 def _reject(rec: dict, kind: str, reason: str, meta: dict) -> dict:
-    return {"request_id": rec["request_id"], "kind": kind, "family": rec["family"], "reason": reason,
-            "raw": rec.get("content"), "finish_reason": rec.get("finish_reason"),
-            **({"task": meta.get("task"), "language": meta.get("language")} if kind == "example" else {})}
+    return {
+        "request_id": rec["request_id"],
+        "kind": kind,
+        "family": rec["family"],
+        "reason": reason,
+        "raw": rec.get("content"),
+        "finish_reason": rec.get("finish_reason"),
+        **({"task": meta.get("task"), "language": meta.get("language")} if kind == "example" else {}),
+    }
 
 
 def generate(args: SynthesisArguments, progress: bool | None = None) -> RunResult:

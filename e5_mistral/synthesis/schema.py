@@ -12,6 +12,7 @@ from typing import Iterable
 from ..families import FAMILIES, family_spec
 from .templates import slot_values
 
+
 ALL_CONFIG = "all"
 CONFIG_NAMES = FAMILIES + (ALL_CONFIG,)
 META_COLUMNS = ("request_id", "family", "task", "language")

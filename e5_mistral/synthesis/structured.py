@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..families import family_spec
 
+
 logger = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
@@ -30,23 +31,35 @@ BRAINSTORM_KEY = "tasks"
 
 # The probe: a schema the prompt does not ask for, so only a server that enforces it answers with it.
 PROBE_PROMPT = "Reply with one word: hello."
-PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "string", "enum": ["yes"]}},
-                "required": ["ok"], "additionalProperties": False}
+PROBE_SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "string", "enum": ["yes"]}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
 PROBE_MAX_TOKENS = 16
 
 
 def example_schema(family: str) -> dict:
     keys = family_spec(family).output_keys
-    return {"type": "object", "properties": {key: {"type": "string"} for key in keys},
-            "required": list(keys), "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {key: {"type": "string"} for key in keys},
+        "required": list(keys),
+        "additionalProperties": False,
+    }
 
 
 def brainstorm_schema(top_level_object: bool) -> dict:
     tasks = {"type": "array", "items": {"type": "string"}}
     if not top_level_object:
         return tasks
-    return {"type": "object", "properties": {BRAINSTORM_KEY: tasks}, "required": [BRAINSTORM_KEY],
-            "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {BRAINSTORM_KEY: tasks},
+        "required": [BRAINSTORM_KEY],
+        "additionalProperties": False,
+    }
 
 
 def _wrap(mode: str, name: str, schema: dict) -> dict | None:
@@ -80,8 +93,12 @@ class Detection:
 
 def probe_body(mode: str, params: dict) -> dict:
     """A tiny request with ``mode``'s schema (none for ``none``), the run's model and extra body, greedy and short."""
-    body = {"model": params.get("model"), "messages": [{"role": "user", "content": PROBE_PROMPT}],
-            "temperature": 0, "max_tokens": PROBE_MAX_TOKENS}
+    body = {
+        "model": params.get("model"),
+        "messages": [{"role": "user", "content": PROBE_PROMPT}],
+        "temperature": 0,
+        "max_tokens": PROBE_MAX_TOKENS,
+    }
     if mode != "none":
         body["response_format"] = _wrap(mode, "probe", PROBE_SCHEMA)
     return {**body, **(params.get("extra_body") or {})}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..families import ASYMMETRIC_FAMILIES, FAMILIES, FAMILY_SPECS, SYMMETRIC_FAMILIES, family_spec  # noqa: F401
 
+
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 # Views of the family definitions (e5_mistral/families.py), for the code that reads them by family name.

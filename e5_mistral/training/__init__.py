@@ -5,11 +5,16 @@ Entry point: ``accelerate launch recipes/train.py recipes/<model>/<setting>.yaml
 
 import importlib
 
+
 # Imported on first use, so that importing one submodule does not pull in transformers.Trainer.
 _EXPORTS = {
     "E5DataCollator": ".collator",
-    "DataArguments": ".e5_config", "E5DatasetConfig": ".e5_config", "E5TrainingConfig": ".e5_config", "ModelArguments": ".e5_config",
-    "CONFIG_NAME": ".e5_trainer", "E5Trainer": ".e5_trainer",
+    "DataArguments": ".e5_config",
+    "E5DatasetConfig": ".e5_config",
+    "E5TrainingConfig": ".e5_config",
+    "ModelArguments": ".e5_config",
+    "CONFIG_NAME": ".e5_trainer",
+    "E5Trainer": ".e5_trainer",
     "info_nce_loss": ".loss",
 }
 __all__ = sorted(_EXPORTS)

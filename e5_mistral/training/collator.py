@@ -70,7 +70,13 @@ class E5DataCollator:
         return out
 
     def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
-        return self.tokenizer.pad({"input_ids": ids}, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_attention_mask=True, return_tensors="pt")
+        return self.tokenizer.pad(
+            {"input_ids": ids},
+            padding=True,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         k = self.num_hard_negatives
@@ -93,5 +99,7 @@ class E5DataCollator:
             "negative_mask": torch.tensor(negative_mask, dtype=torch.bool).reshape(len(rows), k),
             "positive_hash": torch.tensor([text_hash(t) for t in positives], dtype=torch.long),
             "negative_hash": torch.tensor(negative_hash, dtype=torch.long).reshape(len(rows), k),
-            "in_batch_negatives": torch.tensor([bool(row.get("in_batch_negatives", True)) for row in rows], dtype=torch.bool),
+            "in_batch_negatives": torch.tensor(
+                [bool(row.get("in_batch_negatives", True)) for row in rows], dtype=torch.bool
+            ),
         }

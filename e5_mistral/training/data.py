@@ -21,6 +21,7 @@ from ..families import FAMILY_SPECS
 from ..instructions import format_query
 from .e5_config import E5DatasetConfig
 
+
 logger = logging.getLogger(__name__)
 
 # family -> (query, positive, hard negative or None), paper §1.3; from the family definitions.
@@ -72,7 +73,11 @@ def convert_row(row: dict, config: E5DatasetConfig, row_index: int, num_hard_neg
     else:
         query = _text(row, "query", where)
         positive = _text(row, "positive", where)
-        instruction = _text(row, "instruction", where, required=False) if row.get("instruction") is not None else config.instruction
+        instruction = (
+            _text(row, "instruction", where, required=False)
+            if row.get("instruction") is not None
+            else config.instruction
+        )
         raw = row.get("negative")
         if raw is None:
             negatives = []
@@ -85,8 +90,14 @@ def convert_row(row: dict, config: E5DatasetConfig, row_index: int, num_hard_neg
                     raise ValueError(f"{where}: field 'negative'[{k}] must be a non-empty string")
                 negatives.append(item)
         else:
-            raise ValueError(f"{where}: field 'negative' must be a string or a list of strings, got {type(raw).__name__}")
-    return {"query": format_query(instruction, query), "positive": positive, "negatives": negatives[:num_hard_negatives]}
+            raise ValueError(
+                f"{where}: field 'negative' must be a string or a list of strings, got {type(raw).__name__}"
+            )
+    return {
+        "query": format_query(instruction, query),
+        "positive": positive,
+        "negatives": negatives[:num_hard_negatives],
+    }
 
 
 def _is_local(config: E5DatasetConfig) -> bool:
@@ -99,16 +110,28 @@ def _load(config: E5DatasetConfig, refresh_local: bool = True):
     # datasets (5.2) keys the cache of a local folder by its path only: a folder rewritten by a new synthesis
     # run would silently load the old rows. Local data is cheap to re-read, so rebuild it.
     # The stale split sizes it remembers would then fail verification, hence no_checks.
-    fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if refresh_local and _is_local(config) else {}
+    fresh = (
+        {"download_mode": "force_redownload", "verification_mode": "no_checks"}
+        if refresh_local and _is_local(config)
+        else {}
+    )
     try:
-        dataset = load_dataset(config.path, config.name, split=config.split, data_dir=config.data_dir,
-                               data_files=config.data_files, **fresh)
+        dataset = load_dataset(
+            config.path,
+            config.name,
+            split=config.split,
+            data_dir=config.data_dir,
+            data_files=config.data_files,
+            **fresh,
+        )
     except FileNotFoundError as err:
         raise FileNotFoundError(f"dataset {config.label}: {err}") from err
     if config.columns:
         missing = [c for c in config.columns if c not in dataset.column_names]
         if missing:
-            raise ValueError(f"dataset {config.label}: columns to rename not found: {', '.join(missing)} (has {', '.join(dataset.column_names)})")
+            raise ValueError(
+                f"dataset {config.label}: columns to rename not found: {', '.join(missing)} (has {', '.join(dataset.column_names)})"
+            )
         dataset = dataset.rename_columns(dict(config.columns))
     return dataset
 
@@ -124,8 +147,13 @@ def sample_indices(num_rows: int, ratio: float, seed: int) -> list[int]:
     return sorted(indices) if ratio <= 1 else indices
 
 
-def build_mixture(configs: Sequence[E5DatasetConfig], num_hard_negatives: int = 1, seed: int = 42, num_proc: int | None = None,
-                  refresh_local: bool = True):
+def build_mixture(
+    configs: Sequence[E5DatasetConfig],
+    num_hard_negatives: int = 1,
+    seed: int = 42,
+    num_proc: int | None = None,
+    refresh_local: bool = True,
+):
     """Load, sample (``sampling_ratio``), validate and concatenate the mixture.
 
     ``refresh_local`` rebuilds the datasets cache of local data (set it on one process per machine only).
@@ -133,37 +161,61 @@ def build_mixture(configs: Sequence[E5DatasetConfig], num_hard_negatives: int = 
     Returns ``(dataset, infos)``; the dataset has the columns ``query, positive, negatives, dataset_id,
     in_batch_negatives``. Every sampled row is validated before training starts.
     """
-    from datasets import Features, Sequence as HFSequence, Value, concatenate_datasets
+    from datasets import Features, Value, concatenate_datasets
+    from datasets import Sequence as HFSequence
 
     if not configs:
         raise ValueError("dataset_mixture is empty: list at least one dataset in the YAML")
-    features = Features({
-        "query": Value("string"), "positive": Value("string"), "negatives": HFSequence(Value("string")),
-        "dataset_id": Value("int32"), "in_batch_negatives": Value("bool"),
-    })
+    features = Features(
+        {
+            "query": Value("string"),
+            "positive": Value("string"),
+            "negatives": HFSequence(Value("string")),
+            "dataset_id": Value("int32"),
+            "in_batch_negatives": Value("bool"),
+        }
+    )
     parts, infos = [], []
     for dataset_id, config in enumerate(configs):
         raw = _load(config, refresh_local)
         indices = sample_indices(len(raw), config.sampling_ratio, seed + dataset_id)
         if not indices:
-            raise ValueError(f"dataset {config.label}: no rows left after sampling_ratio={config.sampling_ratio} ({len(raw)} rows)")
+            raise ValueError(
+                f"dataset {config.label}: no rows left after sampling_ratio={config.sampling_ratio} ({len(raw)} rows)"
+            )
         raw = raw.select(indices)
 
         def convert(batch, idx, config=config, dataset_id=dataset_id, indices=indices):
             rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
             out = [convert_row(r, config, indices[i], num_hard_negatives) for r, i in zip(rows, idx)]
             return {
-                "query": [o["query"] for o in out], "positive": [o["positive"] for o in out],
-                "negatives": [o["negatives"] for o in out], "dataset_id": [dataset_id] * len(out),
+                "query": [o["query"] for o in out],
+                "positive": [o["positive"] for o in out],
+                "negatives": [o["negatives"] for o in out],
+                "dataset_id": [dataset_id] * len(out),
                 "in_batch_negatives": [bool(config.in_batch_negatives)] * len(out),
             }
 
         converted = raw.map(
-            convert, batched=True, with_indices=True, remove_columns=raw.column_names, features=features,
-            num_proc=num_proc, desc=f"Preparing {config.label}",
+            convert,
+            batched=True,
+            with_indices=True,
+            remove_columns=raw.column_names,
+            features=features,
+            num_proc=num_proc,
+            desc=f"Preparing {config.label}",
         )
         parts.append(converted)
-        infos.append(DatasetInfo(config.path, config.name, config.split, float(config.sampling_ratio), config.instruction, len(converted)))
+        infos.append(
+            DatasetInfo(
+                config.path,
+                config.name,
+                config.split,
+                float(config.sampling_ratio),
+                config.instruction,
+                len(converted),
+            )
+        )
         logger.info("dataset %s: %d rows after sampling ratio %s", config.label, len(converted), config.sampling_ratio)
     return concatenate_datasets(parts), infos
 
@@ -183,7 +235,7 @@ def same_dataset_order(dataset_ids: Sequence[int], global_batch_size: int, seed:
     for dataset_id in sorted(by_dataset):
         members = rng.permutation(by_dataset[dataset_id]).tolist()
         usable = (len(members) // global_batch_size) * global_batch_size
-        batches += [members[i:i + global_batch_size] for i in range(0, usable, global_batch_size)]
+        batches += [members[i : i + global_batch_size] for i in range(0, usable, global_batch_size)]
     if not batches:
         raise ValueError(f"same_dataset_batches: no dataset has {global_batch_size} rows for one global batch")
     order = rng.permutation(len(batches))

@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -33,7 +34,9 @@ class E5DatasetConfig:
         if not isinstance(self.path, str) or not self.path:
             raise ValueError("dataset_mixture: every entry needs a non-empty 'path'")
         if not isinstance(self.sampling_ratio, (int, float)) or self.sampling_ratio <= 0:
-            raise ValueError(f"dataset_mixture: {self.path}: sampling_ratio must be a positive number, got {self.sampling_ratio!r}")
+            raise ValueError(
+                f"dataset_mixture: {self.path}: sampling_ratio must be a positive number, got {self.sampling_ratio!r}"
+            )
         if self.instruction is not None and not str(self.instruction).strip():
             raise ValueError(f"dataset_mixture: {self.path}: instruction must not be empty (leave it out instead)")
 
@@ -47,10 +50,14 @@ class E5DatasetConfig:
 class ModelArguments:
     """The backbone to train."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local folder of the backbone (loaded with AutoModel)."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of the backbone (loaded with AutoModel)."}
+    )
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
     dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."})
-    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa, eager, flash_attention_2 (default: transformers' choice)."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "sdpa, eager, flash_attention_2 (default: transformers' choice)."}
+    )
 
 
 @dataclass
@@ -59,9 +66,13 @@ class DataArguments:
 
     dataset_mixture: list[E5DatasetConfig] = field(
         default_factory=list,
-        metadata={"help": "List of datasets (path, name, split, sampling_ratio, instruction, in_batch_negatives, columns); set it in the YAML."},
+        metadata={
+            "help": "List of datasets (path, name, split, sampling_ratio, instruction, in_batch_negatives, columns); set it in the YAML."
+        },
     )
-    eval_fraction: float | None = field(default=None, metadata={"help": "Hold out this fraction of the mixture for the evaluation loss."})
+    eval_fraction: float | None = field(
+        default=None, metadata={"help": "Hold out this fraction of the mixture for the evaluation loss."}
+    )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
 
     def __post_init__(self):
@@ -80,30 +91,64 @@ class E5TrainingConfig(TrainingArguments):
     """
 
     # Embedding
-    pooling: str = field(default="lasttoken", metadata={"help": "lasttoken (decoders, the paper), mean or cls (encoders)."})
-    append_eos: bool | None = field(default=None, metadata={"help": "Append EOS to every text (default: True for lasttoken pooling)."})
+    pooling: str = field(
+        default="lasttoken", metadata={"help": "lasttoken (decoders, the paper), mean or cls (encoders)."}
+    )
+    append_eos: bool | None = field(
+        default=None, metadata={"help": "Append EOS to every text (default: True for lasttoken pooling)."}
+    )
     max_seq_length: int = field(default=512, metadata={"help": "Maximum tokens per text, EOS included (paper: 512)."})
-    query_max_length: int | None = field(default=None, metadata={"help": "Maximum tokens per query, if not max_seq_length."})
+    query_max_length: int | None = field(
+        default=None, metadata={"help": "Maximum tokens per query, if not max_seq_length."}
+    )
     # Loss
-    temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature on cosine similarity (paper: 0.02)."})
-    num_hard_negatives: int = field(default=1, metadata={"help": "Hard negatives per query (paper: 1); rows with fewer get masked slots."})
-    gather_across_devices: bool = field(default=True, metadata={"help": "Use the documents of every process as negatives."})
-    mask_identical_negatives: bool = field(default=False, metadata={"help": "Drop candidates whose text equals the query's positive."})
-    false_negative_margin: float | None = field(default=None, metadata={"help": "Drop candidates scoring above the positive plus this cosine margin."})
-    same_dataset_batches: bool = field(default=False, metadata={"help": "Draw each global batch from a single dataset."})
-    gradcache_chunk_size: int | None = field(default=None, metadata={"help": "GradCache: texts per forward chunk (memory grows with the chunk, not the batch)."})
-    length_groups: int = field(default=4, metadata={"help": "Without GradCache: encode each step's queries and documents together, sorted by length, in this many forward passes, each padded only to its own longest text."})
+    temperature: float = field(
+        default=0.02, metadata={"help": "InfoNCE temperature on cosine similarity (paper: 0.02)."}
+    )
+    num_hard_negatives: int = field(
+        default=1, metadata={"help": "Hard negatives per query (paper: 1); rows with fewer get masked slots."}
+    )
+    gather_across_devices: bool = field(
+        default=True, metadata={"help": "Use the documents of every process as negatives."}
+    )
+    mask_identical_negatives: bool = field(
+        default=False, metadata={"help": "Drop candidates whose text equals the query's positive."}
+    )
+    false_negative_margin: float | None = field(
+        default=None, metadata={"help": "Drop candidates scoring above the positive plus this cosine margin."}
+    )
+    same_dataset_batches: bool = field(
+        default=False, metadata={"help": "Draw each global batch from a single dataset."}
+    )
+    gradcache_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "GradCache: texts per forward chunk (memory grows with the chunk, not the batch)."},
+    )
+    length_groups: int = field(
+        default=4,
+        metadata={
+            "help": "Without GradCache: encode each step's queries and documents together, sorted by length, in this many forward passes, each padded only to its own longest text."
+        },
+    )
     # LoRA (paper / released adapter: r 16, alpha 32, dropout 0.1, all linear layers)
     use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(default_factory=lambda: list(PAPER_LORA_TARGETS), metadata={"help": "Modules that get adapters."})
-    lora_layers_to_transform: list[int] | None = field(default=None, metadata={"help": "Only these layer indices get adapters (default: all; the paper: all)."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(PAPER_LORA_TARGETS), metadata={"help": "Modules that get adapters."}
+    )
+    lora_layers_to_transform: list[int] | None = field(
+        default=None, metadata={"help": "Only these layer indices get adapters (default: all; the paper: all)."}
+    )
 
     # Changed parent defaults
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the collator reads the text columns."})
-    dataloader_drop_last: bool = field(default=True, metadata={"help": "Keep True: every process gathers equal shapes."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the collator reads the text columns."}
+    )
+    dataloader_drop_last: bool = field(
+        default=True, metadata={"help": "Keep True: every process gathers equal shapes."}
+    )
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP find_unused_parameters."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (paper: 1e-4)."})
     weight_decay: float = field(default=0.1, metadata={"help": "Weight decay (paper: 0.1)."})

@@ -25,6 +25,7 @@ from .gradcache import RandContext
 from .length_groups import length_sorted_groups, merge_padded, trim_padding
 from .loss import info_nce_loss
 
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "e5_mistral_config.json"
@@ -62,33 +63,59 @@ class E5Trainer(Trainer):
     # The loss is a per-batch mean; the Trainer divides it by the accumulation steps (lessons 2.4).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model=None, args: E5TrainingConfig | None = None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, dataset_infos=None, base_model_name_or_path: str | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        model=None,
+        args: E5TrainingConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        dataset_infos=None,
+        base_model_name_or_path: str | None = None,
+        **kwargs,
+    ):
         if not isinstance(args, E5TrainingConfig):
             raise TypeError("E5Trainer needs an E5TrainingConfig as args")
         if processing_class is None:
             raise ValueError("E5Trainer needs the tokenizer as processing_class")
         if data_collator is None:
             data_collator = E5DataCollator(
-                processing_class, max_seq_length=args.max_seq_length, query_max_length=args.query_max_length,
-                num_hard_negatives=args.num_hard_negatives, append_eos=args.append_eos,
+                processing_class,
+                max_seq_length=args.max_seq_length,
+                query_max_length=args.query_max_length,
+                num_hard_negatives=args.num_hard_negatives,
+                append_eos=args.append_eos,
             )
         self.dataset_infos = [i.to_dict() if hasattr(i, "to_dict") else dict(i) for i in (dataset_infos or [])]
         self.base_model_name_or_path = base_model_name_or_path
-        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
         self.model_accepts_loss_kwargs = False
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.is_fsdp_enabled:
             # accelerate turns a multi-process CPU launch into MULTI_CPU before it looks at FSDP.
             kind = self.accelerator.distributed_type
-            logger.warning("FSDP was requested but accelerate runs %s without it (it shards only on accelerators): "
-                           "training as plain data parallel", getattr(kind, "value", kind))
+            logger.warning(
+                "FSDP was requested but accelerate runs %s without it (it shards only on accelerators): "
+                "training as plain data parallel",
+                getattr(kind, "value", kind),
+            )
         if args.gradcache_chunk_size and self.is_deepspeed_enabled:
-            raise ValueError("gradcache_chunk_size is not supported with DeepSpeed (its engine owns backward); use DDP or FSDP")
+            raise ValueError(
+                "gradcache_chunk_size is not supported with DeepSpeed (its engine owns backward); use DDP or FSDP"
+            )
         if args.gradient_accumulation_steps > 1 and not args.gradcache_chunk_size:
-            logger.warning("gradient_accumulation_steps > 1 does not add negatives to the contrastive batch; "
-                           "use gradcache_chunk_size to train a large batch in little memory")
+            logger.warning(
+                "gradient_accumulation_steps > 1 does not add negatives to the contrastive batch; "
+                "use gradcache_chunk_size to train a large batch in little memory"
+            )
 
     # ---- loss -------------------------------------------------------------------------------------------
     def _encode(self, model, input_ids, attention_mask) -> torch.Tensor:
@@ -97,19 +124,30 @@ class E5Trainer(Trainer):
     def _loss_from_embeddings(self, query, docs, inputs, gather: bool) -> torch.Tensor:
         batch = query.shape[0]
         return info_nce_loss(
-            query, docs[:batch], docs[batch:] if self.args.num_hard_negatives else None,
-            temperature=self.args.temperature, negative_mask=inputs["negative_mask"],
-            in_batch_negatives=inputs["in_batch_negatives"], positive_hash=inputs["positive_hash"],
-            negative_hash=inputs["negative_hash"], mask_identical_negatives=self.args.mask_identical_negatives,
-            false_negative_margin=self.args.false_negative_margin, gather=gather and self.args.gather_across_devices,
+            query,
+            docs[:batch],
+            docs[batch:] if self.args.num_hard_negatives else None,
+            temperature=self.args.temperature,
+            negative_mask=inputs["negative_mask"],
+            in_batch_negatives=inputs["in_batch_negatives"],
+            positive_hash=inputs["positive_hash"],
+            negative_hash=inputs["negative_hash"],
+            mask_identical_negatives=self.args.mask_identical_negatives,
+            false_negative_margin=self.args.false_negative_margin,
+            gather=gather and self.args.gather_across_devices,
         )
 
     def _step_texts(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Every text of the step, queries first then documents, as one padded batch."""
         tokenizer = self.processing_class
-        return merge_padded([(inputs["query_input_ids"], inputs["query_attention_mask"]),
-                             (inputs["doc_input_ids"], inputs["doc_attention_mask"])],
-                            pad_id=tokenizer.pad_token_id or 0, padding_side=getattr(tokenizer, "padding_side", "right"))
+        return merge_padded(
+            [
+                (inputs["query_input_ids"], inputs["query_attention_mask"]),
+                (inputs["doc_input_ids"], inputs["doc_attention_mask"]),
+            ],
+            pad_id=tokenizer.pad_token_id or 0,
+            padding_side=getattr(tokenizer, "padding_side", "right"),
+        )
 
     @staticmethod
     def _query_and_docs(sorted_embeddings: torch.Tensor, groups: list[torch.Tensor], inputs: dict[str, Any]):
@@ -157,7 +195,7 @@ class E5Trainer(Trainer):
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
             with sync, state.replay(), self.compute_loss_context_manager():
                 chunk = self._encode(model, chunk_ids, chunk_mask).float()
-                surrogate = (chunk * grads[start:start + chunk.shape[0]]).sum()
+                surrogate = (chunk * grads[start : start + chunk.shape[0]]).sum()
             self.accelerator.backward(surrogate)
             start += chunk.shape[0]
         return scaled.detach()
@@ -210,8 +248,14 @@ class E5Trainer(Trainer):
         base = self.base_model_name_or_path
         if peft_config:
             adapter = next(iter(peft_config.values()))
-            lora = {"r": adapter.r, "lora_alpha": adapter.lora_alpha, "lora_dropout": adapter.lora_dropout,
-                    "target_modules": sorted(adapter.target_modules) if not isinstance(adapter.target_modules, str) else adapter.target_modules}
+            lora = {
+                "r": adapter.r,
+                "lora_alpha": adapter.lora_alpha,
+                "lora_dropout": adapter.lora_dropout,
+                "target_modules": sorted(adapter.target_modules)
+                if not isinstance(adapter.target_modules, str)
+                else adapter.target_modules,
+            }
             base = base or adapter.base_model_name_or_path
         base = base or getattr(getattr(model, "config", None), "_name_or_path", None)
         return {
@@ -242,7 +286,11 @@ class E5Trainer(Trainer):
                 "fp16": bool(args.fp16),
             },
             "versions": {
-                "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
-                "torch": torch.__version__, "sentence_transformers": st_version, "e5_mistral": __version__,
+                "transformers": transformers.__version__,
+                "peft": peft.__version__,
+                "accelerate": accelerate.__version__,
+                "torch": torch.__version__,
+                "sentence_transformers": st_version,
+                "e5_mistral": __version__,
             },
         }

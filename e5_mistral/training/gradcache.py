@@ -28,4 +28,3 @@ class RandContext:
             for device, state in zip(self.devices, self.device_states):
                 torch.cuda.set_rng_state(state, device)
             yield
-

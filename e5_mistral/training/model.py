@@ -8,6 +8,7 @@ import re
 from .collator import ensure_pad_token
 from .e5_config import E5TrainingConfig, ModelArguments
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,8 +30,12 @@ def lora_config(args: E5TrainingConfig):
         layers = "|".join(str(int(i)) for i in args.lora_layers_to_transform)
         targets = rf"(.*\.)?layers\.({layers})\..*\.({'|'.join(map(re.escape, targets))})"
     return LoraConfig(
-        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, bias="none",
-        target_modules=targets, task_type=TaskType.FEATURE_EXTRACTION,
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        bias="none",
+        target_modules=targets,
+        task_type=TaskType.FEATURE_EXTRACTION,
     )
 
 

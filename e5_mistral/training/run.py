@@ -9,6 +9,7 @@ from typing import Sequence
 
 from .e5_config import DataArguments, E5TrainingConfig, ModelArguments
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,9 +44,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
     # Validate every row on the main process first; the others then read the datasets cache.
     with training_args.main_process_first(desc="dataset preparation"):
         dataset, infos = build_mixture(
-            data_args.dataset_mixture, num_hard_negatives=training_args.num_hard_negatives,
+            data_args.dataset_mixture,
+            num_hard_negatives=training_args.num_hard_negatives,
             seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-            num_proc=data_args.dataset_num_proc, refresh_local=training_args.local_process_index == 0,
+            num_proc=data_args.dataset_num_proc,
+            refresh_local=training_args.local_process_index == 0,
         )
     eval_dataset = None
     if data_args.eval_fraction:
@@ -53,8 +56,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
         dataset, eval_dataset = split["train"], split["test"]
     model = load_backbone(model_args, training_args, tokenizer)
     trainer = E5Trainer(
-        model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
-        dataset_infos=infos, base_model_name_or_path=model_args.model_name_or_path,
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        dataset_infos=infos,
+        base_model_name_or_path=model_args.model_name_or_path,
     )
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint in ("latest", "last", True, "True", "true"):
@@ -65,7 +73,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
     # _internal_call: save without the Trainer's own push, so that the one push below carries the card's metadata.
     trainer.save_model(training_args.output_dir, _internal_call=True)
     if trainer.args.push_to_hub:
-        trainer.push_to_hub(dataset=[i.path for i in infos], finetuned_from=model_args.model_name_or_path, tags=["e5-mistral", "sentence-embeddings"])
+        trainer.push_to_hub(
+            dataset=[i.path for i in infos],
+            finetuned_from=model_args.model_name_or_path,
+            tags=["e5-mistral", "sentence-embeddings"],
+        )
     return trainer
 
 
