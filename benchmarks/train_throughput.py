@@ -284,6 +284,9 @@ def main(argv=None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results to this file")
     opts = parser.parse_args(argv)
+    from e5_mistral.versions import check_versions
+
+    check_versions()  # a fresh unpinned install can break in transformers' add_adapter; say how to fix it
     if opts.child:
         opts.kind, opts.batch = opts.child, opts.batch_size
         print(json.dumps(child(opts)))

@@ -1,8 +1,9 @@
 """The ``e5-mistral`` console command.
 
 Each subcommand lives with its stage (``e5_mistral/<stage>/cli.py`` exposes ``main(argv, prog)``) and is
-imported only when run, so ``e5-mistral --help`` stays fast. Training is not a subcommand: it is
-``accelerate launch recipes/train.py CONFIG.yaml``, as with TRL and the alignment-handbook.
+imported only when run, so ``e5-mistral --help`` stays fast. ``e5-mistral train CONFIG.yaml`` trains in one process;
+on several devices it is ``accelerate launch -m e5_mistral.training.run CONFIG.yaml`` (or ``recipes/train.py`` in a
+checkout), as with TRL and the alignment-handbook.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ from typing import Sequence
 
 from transformers import HfArgumentParser
 
+from .errors import E5MistralError
+
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": (
         "e5_mistral.synthesis.cli",
         "synthesize training data with an LLM behind any OpenAI-compatible endpoint",
+    ),
+    "mine": ("e5_mistral.mining.cli", "add hard negatives mined with an embedder to a dataset"),
+    "train": (
+        "e5_mistral.training.run",
+        "train an embedder from a YAML recipe (multi-GPU: accelerate launch -m e5_mistral.training.run)",
     ),
     "export": ("e5_mistral.export.cli", "turn a training checkpoint into a sentence-transformers model (and push it)"),
     "evaluate": ("e5_mistral.evaluation.cli", "evaluate one or more models with mteb and the paper's instructions"),
@@ -30,16 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("e5_mistral.quickstart", "run the whole pipeline offline on SmolLM2-135M-Instruct"),
 }
 
-# Errors that are the user's to fix: printed as one line, never as a traceback (set E5_MISTRAL_DEBUG=1 for one).
-USER_ERRORS = (
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    PermissionError,
-    KeyError,
-    RuntimeError,
-    ConnectionError,
-)
+# Errors that are the user's to fix are printed as one line, never as a traceback (set E5_MISTRAL_DEBUG=1 for one);
+# every other exception (CUDA out of memory, NCCL, a library, a bug) keeps its traceback.
 
 
 class CommandParser(HfArgumentParser):
@@ -61,9 +61,7 @@ class CommandParser(HfArgumentParser):
 
 def fail(prog: str, err: BaseException, code: int = 1) -> int:
     """Print ``prog: error: <message>`` on one line and return ``code``."""
-    message = (
-        " ".join(str(err.args[0] if isinstance(err, KeyError) and err.args else err).split()) or type(err).__name__
-    )
+    message = " ".join(str(err).split()) or type(err).__name__
     sys.stderr.write(f"{prog}: error: {message}\n")
     return code
 
@@ -75,7 +73,7 @@ def run(prog: str, func, *args, **kwargs) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; everything finished so far is kept on disk\n")
         return 130
-    except USER_ERRORS as err:
+    except E5MistralError as err:
         if os.environ.get("E5_MISTRAL_DEBUG"):
             raise
         return fail(prog, err)
@@ -86,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="e5-mistral",
         description="Train LLM-based text embedders on synthetic data (Wang et al., 2024, arXiv 2401.00368). "
-        "Training itself: accelerate launch recipes/train.py CONFIG.yaml",
+        "Multi-GPU training: accelerate launch -m e5_mistral.training.run CONFIG.yaml",
     )
     from . import __version__
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from .errors import E5MistralError
 from .instructions import BITEXT_TASK, STS_TASK
 
 
@@ -43,7 +44,9 @@ class FamilySpec:
         ]
         unknown = [key for key in used if key not in self.output_keys]
         if unknown:
-            raise ValueError(f"family {self.name}: keys {unknown} are not among its output keys {self.output_keys}")
+            raise E5MistralError(
+                f"family {self.name}: keys {unknown} are not among its output keys {self.output_keys}"
+            )
 
     @property
     def brainstorms(self) -> bool:
@@ -136,7 +139,7 @@ SYMMETRIC_FAMILIES: tuple[str, ...] = tuple(name for name, spec in FAMILY_SPECS.
 def family_spec(name: str) -> FamilySpec:
     spec = FAMILY_SPECS.get(name)
     if spec is None:
-        raise ValueError(f"unknown family {name!r}; choose from {', '.join(FAMILIES)}")
+        raise E5MistralError(f"unknown family {name!r}; choose from {', '.join(FAMILIES)}")
     return spec
 
 

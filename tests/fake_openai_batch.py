@@ -25,6 +25,7 @@ class FakeBatchServer(FakeOpenAIServer):
         self.fail_ids: set[str] = set()
         self.expire_ids: set[str] = set()
         self.drop_ids: set[str] = set()
+        self.corrupt_ids: set[str] = set()  # their output line is cut mid-JSON (newline kept)
         self.files: dict[str, dict] = {}  # id -> filename, purpose, data (bytes)
         self.batches: dict[str, dict] = {}  # id -> the Batch object served, plus "_polls"
         self.received_custom_ids: list[list[str]] = []  # per created batch, in its file's order
@@ -127,7 +128,15 @@ class FakeBatchServer(FakeOpenAIServer):
                     }
                 )
         output.reverse()  # the API does not keep the input order
-        to_bytes = lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()  # noqa: E731
+
+        def line(row: dict) -> str:
+            text = json.dumps(row)
+            if row["custom_id"] in self.corrupt_ids:
+                self.corrupt_ids.discard(row["custom_id"])  # once: a resubmission answers whole
+                text = text[: len(text) // 2]
+            return text + "\n"
+
+        to_bytes = lambda rows: "".join(line(r) for r in rows).encode()  # noqa: E731
         if output:
             batch["output_file_id"] = self._new_file(f"{batch['id']}_output.jsonl", "batch_output", to_bytes(output))[
                 "id"
@@ -174,6 +183,18 @@ class FakeBatchServer(FakeOpenAIServer):
                         return self._send(200, server._file_object(parts[2]))
                     if parts[1] == "batches" and len(parts) == 3 and parts[2] in server.batches:
                         return self._send(200, server._retrieve_batch(parts[2]))
+                    if parts[1] == "batches" and len(parts) == 2:  # newest first, one page
+                        listed = [server._batch_object(b) for b in reversed(list(server.batches))]
+                        return self._send(
+                            200,
+                            {
+                                "object": "list",
+                                "data": listed,
+                                "has_more": False,
+                                "first_id": listed[0]["id"] if listed else None,
+                                "last_id": listed[-1]["id"] if listed else None,
+                            },
+                        )
                 self._send(404, {"error": {"message": f"no such object {self.path}"}})
 
             def do_POST(self):

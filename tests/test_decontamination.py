@@ -104,10 +104,27 @@ class TestDecontaminateCLI:
         assert len(load_dataset(str(out), "sts", split="train", cache_dir=cache)) == sum(
             r["family"] == "sts" for r in rows
         )
-        assert (out / "README.md").read_text() == (dataset / "README.md").read_text()
+        card = (out / "README.md").read_text()  # the counts are the cleaned copy's
+        assert f"| `short_long` | {n_short_long - 1} |" in card and f"| `all` | {len(rows) - 1} |" in card
+        assert f"({len(rows) - 1} examples)" in card and "## Decontamination" in card
+        assert data["rows_removed_per_config"] == {
+            "short_long": 1,
+            "long_short": 0,
+            "short_short": 0,
+            "long_long": 0,
+            "sts": 0,
+            "bitext": 0,
+            "all": 1,
+        }
         assert (
             len(load_dataset(str(dataset), "short_long", split="train", cache_dir=cache)) == n_short_long
         )  # input untouched
+
+        # Checking one config still removes its rows from `all`, which repeats them.
+        only = tmp_path / "clean-short-long"
+        argv_only = [*argv, "--configs", "short_long", "--remove", "--output", str(only)]
+        assert decontaminate_main(argv_only, prog=PROG) == 0
+        assert len(load_dataset(str(only), "all", split="train", cache_dir=cache + "2")) == len(rows) - 1
 
         # Retrieval corpora count only when asked.
         assert decontaminate_main([*argv, "--include_corpus", "--report", str(report)], prog=PROG) == 0

@@ -244,8 +244,13 @@ def test_lora_export_folder_layout_prompts_and_adapter(lora_export, lora_run):
     assert st_config["similarity_fn_name"] == "cosine" and st_config["default_prompt_name"] is None
     prompts = st_config["prompts"]
     assert prompts["query"] == f"Instruct: {WEB_SEARCH}\nQuery: "
-    assert prompts["SciFact"] == query_prompt(EVALUATION_INSTRUCTIONS["SciFact"])
-    assert set(EVALUATION_INSTRUCTIONS) <= set(prompts) and prompts.get("document", "") == ""  # documents bare
+    # keyed as stock mteb looks them up: retrieval on queries only, every other type on every input
+    assert prompts["SciFact-query"] == query_prompt(EVALUATION_INSTRUCTIONS["SciFact"])
+    assert prompts["SciFact-document"] == "" and "SciFact" not in prompts
+    assert prompts["STSBenchmark"] == query_prompt(EVALUATION_INSTRUCTIONS["STSBenchmark"])
+    assert prompts["Banking77Classification.v2"] == prompts["Banking77Classification"]  # mteb 2 revisions
+    assert all(name in prompts or f"{name}-query" in prompts for name in EVALUATION_INSTRUCTIONS)
+    assert prompts["document"] == ""  # documents bare
     bert_config = json.loads((lora_export / "sentence_bert_config.json").read_text())
     assert list(bert_config["modality_config"]) == ["text"]  # never the chat template
     assert (lora_export / "adapter" / "adapter_config.json").is_file()
@@ -271,7 +276,7 @@ def test_model_card_is_rendered_from_template(lora_export, tiny_model_dir):
     assert "82.03" in text and "45.67" in text and "2401.00368" in text and "@inproceedings{wang2024improving" in text
     assert "LoRA (r=4" in text and "| learning_rate | 0.0001 |" in text and "temperature" in text
     assert "Synthetic retrieval triples generated for the export test." in text
-    assert 'prompt_name="query"' in text and "AutoModel.from_pretrained" in text
+    assert "model.encode_query(" in text and "model.encode_document(" in text and "AutoModel.from_pretrained" in text
     assert "Instruct: Given a web search query" in text and "{{" not in text
     assert str(tiny_model_dir) in text  # the local base model is named in the body, not as Hub metadata
     assert "base_model" not in data
@@ -460,3 +465,30 @@ def test_push_calls_the_hub_api(lora_run, tmp_path, monkeypatch):
     assert calls[0] == ("create", "me/e5", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert calls[1][1]["repo_id"] == "me/e5" and calls[1][1]["folder_path"] == str(out)
     assert 'SentenceTransformer("me/e5")' in (out / "README.md").read_text()
+
+
+def test_stock_mteb_on_the_export_agrees_with_e5_mistral_evaluate(lora_export, benchmarks_dir, tmp_path):
+    """A user's `mteb.evaluate(SentenceTransformer(export), tasks)` gets the paper's instructions from the export's own
+    prompts: the same scores as `e5-mistral evaluate`, on a retrieval task and an STS task from local files."""
+    import mteb
+    from sentence_transformers import SentenceTransformer
+
+    from e5_mistral.evaluation.evaluate import evaluate, resolve_tasks
+
+    names, limits = ["SciFact", "STSBenchmark"], dict(max_rows=16, subsets=None, corpus_per_query=3)
+    ours = evaluate(
+        str(lora_export),
+        names,
+        benchmarks_dir=benchmarks_dir,
+        output_dir=tmp_path / "ours",
+        show_progress_bar=False,
+        **limits,
+    )
+    tasks = resolve_tasks(names, benchmarks_dir, limits["max_rows"], limits["subsets"], limits["corpus_per_query"])
+    result = mteb.evaluate(
+        SentenceTransformer(str(lora_export), device="cpu"), tasks, cache=None, show_progress_bar=False
+    )
+    stock = {r.task_name: float(r.get_score()) for r in result.task_results}
+    assert set(stock) == set(ours) == set(names)
+    for name in names:
+        assert abs(stock[name] - ours[name]) <= 1e-4, (name, stock[name], ours[name])

@@ -25,11 +25,9 @@ def _tokenizer(tiny_model_dir, single: str | None):
 
 
 def _collator_ids(tokenizer, texts, max_length):
-    """What the training collator feeds the model (its own tokenize method when it is importable)."""
-    try:
-        from e5_mistral.training.collator import E5DataCollator
-    except ImportError:
-        pytest.skip("e5_mistral.training is not available")
+    """What the training collator feeds the model (its own tokenize method)."""
+    from e5_mistral.training.collator import E5DataCollator
+
     return E5DataCollator(tokenizer, max_seq_length=max_length).tokenize(texts, max_length)
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-
-pytest.importorskip("e5_mistral.training.e5_trainer")
-
-from e5_mistral.instructions import format_query  # noqa: E402
+from e5_mistral.instructions import format_query
 
 
 ROWS = [

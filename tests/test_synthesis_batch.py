@@ -9,7 +9,6 @@ import openai
 import pytest
 
 from e5_mistral.synthesis.batch import (
-    BATCH_PRICE_FACTOR,
     BatchBackend,
     import_results,
     split_batch_lines,
@@ -94,11 +93,49 @@ class TestBatchFiles:
         with pytest.raises(ValueError, match="req-000 is .* bytes"):
             split_batch_lines(make_requests(1, size=500), max_bytes=100)
 
-    def test_price_factor(self):
-        assert BATCH_PRICE_FACTOR == 0.5
+    def test_batch_answers_are_priced_at_half(self):
+        from e5_mistral.synthesis.cost import load_price_table, record_cost
+
+        prices = load_price_table('{"m": {"input": 1.0, "output": 2.0}}')
+        online = {"model": "m", "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}, "source": "online"}
+        assert record_cost(online, prices) == pytest.approx(0.003)
+        assert record_cost({**online, "source": "batch"}, prices) == pytest.approx(0.0015)  # what the Batch API bills
 
 
 class TestBatchRoundTrip:
+    def test_a_kill_right_after_create_is_adopted_by_the_rerun_not_paid_twice(
+        self, batch_server, tmp_path, monkeypatch
+    ):
+        requests = make_requests(3)
+        real_save = BatchBackend.save_state
+
+        def killed_after_create(self, state):
+            if any(entry["batch_id"] for entry in state["batches"]):
+                raise KeyboardInterrupt  # the process dies before the batch id reaches the state file
+            real_save(self, state)
+
+        monkeypatch.setattr(BatchBackend, "save_state", killed_after_create)
+        with pytest.raises(KeyboardInterrupt):
+            run(backend(batch_server, tmp_path), requests, tmp_path)
+        assert len(batch_server.batches) == 1
+        monkeypatch.setattr(BatchBackend, "save_state", real_save)
+        latest = run(backend(batch_server, tmp_path), requests, tmp_path)
+        assert len(batch_server.batches) == 1  # adopted by its metadata, none created
+        assert {rec["status"] for rec in latest.values()} == {"ok"} and len(latest) == 3
+
+    def test_a_corrupt_output_line_fails_one_request_and_the_rest_is_collected(self, batch_server, tmp_path):
+        requests = make_requests(4)
+        batch_server.corrupt_ids = {"req-002"}
+        latest = run(backend(batch_server, tmp_path, max_lines=10), requests, tmp_path)
+        assert {rid for rid, rec in latest.items() if rec["status"] == "ok"} == {"req-000", "req-001", "req-003"}
+        assert "is not a batch result line" in latest["req-002"]["error"]
+        state = json.loads((tmp_path / "batch" / "state.json").read_text())
+        assert all(entry["collected"] for entry in state["batches"])
+        # the next run sends that one request alone, and its answer (whole this time) is collected
+        latest = run(backend(batch_server, tmp_path, max_lines=10), requests, tmp_path)
+        assert batch_server.received_custom_ids == [[f"req-{i:03d}" for i in range(4)], ["req-002"]]
+        assert latest["req-002"]["status"] == "ok"
+
     def test_round_trip_then_resubmit_only_failures(self, batch_server, tmp_path):
         requests = make_requests(6)
         batch_server.fail_ids = {"req-001", "req-004"}

@@ -30,7 +30,8 @@ def test_layout_card_and_every_config_loads_back(finished_run, tmp_path):
     assert front["configs"][0]["data_files"] == [{"split": "train", "path": "short_long/*.parquet"}]
     assert "arXiv:2401.00368" in card and "fake-llm" in card
     assert f"| {result.report['planned']} | {result.report['accepted']} |" in card
-    assert "language = English" in card or "English" in card
+    english = sum(r["language"] == "English" for r in result.rows)
+    assert english and f"| English | {english} |" in card and "en" in front["language"]
     for config in CONFIG_NAMES:
         ds = datasets.load_dataset(str(folder), config, split="train", cache_dir=str(tmp_path / "cache" / config))
         assert ds.column_names == columns(config)

@@ -10,7 +10,7 @@ import httpx2
 import openai
 import pytest
 
-from e5_mistral.synthesis import runner as runner_module
+from e5_mistral.synthesis import planner as planner_module
 from e5_mistral.synthesis.journal import Journal, Request
 from e5_mistral.synthesis.online import EndpointError, OnlineBackend, make_http_client
 from e5_mistral.synthesis.runner import generate
@@ -203,8 +203,8 @@ def test_a_faulty_run_gives_the_same_report_over_both_transports(fake_openai, tm
 def test_the_example_plan_is_built_once_per_run(fake_openai, tmp_path, monkeypatch):
     fake_openai.responder = responder
     built = []
-    original = runner_module.example_request
-    monkeypatch.setattr(runner_module, "example_request", lambda *a, **k: built.append(a[1]) or original(*a, **k))
+    original = planner_module.example_request
+    monkeypatch.setattr(planner_module, "example_request", lambda *a, **k: built.append(a[1]) or original(*a, **k))
     report = generate(run_args(fake_openai, tmp_path / "out", num_examples=30, families=["short_long", "sts"])).report
     assert report["planned"] == 30 and report["complete"]
     assert sorted(built) == sorted(

@@ -173,7 +173,10 @@ def test_backend_batch_is_wired_to_the_batch_backend(fake_openai, tmp_path, monk
     class FakeBatchBackend:  # answers like the Batch API would, through the same journal
         def __init__(self, client, output_dir, completion_window="24h", poll_interval=30.0, wait=True):
             created.update(output_dir=output_dir, poll_interval=poll_interval, wait=wait)
-            self.running = 0
+            self.running, self.stopped_by_budget = 0, False  # the Backend interface
+
+        async def check_endpoint(self):
+            pass
 
         async def run(self, requests, journal):
             for request in requests:

@@ -194,3 +194,57 @@ def test_a_family_goes_on_with_the_tasks_of_its_answered_brainstorms(tmp_path):
         "accepted": family["accepted"],
         "rate": round(family["accepted"] / 80, 4),
     }
+
+
+def test_a_second_run_on_the_same_folder_stops_naming_the_first_and_a_killed_holder_is_taken_over(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from e5_mistral.errors import E5MistralError
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from e5_mistral.synthesis.lock import OutputLock; "
+            f"lock = OutputLock({str(tmp_path / 'out')!r}).__enter__(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with FakeOpenAIServer(responder=responder) as server:
+            args = run_args(server, tmp_path / "out", num_examples=4, families=["sts"])
+            with pytest.raises(E5MistralError, match=rf"in use by e5-mistral generate \(PID {holder.pid}\)"):
+                generate(args)
+            assert server.stats.requests == 0  # nothing was sent
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=10)
+            assert generate(args).report["planned"] == 4  # the dead holder's lock is taken over
+    finally:
+        holder.kill()
+        holder.stdout.close()
+
+
+def test_a_model_that_refuses_max_tokens_gets_max_completion_tokens(tmp_path):
+    with FakeOpenAIServer(responder=responder, structured="openai", refuse_max_tokens=True) as server:
+        args = run_args(server, tmp_path / "out", num_examples=6, families=["sts"], response_format="auto")
+        report = generate(args).report
+        assert server.stats.requests == 1 + 1 + 6  # the refused probe, the probe again, the plan
+    assert report["accepted"] + sum(report["rejected"].values()) == 6 and report["failed"] == 0
+    resolved = json.loads((tmp_path / "out" / "run_config.json").read_text())["response_format_resolved"]
+    assert resolved["max_tokens_param"] == "max_completion_tokens" and resolved["chosen"] == "json_schema"
+    plan = SynthesisRun(args).plan(Journal(tmp_path / "out" / "journal").latest())
+    bodies = [request.body() for family_plan in plan for request, _ in family_plan.examples]
+    assert len(bodies) == 6 and all("max_completion_tokens" in b and "max_tokens" not in b for b in bodies)
+
+
+def test_reasoning_models_are_sent_max_completion_tokens_by_name():
+    from e5_mistral.synthesis.config import SynthesisArguments
+
+    assert "max_completion_tokens" in SynthesisArguments(model="o3-mini", output="o").generation_params()
+    assert "max_tokens" in SynthesisArguments(model="gpt-4o-mini", output="o").generation_params()
+    explicit = SynthesisArguments(model="gpt-4o-mini", output="o", max_tokens_param="max_completion_tokens")
+    assert explicit.generation_params()["max_completion_tokens"] == 4096

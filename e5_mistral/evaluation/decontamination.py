@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from ..errors import E5MistralError, MissingFileError
 from ..families import all_output_keys
 
 
@@ -63,9 +65,9 @@ class TestIndex:
 
     def __init__(self, min_words: int = 5, ngram: int | None = None):
         if min_words < 1:
-            raise ValueError(f"min_words must be at least 1, got {min_words}")
+            raise E5MistralError(f"min_words must be at least 1, got {min_words}")
         if ngram is not None and ngram < 1:
-            raise ValueError(f"ngram must be at least 1, got {ngram}")
+            raise E5MistralError(f"ngram must be at least 1, got {ngram}")
         self.min_words, self.ngram = min_words, ngram
         self.tasks: list[str] = []
         self.sizes: dict[str, int] = {}
@@ -180,7 +182,7 @@ def _front_matter(readme: Path) -> dict:
     try:
         return yaml.safe_load(text.split("---", 2)[1]) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"{readme}: the YAML front matter does not parse ({err})") from None
+        raise E5MistralError(f"{readme}: the YAML front matter does not parse ({err})") from None
 
 
 def _config_files(folder: Path, config: dict) -> list[Path]:
@@ -194,7 +196,7 @@ def _config_files(folder: Path, config: dict) -> list[Path]:
             patterns.extend([paths] if isinstance(paths, str) else paths or [])
     files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
     if not files:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder}: config {config.get('config_name')!r} lists data files {patterns} that do not exist"
         )
     return files
@@ -210,7 +212,7 @@ def _read_rows(path: Path) -> list[dict]:
     if path.suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise ValueError(f"{path} must hold a JSON list of objects")
+            raise E5MistralError(f"{path} must hold a JSON list of objects")
         return data
     return read_jsonl(path)
 
@@ -221,7 +223,7 @@ def read_training_data(dataset: str | Path, configs: Sequence[str] | None = None
     files: list[DataFile] = []
     if path.is_file():
         if path.suffix not in DATA_SUFFIXES:
-            raise ValueError(f"{path}: expected a {', '.join(DATA_SUFFIXES)} file")
+            raise E5MistralError(f"{path}: expected a {', '.join(DATA_SUFFIXES)} file")
         files.append(DataFile("default", path, path.name))
     elif path.is_dir():
         meta = _front_matter(path / "README.md") if (path / "README.md").is_file() else {}
@@ -237,7 +239,7 @@ def read_training_data(dataset: str | Path, configs: Sequence[str] | None = None
                 rel = file.relative_to(path)
                 files.append(DataFile(rel.parts[0] if len(rel.parts) > 1 else "default", file, rel.as_posix()))
         if not files:
-            raise ValueError(
+            raise E5MistralError(
                 f"{path} holds no data files ({', '.join(DATA_SUFFIXES)}) or none of configs {list(configs or [])}"
             )
     else:
@@ -249,7 +251,7 @@ def read_training_data(dataset: str | Path, configs: Sequence[str] | None = None
                 for split, ds in datasets.load_dataset(str(dataset), name).items():
                     files.append(DataFile(name, None, f"{name}/{split}.parquet", ds.to_list()))
         except Exception as err:  # noqa: BLE001 - a missing path or unreachable Hub id: one clear line
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{dataset} is neither a local file/folder nor a loadable Hub dataset ({type(err).__name__}: {err})"
             ) from err
     for file in files:
@@ -329,7 +331,7 @@ def write_clean(
     output = Path(output)
     source = Path(dataset)
     if output.resolve() == source.resolve() or (source.is_dir() and source.resolve() in output.resolve().parents):
-        raise ValueError(f"--output {output} must not be the dataset itself or inside it")
+        raise E5MistralError(f"--output {output} must not be the dataset itself or inside it")
     tmp = output.with_name(output.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -364,6 +366,27 @@ def write_clean(
     return output
 
 
+def _row_key(row: dict) -> str:
+    """What identifies a row across configs: its request id (synthesis rows), else its whole content."""
+    return row.get("request_id") or json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def update_card_counts(readme: Path, remaining: dict[str, int], removed: dict[str, int], against: list[str]) -> None:
+    """Rewrite a dataset card's per-config row counts (the synthesis card's config table and title) and add a
+    section saying what was removed."""
+    text = readme.read_text(encoding="utf-8")
+    for config, rows in remaining.items():
+        text = re.sub(rf"^(\| `{re.escape(config)}` \| )\d+( \|)", rf"\g<1>{rows}\g<2>", text, flags=re.M)
+    if "all" in remaining:
+        text = re.sub(r"^(# .*\()\d+( examples\))", rf"\g<1>{remaining['all']}\g<2>", text, count=1, flags=re.M)
+    per_config = ", ".join(f"`{c}` {n}" for c, n in removed.items() if n) or "none"
+    text = text.rstrip("\n") + (
+        f"\n\n## Decontamination\n\nRows matching test texts of {', '.join(against)} were removed "
+        f"(`e5-mistral decontaminate --remove`): {per_config}.\n"
+    )
+    readme.write_text(text, encoding="utf-8")
+
+
 def report_table(report: dict) -> str:
     lines = ["| Task | test texts | matches | rows affected |", "|---|---:|---:|---:|"]
     for task, stats in report["tasks"].items():
@@ -388,7 +411,7 @@ def decontaminate(
     from .evaluate import resolve_tasks
 
     if remove and output is None:
-        raise ValueError("--remove needs --output DIR for the cleaned dataset")
+        raise E5MistralError("--remove needs --output DIR for the cleaned dataset")
     files = read_training_data(dataset, configs)
     index = TestIndex(min_words=min_words, ngram=ngram)
     for task in resolve_tasks(against, benchmarks_dir):
@@ -399,8 +422,21 @@ def decontaminate(
     report, flagged = find_contamination(files, index)
     report = {"dataset": str(dataset), "against": list(index.tasks), **report}
     if remove:
-        report["output"] = str(write_clean(dataset, files, flagged, output))
+        # The rows go from every config that holds them (the synthetic `all` repeats the families), not only
+        # from the configs that were checked.
+        every_file = read_training_data(dataset) if configs else files
+        dropped = {_row_key(f.rows[i]) for f in files for i in flagged.get(f.relative, ())}
+        flagged = {f.relative: {i for i, r in enumerate(f.rows) if _row_key(r) in dropped} for f in every_file}
+        report["output"] = str(write_clean(dataset, every_file, flagged, output))
         report["rows_removed"] = report["rows_affected"]
+        remaining: dict[str, int] = {}
+        removed: dict[str, int] = {}
+        for f in every_file:
+            remaining[f.config] = remaining.get(f.config, 0) + len(f.rows) - len(flagged[f.relative])
+            removed[f.config] = removed.get(f.config, 0) + len(flagged[f.relative])
+        report["rows_removed_per_config"] = removed
+        if (Path(output) / "README.md").is_file():
+            update_card_counts(Path(output) / "README.md", remaining, removed, list(index.tasks))
     if report_path is not None:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import E5MistralError, MissingFileError
 from .offline_tasks import CORPUS_SAMPLE_PER_QUERY, load_offline_task, pick_subsets
 from .prompts import model_prompts_for
 
@@ -36,9 +37,9 @@ def resolve_tasks(
     import mteb
 
     if not names:
-        raise ValueError("no task given (--tasks T1 T2 ...)")
+        raise E5MistralError("no task given (--tasks T1 T2 ...)")
     if benchmarks_dir is not None and not Path(benchmarks_dir).is_dir():
-        raise FileNotFoundError(f"--benchmarks-dir {benchmarks_dir} is not a folder")
+        raise MissingFileError(f"--benchmarks-dir {benchmarks_dir} is not a folder")
     tasks = []
     for name in dict.fromkeys(names):  # keep order, drop repeats
         folder = Path(benchmarks_dir) / name if benchmarks_dir is not None else None
@@ -53,7 +54,7 @@ def resolve_tasks(
             task = mteb.get_task(name)
         except KeyError:
             where = f"no folder {folder} and " if folder is not None else ""
-            raise ValueError(f"unknown task {name!r}: {where}no mteb task of that name") from None
+            raise E5MistralError(f"unknown task {name!r}: {where}no mteb task of that name") from None
         keep = pick_subsets(task.metadata.hf_subsets, subsets, f"mteb's {name}")
         if keep is not None:
             task = mteb.get_task(name, hf_subsets=keep)
@@ -87,12 +88,12 @@ def load_model(model: str, dtype: str = "auto", max_seq_length: int | None = Non
     from sentence_transformers import SentenceTransformer
 
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise E5MistralError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     model_kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
     try:
         st_model = SentenceTransformer(model, model_kwargs=model_kwargs)
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model/path: report it in one line
-        raise RuntimeError(f"could not load model {model!r}: {type(err).__name__}: {err}") from err
+        raise E5MistralError(f"could not load model {model!r}: {type(err).__name__}: {err}") from err
     if max_seq_length is not None:
         st_model.max_seq_length = max_seq_length
     return st_model
@@ -164,9 +165,9 @@ def evaluate(
 
     models = [models] if isinstance(models, str) else list(models)
     if not models:
-        raise ValueError("no model given")
+        raise E5MistralError("no model given")
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise E5MistralError(f"--batch-size must be at least 1, got {batch_size}")
     model_prompts_for([], instructions)  # validates the mode before any loading
     task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows, subsets, corpus_per_query)
     task_names = [t.metadata.name for t in task_objects]
@@ -218,7 +219,7 @@ def evaluate(
     (output_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
     print(table, flush=True)
     if failures:
-        raise RuntimeError(
+        raise E5MistralError(
             f"{len(failures)} evaluation(s) failed (the others are in {output_dir}): " + "; ".join(failures)
         )
     return summary if several else summary[labels[0]]

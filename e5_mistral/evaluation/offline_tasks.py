@@ -24,6 +24,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..errors import E5MistralError, MissingFileError
+
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +57,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+                raise E5MistralError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {number} is not a JSON object")
+                raise E5MistralError(f"{path}: line {number} is not a JSON object")
             rows.append(row)
     if not rows:
-        raise ValueError(f"{path} holds no rows")
+        raise E5MistralError(f"{path} holds no rows")
     return rows
 
 
@@ -71,7 +73,7 @@ def _first_fields(path: Path) -> set[str]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}: first line is not valid JSON ({err.msg})") from None
+                    raise E5MistralError(f"{path}: first line is not valid JSON ({err.msg})") from None
                 return set(row) if isinstance(row, dict) else set()
     return set()
 
@@ -107,7 +109,7 @@ def folder_task_type(folder: str | Path) -> str:
 def _layout(folder: Path) -> tuple[str, dict[str, Path]]:
     """(task type, {subset: folder}) for a task folder, looking one level down for subsets."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"no offline task folder {folder}")
+        raise MissingFileError(f"no offline task folder {folder}")
     task_type = detect_type(folder)
     if task_type is not None:
         return task_type, {"default": folder}
@@ -115,9 +117,9 @@ def _layout(folder: Path) -> tuple[str, dict[str, Path]]:
     types = {name: detect_type(sub) for name, sub in subsets.items()}
     found = {t for t in types.values() if t is not None}
     if not found:
-        raise ValueError(f"{folder} matches no task format; expected {EXPECTED}")
+        raise E5MistralError(f"{folder} matches no task format; expected {EXPECTED}")
     if len(found) > 1:
-        raise ValueError(f"{folder} mixes task formats in its sub-folders: {sorted(found)}")
+        raise E5MistralError(f"{folder} mixes task formats in its sub-folders: {sorted(found)}")
     return found.pop(), {name: sub for name, sub in subsets.items() if types[name] is not None}
 
 
@@ -133,7 +135,7 @@ def _require(rows: list[dict], fields: tuple[str, ...], path: Path) -> None:
     for number, row in enumerate(rows, 1):
         missing = [f for f in fields if row.get(f) is None]
         if missing:
-            raise ValueError(f"{path}: row {number} lacks field(s) {', '.join(missing)}")
+            raise E5MistralError(f"{path}: row {number} lacks field(s) {', '.join(missing)}")
 
 
 def _pairs(path: Path, columns: dict[str, str], value: str, max_rows: int | None, cast):
@@ -146,7 +148,7 @@ def _pairs(path: Path, columns: dict[str, str], value: str, max_rows: int | None
     try:
         return Dataset.from_dict({**data, "__value__": [cast(r[value]) for r in rows]})
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: field {value!r} must be a number ({err})") from None
+        raise E5MistralError(f"{path}: field {value!r} must be a number ({err})") from None
 
 
 def _load_retrieval(
@@ -156,23 +158,23 @@ def _load_retrieval(
 
     qrels_path = folder / "qrels" / f"{SPLIT}.tsv"
     if not qrels_path.is_file():
-        raise FileNotFoundError(f"{qrels_path} is missing (retrieval qrels of the {SPLIT} split)")
+        raise MissingFileError(f"{qrels_path} is missing (retrieval qrels of the {SPLIT} split)")
     relevant: dict[str, dict[str, int]] = {}
     with open(qrels_path, encoding="utf-8", newline="") as handle:
         for number, row in enumerate(csv.reader(handle, delimiter="\t"), 1):
             if not row or (number == 1 and row[0] == "query-id"):
                 continue
             if len(row) < 3:
-                raise ValueError(f"{qrels_path}: line {number} needs query-id, corpus-id and score")
+                raise E5MistralError(f"{qrels_path}: line {number} needs query-id, corpus-id and score")
             try:
                 relevant.setdefault(row[0], {})[row[1]] = int(float(row[2]))
             except ValueError:
-                raise ValueError(f"{qrels_path}: line {number} has a non-numeric score {row[2]!r}") from None
+                raise E5MistralError(f"{qrels_path}: line {number} has a non-numeric score {row[2]!r}") from None
     queries = read_jsonl(folder / "queries.jsonl")
     _require(queries, ("_id", "text"), folder / "queries.jsonl")
     queries = [q for q in queries if str(q["_id"]) in relevant]  # as mteb: queries without qrels are dropped
     if not queries:
-        raise ValueError(f"{folder}: no query of queries.jsonl has a judgement in {qrels_path}")
+        raise E5MistralError(f"{folder}: no query of queries.jsonl has a judgement in {qrels_path}")
     corpus = read_jsonl(folder / "corpus.jsonl")
     _require(corpus, ("_id", "text"), folder / "corpus.jsonl")
     if max_rows is not None and len(queries) > max_rows:
@@ -300,7 +302,7 @@ def pick_subsets(available: Sequence[str], subsets: Sequence[str] | None, where:
         return None
     missing = sorted(set(subsets) - set(available))
     if missing:
-        raise ValueError(f"{where}: no subset {', '.join(missing)} (it has {', '.join(sorted(available))})")
+        raise E5MistralError(f"{where}: no subset {', '.join(missing)} (it has {', '.join(sorted(available))})")
     return [s for s in available if s in set(subsets)]
 
 
@@ -322,9 +324,9 @@ def load_offline_task(
     folder = Path(folder)
     name = name or folder.name
     if max_rows is not None and max_rows < 1:
-        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        raise E5MistralError(f"max_rows must be at least 1, got {max_rows}")
     if corpus_per_query < 0:
-        raise ValueError(f"corpus_per_query must be at least 0, got {corpus_per_query}")
+        raise E5MistralError(f"corpus_per_query must be at least 0, got {corpus_per_query}")
     task_type, subset_dirs = _layout(folder)
 
     data: dict[str, Any] = {}
@@ -349,7 +351,7 @@ def load_offline_task(
             path = sub / "test.jsonl"
             ds = _pairs(path, {"sentence1": "sentence1", "sentence2": "sentence2"}, "label", max_rows, int)
             if set(ds["__value__"]) - {0, 1}:
-                raise ValueError(f"{path}: pair-classification labels must be 0 or 1")
+                raise E5MistralError(f"{path}: pair-classification labels must be 0 or 1")
             data[subset] = DatasetDict({SPLIT: ds.rename_column("__value__", "labels")})
 
     keep = pick_subsets(list(data), subsets, folder)
@@ -365,11 +367,11 @@ def load_offline_task(
         known = task.metadata.hf_subsets
         unknown = sorted(set(data) - set(known))
         if unknown and data.keys() != {"default"}:
-            raise ValueError(
+            raise E5MistralError(
                 f"{folder}: subset(s) {', '.join(unknown)} are not subsets of mteb's {name} ({', '.join(known)})"
             )
         if data.keys() == {"default"} and known != ["default"]:
-            raise ValueError(
+            raise E5MistralError(
                 f"{folder}: mteb's {name} has subsets {', '.join(known)}; put each in a sub-folder of that name"
             )
         task.filter_eval_splits([SPLIT])

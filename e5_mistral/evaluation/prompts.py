@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import E5MistralError
 from ..instructions import BITEXT_TASK, STS_TASK, evaluation_instruction, query_prompt
 
 
@@ -43,6 +44,18 @@ def task_instruction(task_name: str, task_type: str, model_prompts: dict[str, st
     return DEFAULT_INSTRUCTIONS.get(task_type, GENERIC_INSTRUCTION), "default"
 
 
+def task_prompts(task_name: str, task_type: str, prefix: str) -> dict[str, str]:
+    """The prompts that make stock mteb encode one task as the paper does, keyed as mteb looks them up.
+
+    mteb tries ``{task}-{query|document}`` first, then ``{task}``: a retrieval task gets its instruction under
+    ``{task}-query`` and an explicitly bare ``{task}-document``; every other type gets it under ``{task}``, for
+    every input.
+    """
+    if task_type in QUERY_ONLY_TYPES:
+        return {f"{task_name}-query": prefix, f"{task_name}-document": ""}
+    return {task_name: prefix}
+
+
 def model_prompts_for(tasks, mode: str, model_prompts: dict[str, str] | None = None) -> dict[str, str]:
     """mteb ``model_prompts`` giving every task an explicit prompt for every input ('' where none applies).
 
@@ -50,7 +63,7 @@ def model_prompts_for(tasks, mode: str, model_prompts: dict[str, str] | None = N
     A prompt found in ``model_prompts`` under the task's name is used as is (it is already a full prefix).
     """
     if mode not in MODES:
-        raise ValueError(f"--instructions must be one of {', '.join(MODES)}, got {mode!r}")
+        raise E5MistralError(f"--instructions must be one of {', '.join(MODES)}, got {mode!r}")
     prompts: dict[str, str] = {}
     for task in tasks:
         name, task_type = task.metadata.name, task.metadata.type
@@ -67,9 +80,8 @@ def model_prompts_for(tasks, mode: str, model_prompts: dict[str, str] | None = N
                 logger.warning(
                     "%s is not in the paper's instruction table: using the model's own prompt %r", name, prefix
                 )
-        document = "" if task_type in QUERY_ONLY_TYPES else prefix
-        prompts[f"{name}-query"] = prefix
-        prompts[f"{name}-document"] = document
-        # Symmetric evaluators encode with no prompt type: mteb then looks the task name up alone.
-        prompts[name] = document
+        # Explicit keys for every prompt type, so a model's own prompts never apply; symmetric evaluators encode
+        # with no prompt type, and mteb then looks the task name up alone.
+        document = task_prompts(name, task_type, prefix).get(f"{name}-document", prefix)
+        prompts.update({f"{name}-query": prefix, f"{name}-document": document, name: document})
     return prompts

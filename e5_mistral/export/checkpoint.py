@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from ..errors import E5MistralError, MissingFileError
+from ..run_metadata import RUN_CONFIG_NAME, RunMetadata
 
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG_NAME = "e5_mistral_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 MODEL_FILES = (
     "model.safetensors",
@@ -28,49 +29,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 @dataclass
-class RunConfig:
-    """What ``e5_mistral_config.json`` says about the run (defaults when a key or the file is missing)."""
-
-    base_model_name_or_path: str | None = None
-    pooling: str = "lasttoken"
-    normalize: bool = True
-    append_eos: bool = True
-    max_seq_length: int = 512
-    query_max_length: int | None = None
-    temperature: float | None = None
-    lora: dict[str, Any] | None = None
-    datasets: list[dict[str, Any]] = field(default_factory=list)
-    training: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_file(cls, path: Path | None) -> "RunConfig":
-        if path is None:
-            return cls()
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path} must hold a JSON object, not {type(raw).__name__}")
-        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and v is not None}
-        config = cls(**known)
-        if config.pooling not in ("lasttoken", "mean", "cls"):
-            raise ValueError(f"{path}: field 'pooling' is {config.pooling!r}; expected lasttoken, mean or cls")
-        if not isinstance(config.max_seq_length, int) or config.max_seq_length < 2:
-            raise ValueError(f"{path}: field 'max_seq_length' must be an integer >= 2, got {config.max_seq_length!r}")
-        if not isinstance(config.datasets, list):
-            raise ValueError(f"{path}: field 'datasets' must be a list")
-        return config
-
-
-@dataclass
 class Checkpoint:
     """A resolved checkpoint folder: where the weights, tokenizer and run config are."""
 
     path: Path
     is_adapter: bool
-    run_config: RunConfig
+    run_config: RunMetadata
     run_config_path: Path | None
     tokenizer_path: Path | None  # None: no tokenizer files anywhere (reported when the tokenizer is loaded)
     base_model: str | None  # the base of an adapter (None for a full model)
@@ -91,23 +55,23 @@ def resolve_checkpoint(path: str | Path) -> Checkpoint:
     """Locate weights, tokenizer and ``e5_mistral_config.json`` for ``path`` (a run folder or ``checkpoint-N``)."""
     folder = Path(path).expanduser()
     if not folder.exists():
-        raise FileNotFoundError(f"checkpoint path {folder} does not exist")
+        raise MissingFileError(f"checkpoint path {folder} does not exist")
     if not folder.is_dir():
-        raise NotADirectoryError(f"checkpoint path {folder} is not a directory")
+        raise E5MistralError(f"checkpoint path {folder} is not a directory")
     is_adapter = (folder / ADAPTER_CONFIG).is_file()
     if not is_adapter and not (folder / "config.json").is_file():
         latest = _latest_checkpoint(folder)
         if latest is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{folder} holds neither a PEFT adapter ({ADAPTER_CONFIG}) nor a model (config.json), "
                 "nor any checkpoint-N folder"
             )
         logger.info("%s has no final model; exporting its latest checkpoint %s", folder, latest.name)
         return resolve_checkpoint(latest)
     if is_adapter and not _has_any(folder, ADAPTER_FILES):
-        raise FileNotFoundError(f"{folder} has {ADAPTER_CONFIG} but no adapter weights ({' or '.join(ADAPTER_FILES)})")
+        raise MissingFileError(f"{folder} has {ADAPTER_CONFIG} but no adapter weights ({' or '.join(ADAPTER_FILES)})")
     if not is_adapter and not _has_any(folder, MODEL_FILES):
-        raise FileNotFoundError(f"{folder} has config.json but no model weights ({', '.join(MODEL_FILES)})")
+        raise MissingFileError(f"{folder} has config.json but no model weights ({', '.join(MODEL_FILES)})")
 
     # A Trainer checkpoint-N folder may lack the run config and tokenizer; the run folder above it has them.
     search = [folder, folder.parent] if folder.name.startswith("checkpoint-") else [folder]
@@ -118,14 +82,14 @@ def resolve_checkpoint(path: str | Path) -> Checkpoint:
             RUN_CONFIG_NAME,
             folder,
         )
-    run_config = RunConfig.from_file(run_config_path)
+    run_config = RunMetadata.from_file(run_config_path)
 
     base_model = None
     if is_adapter:
         adapter_config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
         base_model = adapter_config.get("base_model_name_or_path") or run_config.base_model_name_or_path
         if not base_model:
-            raise ValueError(f"{folder / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path)")
+            raise E5MistralError(f"{folder / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path)")
     tokenizer_path = next((d for d in search if _has_any(d, TOKENIZER_FILES)), None)
     fallback = base_model or run_config.base_model_name_or_path
     if tokenizer_path is None and fallback:
@@ -139,12 +103,14 @@ def _check_architecture(config, where: str) -> None:
 
     architecture = ", ".join(config.architectures or []) or config.model_type
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(
+        raise E5MistralError(
             f"unsupported architecture {architecture} in {where}: encoder-decoder models cannot be exported as a "
             "last-token embedder (use a decoder-only backbone such as Mistral, Llama or Qwen)"
         )
     if type(config) not in MODEL_MAPPING:
-        raise ValueError(f"unsupported architecture {architecture} in {where}: transformers' AutoModel cannot load it")
+        raise E5MistralError(
+            f"unsupported architecture {architecture} in {where}: transformers' AutoModel cannot load it"
+        )
 
 
 def load_config(name_or_path: str | Path, where: str):
@@ -159,11 +125,11 @@ def load_config(name_or_path: str | Path, where: str):
         if config_file.is_file():
             raw = json.loads(config_file.read_text(encoding="utf-8"))
         architecture = ", ".join(raw.get("architectures") or []) or raw.get("model_type") or "unknown"
-        raise ValueError(
+        raise E5MistralError(
             f"unsupported architecture {architecture} in {where}: {' '.join(str(err).split())[:300]}"
         ) from err
     except OSError as err:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"cannot load the model config from {name_or_path} ({where}): {' '.join(str(err).split())[:300]}"
         ) from err
     _check_architecture(config, where)
@@ -192,7 +158,7 @@ def load_backbone(checkpoint: Checkpoint):
         try:
             peft_model = PeftModel.from_pretrained(base, str(checkpoint.path))
         except (ValueError, KeyError, RuntimeError) as err:
-            raise ValueError(
+            raise E5MistralError(
                 f"cannot apply the adapter in {checkpoint.path} to {checkpoint.base_model}: {' '.join(str(err).split())[:300]}"
             ) from err
         model = peft_model.merge_and_unload()

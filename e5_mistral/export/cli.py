@@ -17,6 +17,7 @@ DESCRIPTION = (
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral export") -> int:
     from ..cli import CommandParser, fail, run
+    from ..errors import E5MistralError
 
     parser = CommandParser([ExportArguments], prog=prog, description=DESCRIPTION)
     # The two folders are positional (as in the issue); --checkpoint_dir/--output_dir work too.
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral export") -> 
     parser.add_argument("output", nargs="?", metavar="OUTPUT_DIR", help="same as --output_dir")
     try:
         args, positionals = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-    except ValueError as err:  # raised by ExportArguments.__post_init__
+    except E5MistralError as err:  # raised by ExportArguments.__post_init__
         return fail(prog, err, code=2)
     args.checkpoint_dir = args.checkpoint_dir or positionals.checkpoint
     args.output_dir = args.output_dir or positionals.output

@@ -15,6 +15,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import E5MistralError
+
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def default_affixes(tokenizer) -> SpecialAffixes:
     for start in range(len(with_specials) - len(bare) + 1):
         if with_specials[start : start + len(bare)] == bare:
             return SpecialAffixes(tuple(with_specials[:start]), tuple(with_specials[start + len(bare) :]))
-    raise ValueError(
+    raise E5MistralError(
         f"cannot locate the text inside the tokenizer's default encoding ({with_specials} vs {bare}); "
         "its post-processor does more than add special tokens, which the export does not support"
     )
@@ -50,7 +52,7 @@ def contract_affixes(tokenizer, append_eos: bool = True) -> SpecialAffixes:
         return affixes
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the checkpoint's tokenizer has no eos_token, but the run appended EOS to every text")
+        raise E5MistralError("the checkpoint's tokenizer has no eos_token, but the run appended EOS to every text")
     # The collator drops an EOS the tokenizer added itself before appending its own: exactly one EOS at the end.
     suffix = affixes.suffix[:-1] if affixes.suffix[-1:] == (eos,) else affixes.suffix
     return SpecialAffixes(affixes.prefix, suffix + (eos,))
@@ -61,7 +63,7 @@ def bake_eos_contract(tokenizer, append_eos: bool = True) -> SpecialAffixes:
     from tokenizers import processors
 
     if not getattr(tokenizer, "is_fast", False) or not hasattr(tokenizer, "backend_tokenizer"):
-        raise ValueError(f"the export needs a fast (tokenizers) tokenizer; got {type(tokenizer).__name__}")
+        raise E5MistralError(f"the export needs a fast (tokenizers) tokenizer; got {type(tokenizer).__name__}")
     affixes = contract_affixes(tokenizer, append_eos)
     ids = set(affixes.prefix + affixes.suffix)
     tokens = {i: tokenizer.convert_ids_to_tokens(i) for i in ids}

@@ -16,7 +16,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..instructions import EVALUATION_INSTRUCTIONS, query_prompt
+from ..errors import E5MistralError, MissingFileError
+from ..evaluation.prompts import task_prompts
+from ..instructions import EVALUATION_INSTRUCTIONS, EVALUATION_TASK_TYPES, query_prompt
+from ..pooling import ensure_pad_token
 from .checkpoint import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
@@ -76,26 +79,47 @@ class ExportArguments:
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise E5MistralError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.max_seq_length is not None and self.max_seq_length < 2:
-            raise ValueError(f"--max-seq-length must be at least 2 (text + EOS), got {self.max_seq_length}")
+            raise E5MistralError(f"--max-seq-length must be at least 2 (text + EOS), got {self.max_seq_length}")
         if self.private and not self.push_to_hub:
-            raise ValueError("--private only applies together with --push-to-hub REPO")
+            raise E5MistralError("--private only applies together with --push-to-hub REPO")
         query_prompt(self.query_instruction)  # rejects an empty instruction early
 
 
+MTEB_REVISIONS = (".v2", ".v3")
+
+
+def mteb_task_names(name: str) -> list[str]:
+    """``name`` and the revisions of it that the installed mteb registers (``Banking77Classification.v2``)."""
+    from mteb import get_task
+
+    names = [name]
+    for suffix in MTEB_REVISIONS:
+        try:
+            get_task(name + suffix)
+        except KeyError:
+            continue
+        names.append(name + suffix)
+    return names
+
+
 def build_prompts(query_instruction: str) -> dict[str, str]:
-    """``query`` plus one prompt per MTEB task of the paper's evaluation table, all ``Instruct: ...\\nQuery: ``."""
-    prompts = {"query": query_prompt(query_instruction)}
-    prompts.update({name: query_prompt(instruction) for name, instruction in EVALUATION_INSTRUCTIONS.items()})
+    """The prompts that make sentence-transformers and stock mteb encode as the paper does, with no help from this
+    package: ``query`` (``encode_query``), a bare ``document`` (``encode_document``), and for every MTEB task of the
+    paper's evaluation table (and its mteb 2 revisions) the keys mteb looks up (see ``task_prompts``)."""
+    prompts = {"query": query_prompt(query_instruction), "document": ""}
+    for name, instruction in EVALUATION_INSTRUCTIONS.items():
+        for task_name in mteb_task_names(name):
+            prompts.update(task_prompts(task_name, EVALUATION_TASK_TYPES[name], query_prompt(instruction)))
     return prompts
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.is_file():
-        raise NotADirectoryError(f"output path {output_dir} is a file")
+        raise E5MistralError(f"output path {output_dir} is a file")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ValueError(f"output directory {output_dir} is not empty; pass --overwrite to replace it")
+        raise E5MistralError(f"output directory {output_dir} is not empty; pass --overwrite to replace it")
 
 
 def _load_tokenizer(path: Path):
@@ -104,7 +128,7 @@ def _load_tokenizer(path: Path):
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"cannot load the tokenizer from {path}: {' '.join(str(err).split())[:300]}") from err
+        raise MissingFileError(f"cannot load the tokenizer from {path}: {' '.join(str(err).split())[:300]}") from err
 
 
 def export_checkpoint(args: ExportArguments) -> Path:
@@ -117,7 +141,7 @@ def export_checkpoint(args: ExportArguments) -> Path:
     from .model_card import load_eval_results, render_model_card
 
     if not args.checkpoint_dir or not args.output_dir:
-        raise ValueError("both CHECKPOINT_DIR and OUTPUT_DIR are required")
+        raise E5MistralError("both CHECKPOINT_DIR and OUTPUT_DIR are required")
     checkpoint = resolve_checkpoint(args.checkpoint_dir)
     run = checkpoint.run_config
     output_dir = Path(args.output_dir).expanduser().resolve()
@@ -128,11 +152,9 @@ def export_checkpoint(args: ExportArguments) -> Path:
     check_architecture(checkpoint)
 
     if checkpoint.tokenizer_path is None:
-        raise FileNotFoundError(f"no tokenizer files in {checkpoint.path} and no base model to take them from")
+        raise MissingFileError(f"no tokenizer files in {checkpoint.path} and no base model to take them from")
     tokenizer = _load_tokenizer(checkpoint.tokenizer_path)
-    if tokenizer.pad_token is None:
-        # Padding is masked out everywhere (never derived from ids), so any existing token works; prefer UNK.
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     affixes = bake_eos_contract(tokenizer, append_eos=run.append_eos)
     tokenizer.model_max_length = max_seq_length
 
@@ -143,6 +165,7 @@ def export_checkpoint(args: ExportArguments) -> Path:
     model = model.to(torch_dtype)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    prompts = build_prompts(args.query_instruction)
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.partial-"))
     backbone_dir = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.backbone-"))
     try:
@@ -165,7 +188,7 @@ def export_checkpoint(args: ExportArguments) -> Path:
         st_model = SentenceTransformer(
             modules=modules,
             device="cpu",
-            prompts=build_prompts(args.query_instruction),
+            prompts=prompts,
             default_prompt_name=None,
             similarity_fn_name="cosine",
         )
@@ -180,14 +203,14 @@ def export_checkpoint(args: ExportArguments) -> Path:
             shutil.copy2(checkpoint.run_config_path, staging / RUN_CONFIG_NAME)
         if args.keep_adapter:
             if not checkpoint.is_adapter:
-                raise ValueError(f"--keep-adapter: {checkpoint.path} is a full fine-tune, it has no adapter")
+                raise E5MistralError(f"--keep-adapter: {checkpoint.path} is a full fine-tune, it has no adapter")
             (staging / "adapter").mkdir()
             for name in (ADAPTER_CONFIG, *ADAPTER_FILES):
                 if (checkpoint.path / name).is_file():
                     shutil.copy2(checkpoint.path / name, staging / "adapter" / name)
 
         repo_id = args.push_to_hub or str(output_dir)
-        prompt_names = [name for name in EVALUATION_INSTRUCTIONS]
+        prompt_names = [name for name in EVALUATION_INSTRUCTIONS if name in prompts]  # the symmetric tasks
         special = [tokenizer.convert_ids_to_tokens(i) for i in affixes.prefix] + ["$TEXT"]
         special += [tokenizer.convert_ids_to_tokens(i) for i in affixes.suffix]
         card = render_model_card(
@@ -234,7 +257,7 @@ def _verify_tokenizer(folder: Path, tokenizer, affixes) -> None:
     reloaded = AutoTokenizer.from_pretrained(str(folder))
     got = default_affixes(reloaded)
     if got != affixes:
-        raise RuntimeError(
+        raise E5MistralError(
             f"the exported tokenizer adds {got} instead of {affixes}; this transformers version rewrote the "
             "post-processor on load, please report it"
         )

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..errors import E5MistralError
+
 
 logger = logging.getLogger(__name__)
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
-    """Create ``repo_id`` if needed and upload ``folder``; return the repo URL. Failures raise RuntimeError."""
+    """Create ``repo_id`` if needed and upload ``folder``; return the repo URL. Failures raise E5MistralError."""
     from huggingface_hub import HfApi
     from huggingface_hub.utils import get_token
 
@@ -34,7 +36,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_
         token = get_token()
         if token:
             message = message.replace(token, "***")
-        raise RuntimeError(
+        raise E5MistralError(
             f"upload to the Hub repo {repo_id} failed ({type(err).__name__}: {message}); "
             f"the local export in {folder} is complete; upload it later with: hf upload {repo_id} {folder}"
         ) from err

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..errors import E5MistralError, MissingFileError
+from ..resources import resource
 
 
 logger = logging.getLogger(__name__)
@@ -40,17 +42,8 @@ HYPERPARAMETER_KEYS = (
 
 
 def template_path() -> Path:
-    """The card template: shipped next to the package, installed under ``share/e5-mistral``, or the repo root."""
-    package_dir = Path(__file__).resolve().parents[1]
-    candidates = [
-        package_dir / TEMPLATE_NAME,
-        Path(sys.prefix) / "share" / "e5-mistral" / TEMPLATE_NAME,
-        package_dir.parent / TEMPLATE_NAME,
-    ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{TEMPLATE_NAME} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+    """The card template: the wheel's bundled copy, else the repository's ``model_card_template.md``."""
+    return resource(TEMPLATE_NAME)
 
 
 @dataclass
@@ -68,18 +61,18 @@ def load_eval_results(path: str | Path) -> tuple[list[EvalScore], Path]:
     if path.is_dir():
         path = path / SUMMARY_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"evaluation results {path} not found (pass a summary.json or the folder holding it)")
+        raise MissingFileError(f"evaluation results {path} not found (pass a summary.json or the folder holding it)")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise E5MistralError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{path} must be a non-empty JSON object mapping task name to main score")
+        raise E5MistralError(f"{path} must be a non-empty JSON object mapping task name to main score")
     nested = [v for v in raw.values() if isinstance(v, dict) and "main_score" not in v]
     if nested and len(nested) == len(raw):
         # The evaluation stage's several-model shape {model: {task: score}}: only one model can go in a card.
         if len(raw) > 1:
-            raise ValueError(
+            raise E5MistralError(
                 f"{path} holds results of several models ({', '.join(raw)}); pass a single model's summary.json"
             )
         raw = nested[0]
@@ -93,7 +86,7 @@ def load_eval_results(path: str | Path) -> tuple[list[EvalScore], Path]:
             or not math.isfinite(score)
             or not 0 <= score <= 1
         ):
-            raise ValueError(f"{path}: task {task!r} has main score {score!r}; expected a number in 0-1")
+            raise E5MistralError(f"{path}: task {task!r} has main score {score!r}; expected a number in 0-1")
         scores.append(EvalScore(task=str(task), score=float(score)))
     _add_task_metadata(scores)
     return scores, path
@@ -121,7 +114,7 @@ def dataset_entries(datasets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     entries = []
     for item in datasets:
         if not isinstance(item, dict) or not item.get("path"):
-            raise ValueError(f"e5_mistral_config.json: every 'datasets' entry needs a 'path'; got {item!r}")
+            raise E5MistralError(f"e5_mistral_config.json: every 'datasets' entry needs a 'path'; got {item!r}")
         entry = dict(item, local=False, pretty_name=None, card_summary=None, languages=None)
         readme = Path(str(item["path"])).expanduser() / "README.md"
         if readme.is_file():

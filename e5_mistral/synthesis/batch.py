@@ -15,19 +15,23 @@ journals such a results file.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import E5MistralError, MissingFileError
 from .journal import STATUS_FAILED, STATUS_OK, Journal, Request, make_record
 
 
 logger = logging.getLogger(__name__)
+# Batches that cannot stand for a submission: a rerun creates a new one instead of adopting them.
+ADOPTABLE_NOT = ("failed", "expired", "cancelled", "cancelling")
 
-BATCH_PRICE_FACTOR = 0.5  # the Batch API bills half the online price
 MAX_LINES = 50_000  # requests per batch file (OpenAI limit)
 MAX_BYTES = 200 * 1000 * 1000  # bytes per batch file: "200 MB", counted in decimal to stay under either reading
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -49,14 +53,14 @@ def split_batch_lines(
 ) -> list[list[tuple[str, bytes]]]:
     """Group the requests' lines, in order, into chunks of at most ``max_lines`` lines and ``max_bytes`` bytes."""
     if max_lines < 1 or max_bytes < 1:
-        raise ValueError(f"batch file limits must be positive (max_lines={max_lines}, max_bytes={max_bytes})")
+        raise E5MistralError(f"batch file limits must be positive (max_lines={max_lines}, max_bytes={max_bytes})")
     chunks: list[list[tuple[str, bytes]]] = []
     current: list[tuple[str, bytes]] = []
     size = 0
     for request in requests:
         line = batch_line(request, url)
         if len(line) > max_bytes:
-            raise ValueError(
+            raise E5MistralError(
                 f"request {request.request_id} is {len(line)} bytes as a batch line, over the {max_bytes}-byte file limit"
             )
         if current and (len(current) >= max_lines or size + len(line) > max_bytes):
@@ -104,7 +108,7 @@ def parse_result_line(line: dict) -> BatchResult:
     """Read one output/error line as written by the OpenAI Batch API or ``vllm run-batch``."""
     custom_id = line.get("custom_id")
     if not isinstance(custom_id, str):
-        raise ValueError("no custom_id")
+        raise E5MistralError("no custom_id")
     response = line.get("response") or {}
     error = line.get("error")
     status_code = response.get("status_code")
@@ -146,11 +150,16 @@ def _error_text(error, status_code, body) -> str:
     return "; ".join(p for p in parts if p) or "the batch line has neither an answer nor an error"
 
 
-def read_results(text: str, source: str) -> dict[str, BatchResult]:
+_CUSTOM_ID = re.compile(r'"custom_id"\s*:\s*"([^"\\]+)"')
+
+
+def read_results(text: str, source: str, strict: bool = True) -> dict[str, BatchResult]:
     """Parse a whole output/error file; an ``ok`` line wins over a failure for the same custom_id.
 
-    A malformed line raises ``ValueError`` naming ``source`` and the line number, except a last line without
-    its newline (a run killed while writing), which is skipped.
+    A last line without its newline (a run killed while writing) is skipped. Any other malformed line raises an
+    error naming ``source`` and the line number when ``strict`` (a file the user imports); otherwise (a file
+    downloaded from the Batch API) it becomes a failed result for the custom_id it names, so the rest of the batch
+    is still collected and that one request is asked again.
     """
     results: dict[str, BatchResult] = {}
     lines = text.split("\n")
@@ -163,7 +172,12 @@ def read_results(text: str, source: str) -> dict[str, BatchResult]:
             if number == len(lines):  # no trailing newline: cut short by a kill
                 logger.warning("%s: skipping the unfinished last line %d", source, number)
                 continue
-            raise ValueError(f"{source}: line {number} is not a batch result line ({err})") from None
+            message = f"{source}: line {number} is not a batch result line ({err})"
+            if strict:
+                raise E5MistralError(message) from None
+            logger.warning(message)
+            named = _CUSTOM_ID.search(raw)
+            result = BatchResult(named.group(1) if named else f"<line {number}>", False, error=message)
         previous = results.get(result.custom_id)
         if previous is None or not previous.ok:
             results[result.custom_id] = result
@@ -208,7 +222,7 @@ def import_results(path: str | os.PathLike, requests: list[Request], journal: Jo
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"batch results file {path} does not exist")
+        raise MissingFileError(f"batch results file {path} does not exist")
     results = read_results(path.read_text(encoding="utf-8"), str(path))
     by_id = {request.request_id: request for request in requests}
     counts = journal_results(results, by_id, journal, journal.done_ids())
@@ -253,6 +267,7 @@ class BatchBackend:
         self.max_lines = max_lines
         self.max_bytes = max_bytes
         self.running = 0  # batches left unfinished by the last run()
+        self.stopped_by_budget = False  # the Backend interface: a batch is bounded before it is submitted
 
     @property
     def endpoint(self) -> str:
@@ -268,9 +283,9 @@ class BatchBackend:
         try:
             state = json.loads(self.state_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{self.state_path} is not valid JSON ({err}); fix or remove it") from None
+            raise E5MistralError(f"{self.state_path} is not valid JSON ({err}); fix or remove it") from None
         if not isinstance(state, dict) or not isinstance(state.get("batches"), list):
-            raise ValueError(f"{self.state_path} has no 'batches' list; fix or remove it")
+            raise E5MistralError(f"{self.state_path} has no 'batches' list; fix or remove it")
         return state
 
     def save_state(self, state: dict) -> None:
@@ -278,6 +293,11 @@ class BatchBackend:
         _atomic_write(self.state_path, (json.dumps(state, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
     # -- run ------------------------------------------------------------------------------------------
+    async def check_endpoint(self) -> None:
+        from .online import check_reachable
+
+        await check_reachable(self.client, str(self.client.base_url))
+
     async def run(self, requests: list[Request], journal: Journal) -> None:
         by_id = {request.request_id: request for request in requests}
         state = self.load_state()
@@ -310,7 +330,7 @@ class BatchBackend:
                 continue
             local = self.directory / f"output-{entry['batch_id']}.jsonl"
             if local.is_file():
-                results = read_results(local.read_text(encoding="utf-8"), str(local))
+                results = read_results(local.read_text(encoding="utf-8"), str(local), strict=False)
                 ok = {cid: r for cid, r in results.items() if r.ok and cid in wanted}
                 journal_results(ok, wanted, journal, done)
 
@@ -348,14 +368,31 @@ class BatchBackend:
                 entry["file_id"], entry["status"] = uploaded.id, "uploaded"
                 self.save_state(state)
             if entry["batch_id"] is None:
-                batch = await self.client.batches.create(
-                    input_file_id=entry["file_id"],
-                    endpoint=self.endpoint,
-                    completion_window=self.completion_window,
-                    metadata={"e5_mistral_file": entry["file"]},
-                )
+                digest = entry.setdefault("sha256", _file_sha256(self.directory / entry["file"]))
+                # a run killed between create returning and the state being saved: adopt that batch, never pay twice
+                known = {e["batch_id"] for e in state["batches"] if e["batch_id"]}
+                batch = await self._created_before(digest, known)
+                if batch is None:
+                    batch = await self.client.batches.create(
+                        input_file_id=entry["file_id"],
+                        endpoint=self.endpoint,
+                        completion_window=self.completion_window,
+                        metadata={"e5_mistral_file": entry["file"], "e5_mistral_sha256": digest},
+                    )
+                else:
+                    logger.warning("adopting batch %s, created for %s by an earlier run", batch.id, entry["file"])
                 entry["batch_id"], entry["status"] = batch.id, batch.status
                 self.save_state(state)
+
+    async def _created_before(self, digest: str, known: set[str]):
+        """A batch created for a file with these bytes, unknown to the state and not finished badly, or None (its
+        metadata carries the sha256 of the file; every page of the account's batches is looked at)."""
+        async for batch in self.client.batches.list(limit=100):
+            if batch.id in known or batch.status in ADOPTABLE_NOT:
+                continue
+            if (batch.metadata or {}).get("e5_mistral_sha256") == digest:
+                return batch
+        return None
 
     async def _poll_once(self, state: dict, entries: list[dict], by_id: dict[str, Request], journal: Journal) -> None:
         for entry in entries:
@@ -379,7 +416,7 @@ class BatchBackend:
             text = (await self.client.files.content(file_id)).text
             local = self.directory / f"{kind}-{batch.id}.jsonl"  # kept for debugging and re-import
             _atomic_write(local, text.encode("utf-8"))
-            results.update(read_results(text, f"{kind} file {file_id} of batch {batch.id}"))
+            results.update(read_results(text, f"{kind} file {file_id} of batch {batch.id}", strict=False))
         wanted = {cid: by_id[cid] for cid in entry["custom_ids"] if cid in by_id}
         done = journal.done_ids()
         counts = journal_results({cid: r for cid, r in results.items() if cid in wanted}, wanted, journal, done)
@@ -402,6 +439,10 @@ class BatchBackend:
             counts["failed"],
             len(unanswered),
         )
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _batch_errors(batch) -> str:

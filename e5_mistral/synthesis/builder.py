@@ -21,6 +21,7 @@ from typing import Optional
 import datasets
 from datasets.builder import Key
 
+from ..errors import E5MistralError
 from .config import SynthesisArguments
 from .schema import ALL_CONFIG, CONFIG_NAMES, conform, features
 
@@ -53,7 +54,7 @@ class SyntheticEmbeddingDataConfig(datasets.BuilderConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.name not in CONFIG_NAMES:
-            raise ValueError(f"unknown config {self.name!r}; choose from {', '.join(CONFIG_NAMES)}")
+            raise E5MistralError(f"unknown config {self.name!r}; choose from {', '.join(CONFIG_NAMES)}")
 
 
 class SyntheticEmbeddingData(datasets.GeneratorBasedBuilder):
@@ -70,7 +71,7 @@ class SyntheticEmbeddingData(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         if self.config.synthesis is None:
-            raise ValueError(
+            raise E5MistralError(
                 "SyntheticEmbeddingData needs synthesis=SynthesisArguments(...) (model, output, endpoint)"
             )
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"synthesis": self.config.synthesis})]

@@ -40,12 +40,13 @@ def _generate(args) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral generate") -> int:
     from ..cli import CommandParser, fail, run
+    from ..errors import E5MistralError
     from .config import SynthesisArguments
 
     parser = CommandParser([SynthesisArguments], prog=prog, description=DESCRIPTION)
     try:
         (args,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-    except ValueError as err:  # raised by SynthesisArguments.__post_init__
+    except E5MistralError as err:  # raised by SynthesisArguments.__post_init__
         return fail(prog, err, code=2)
     logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(message)s")
     return run(prog, _generate, args)

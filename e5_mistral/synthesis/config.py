@@ -5,13 +5,20 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 from urllib.parse import urlparse
 
+from ..errors import E5MistralError
 from .plan import BRAINSTORM_REASKS
 from .structured import RESPONSE_FORMATS
 from .templates import FAMILIES
+
+
+MAX_TOKENS_PARAMS = ("auto", "max_tokens", "max_completion_tokens")
+# OpenAI's reasoning models answer 400 to max_tokens and take max_completion_tokens.
+REASONING_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
 
 
 def _help(text: str, **kwargs):
@@ -77,6 +84,11 @@ class SynthesisArguments:
     temperature: float = _help("sampling temperature (paper: 1.0)", default=1.0)
     top_p: float = _help("nucleus sampling top_p (paper: 1.0)", default=1.0)
     max_tokens: int = _help("max completion tokens per request; a cut answer is rejected as `truncated`", default=4096)
+    max_tokens_param: str = _help(
+        "how the completion cap is sent: auto (max_completion_tokens for models that require it, e.g. o1/o3/o4/gpt-5, or "
+        "after a 400 that names max_tokens), max_tokens or max_completion_tokens",
+        default="auto",
+    )
     # Reliability
     concurrency: int = _help("requests in flight at once", default=16)
     rpm: Optional[float] = _help("requests per minute limit", default=None)
@@ -120,6 +132,10 @@ class SynthesisArguments:
         "similarity threshold for --dedup-tasks (default: 0.8 minhash, 0.9 semantic)", default=None
     )
     # Output
+    generator_license: Optional[str] = _help(
+        "the generator model's licence notice, stated on the dataset card (e.g. 'Qwen2.5-Coder: Apache-2.0')",
+        default=None,
+    )
     push_to_hub: Optional[str] = _help("push the dataset to this Hub repo id", default=None)
     private: bool = _help("make the Hub repo private", default=False)
     no_progress: bool = _help("hide the progress bar", default=False)
@@ -129,30 +145,34 @@ class SynthesisArguments:
             self.families = [f.strip() for f in self.families[0].split(",") if f.strip()]
         for family in self.families or ():
             if family not in FAMILIES:
-                raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+                raise E5MistralError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
         if self.backend not in ("online", "batch"):
-            raise ValueError(f"--backend must be online or batch, not {self.backend!r}")
+            raise E5MistralError(f"--backend must be online or batch, not {self.backend!r}")
         if self.response_format not in RESPONSE_FORMATS:
-            raise ValueError(
+            raise E5MistralError(
                 f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, not {self.response_format!r}"
             )
+        if self.max_tokens_param not in MAX_TOKENS_PARAMS:
+            raise E5MistralError(
+                f"--max-tokens-param must be one of {', '.join(MAX_TOKENS_PARAMS)}, not {self.max_tokens_param!r}"
+            )
         if self.http_client not in ("auto", "aiohttp", "httpx"):
-            raise ValueError(f"--http-client must be auto, aiohttp or httpx, not {self.http_client!r}")
+            raise E5MistralError(f"--http-client must be auto, aiohttp or httpx, not {self.http_client!r}")
         if self.dedup_tasks not in ("none", "minhash", "semantic"):
-            raise ValueError(f"--dedup-tasks must be none, minhash or semantic, not {self.dedup_tasks!r}")
+            raise E5MistralError(f"--dedup-tasks must be none, minhash or semantic, not {self.dedup_tasks!r}")
         if self.brainstorm_reasks is not None and self.brainstorm_reasks < 0:
-            raise ValueError(f"--brainstorm-reasks must be >= 0, got {self.brainstorm_reasks}")
+            raise E5MistralError(f"--brainstorm-reasks must be >= 0, got {self.brainstorm_reasks}")
         if self.num_examples < 0 or self.concurrency < 1 or self.max_attempts < 1 or self.max_tokens < 1:
-            raise ValueError("--num-examples must be >= 0 and --concurrency, --max-attempts, --max-tokens >= 1")
+            raise E5MistralError("--num-examples must be >= 0 and --concurrency, --max-attempts, --max-tokens >= 1")
         for name in ("extra_body", "family_mix"):
             value = getattr(self, name)
             if value is not None:
                 try:
                     parsed = json.loads(value)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"--{name.replace('_', '-')} is not valid JSON: {err}") from None
+                    raise E5MistralError(f"--{name.replace('_', '-')} is not valid JSON: {err}") from None
                 if not isinstance(parsed, dict):
-                    raise ValueError(f"--{name.replace('_', '-')} must be a JSON object")
+                    raise E5MistralError(f"--{name.replace('_', '-')} must be a JSON object")
 
     def reask_limit(self) -> int:
         """Re-asks per brainstorm call: greedy decoding answers a re-ask exactly as before, so none by default."""
@@ -160,18 +180,14 @@ class SynthesisArguments:
             return self.brainstorm_reasks
         return 0 if self.temperature == 0 else BRAINSTORM_REASKS
 
-    def generation_params(self, response_format: str = "none") -> dict:
+    def generation_params(self, response_format: str = "none", max_tokens_param: str | None = None) -> dict:
         """The request parameters that go into every request id (never the key or the URL).
 
-        ``response_format`` is the resolved format (never ``auto``); it joins the ids only when a schema is sent,
-        so journals written without one still resume.
+        ``response_format`` and ``max_tokens_param`` are the resolved ones (never ``auto``); a schema and the name
+        ``max_completion_tokens`` change the ids only when used, so journals written without them still resume.
         """
-        params = {
-            "model": self.model,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
-        }
+        cap = max_tokens_param or self.default_max_tokens_param()
+        params = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p, cap: self.max_tokens}
         if response_format != "none":
             params["response_format"] = response_format
         if self.extra_body:
@@ -180,6 +196,12 @@ class SynthesisArguments:
             params["system_prompt"] = self.system_prompt
         return params
 
+    def default_max_tokens_param(self) -> str:
+        """The cap's parameter before the endpoint says otherwise: by name for models known to refuse max_tokens."""
+        if self.max_tokens_param != "auto":
+            return self.max_tokens_param
+        return "max_completion_tokens" if REASONING_MODELS.match(self.model or "") else "max_tokens"
+
     def api_key(self) -> str:
         """The key from ``api_key_env``; loopback endpoints (vLLM, transformers serve) accept any key."""
         key = os.environ.get(self.api_key_env)
@@ -187,7 +209,7 @@ class SynthesisArguments:
             return key
         if is_loopback(self.base_url):
             return "EMPTY"
-        raise ValueError(
+        raise E5MistralError(
             f"no API key: set the environment variable {self.api_key_env} (or choose another with --api-key-env)"
         )
 

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+from ..errors import E5MistralError, MissingFileError
+
 
 BATCH_DISCOUNT = 0.5
 
@@ -24,16 +26,16 @@ def load_price_table(spec: str | Mapping | None) -> dict[str, dict[str, float]]:
         if text is None:
             path = Path(spec)
             if not path.is_file():
-                raise FileNotFoundError(f"price table {spec!r} is neither a JSON object nor an existing file")
+                raise MissingFileError(f"price table {spec!r} is neither a JSON object nor an existing file")
             text = path.read_text(encoding="utf-8")
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"price table is not valid JSON: {err}") from None
+            raise E5MistralError(f"price table is not valid JSON: {err}") from None
     table = {}
     for model, entry in dict(spec).items():
         if not isinstance(entry, Mapping) or not {"input", "output"} <= entry.keys():
-            raise ValueError(f'price table entry {model!r} must be {{"input": USD per 1M tokens, "output": ...}}')
+            raise E5MistralError(f'price table entry {model!r} must be {{"input": USD per 1M tokens, "output": ...}}')
         table[model] = {"input": float(entry["input"]), "output": float(entry["output"])}
     return table
 

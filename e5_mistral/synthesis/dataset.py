@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import MissingFileError
 from .schema import ALL_CONFIG, CONFIG_NAMES, columns, conform, features, output_keys
 from .templates import TEMPLATE_DIR
 
@@ -122,7 +123,13 @@ def dataset_card(rows, counts: dict, report: dict, settings: dict, diversity, re
     config_rows = [
         {"name": c, "rows": counts[c], "columns": ", ".join(f"`{k}`" for k in output_keys(c))} for c in CONFIG_NAMES
     ]
-    report = {"brainstorm": {}, "per_family": {}, **report}
+    report = {
+        "brainstorm": {},
+        "per_family": {},
+        "response_format": {"chosen": "none", "refused": {}},
+        "acceptance": {"per_family": {}, "per_language": {}, "per_reason": {}},
+        **report,
+    }
     return DatasetCard.from_template(
         card_data,
         template_path=str(TEMPLATE_DIR / "dataset_card.md"),
@@ -141,6 +148,7 @@ def dataset_card(rows, counts: dict, report: dict, settings: dict, diversity, re
         if settings.get("system_prompt")
         else None,
         accept_text_task_lists=bool(settings.get("accept_text_task_lists")),
+        generator_license=settings.get("generator_license"),
     )
 
 
@@ -155,7 +163,7 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, 
 
     folder = Path(folder)
     if not (folder / "README.md").is_file():
-        raise FileNotFoundError(f"{folder} is not a dataset folder written by e5-mistral generate (no README.md)")
+        raise MissingFileError(f"{folder} is not a dataset folder written by e5-mistral generate (no README.md)")
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     info = api.upload_folder(

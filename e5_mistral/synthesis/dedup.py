@@ -13,6 +13,8 @@ import re
 import unicodedata
 from typing import Sequence
 
+from ..errors import E5MistralError
+
 
 # Han, kana and Hangul have no spaces between words: each character counts as one word, so Chinese or
 # Japanese texts still get useful shingles. Everything else splits on non-word characters.
@@ -45,7 +47,7 @@ def near_duplicate_mask(
     from datasketch import MinHash, MinHashLSH
 
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+        raise E5MistralError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
     sets = [shingles(text, ngram) for text in texts]
     sketches = MinHash.bulk([[s.encode("utf-8") for s in shingle_set] for shingle_set in sets], num_perm=num_perm)
     # Candidates are verified exactly, so trade false positives for recall: with equal weights LSH finds
@@ -81,7 +83,7 @@ def semantic_duplicate_mask(
     from sentence_transformers import SentenceTransformer, util
 
     if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"semantic-duplicate threshold must be in [-1, 1], got {threshold}")
+        raise E5MistralError(f"semantic-duplicate threshold must be in [-1, 1], got {threshold}")
     if not texts:
         return []
     model = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable, Sequence
 
+from ..errors import E5MistralError
 from ..families import all_output_keys
 from .templates import DEDUP_KEY
 
@@ -68,7 +69,7 @@ def diversity_report(rows: list[dict]) -> dict:
     families = Counter(row.get("family") for row in rows)
     unknown = [name for name in families if name not in DEDUP_KEY]
     if unknown:
-        raise ValueError(f"rows have unknown family {unknown[0]!r}; expected one of {', '.join(DEDUP_KEY)}")
+        raise E5MistralError(f"rows have unknown family {unknown[0]!r}; expected one of {', '.join(DEDUP_KEY)}")
     queries = [(row["family"], text) for row in rows if (text := query_text(row)) is not None]
     fields = all_output_keys()
     per_field = {}

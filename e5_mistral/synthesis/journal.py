@@ -141,6 +141,12 @@ class Backend(Protocol):
     without an ``ok`` record are simply planned again by the next run.
     """
 
+    stopped_by_budget: bool  # run() stopped sending because the budget would be passed
+    running: int  # batches left running when run() returned (always 0 online)
+
+    async def check_endpoint(self) -> None:
+        """Fail fast, with one clear error, when the endpoint cannot be used at all."""
+
     async def run(self, requests: list[Request], journal: Journal) -> None: ...
 
 

@@ -24,6 +24,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
+from ..errors import E5MistralError
 from .cost import Budget
 from .journal import STATUS_FAILED, STATUS_OK, STATUS_REFUSED, Journal, Request, make_record
 
@@ -60,8 +61,19 @@ class wait_retry_after(wait_base):
             return self.fallback(retry_state)
 
 
-class EndpointError(RuntimeError):
+class EndpointError(E5MistralError, RuntimeError):
     """A problem with the endpoint or configuration that no retry can fix."""
+
+
+async def check_reachable(client: openai.AsyncOpenAI, endpoint: str) -> None:
+    """Fail fast when nothing answers at the base URL; any HTTP answer (even 404) means it is reachable."""
+    try:
+        await client.models.list()
+    except openai.APIConnectionError as err:
+        raise EndpointError(f"cannot reach the endpoint {endpoint} ({type(err).__name__}: {err})") from None
+    except openai.APIStatusError as err:
+        if err.status_code == 401:
+            raise EndpointError(f"{FATAL_STATUS[401]} (HTTP 401 from {endpoint})") from None
 
 
 def make_http_client(kind: str = "auto"):
@@ -71,14 +83,14 @@ def make_http_client(kind: str = "auto"):
     ``auto`` takes aiohttp when it is installed (``pip install 'openai[aiohttp]'``) and httpx otherwise.
     """
     if kind not in HTTP_CLIENTS:
-        raise ValueError(f"--http-client must be one of {', '.join(HTTP_CLIENTS)}, not {kind!r}")
+        raise E5MistralError(f"--http-client must be one of {', '.join(HTTP_CLIENTS)}, not {kind!r}")
     if kind == "httpx":
         return None
     try:
         return openai.DefaultAioHttpClient()
     except RuntimeError:  # openai's placeholder when the aiohttp extra is missing
         if kind == "aiohttp":
-            raise ValueError(
+            raise E5MistralError(
                 "--http-client aiohttp needs the aiohttp package: pip install 'openai[aiohttp]'"
             ) from None
         return None
@@ -99,7 +111,7 @@ class OnlineBackend:
         endpoint: str = "",
     ):
         if concurrency < 1 or max_attempts < 1:
-            raise ValueError("concurrency and max_attempts must be >= 1")
+            raise E5MistralError("concurrency and max_attempts must be >= 1")
         self.client, self.concurrency, self.max_attempts = client, concurrency, max_attempts
         self.request_limiter = AsyncLimiter(rpm, 60) if rpm else None
         self.token_limiter = AsyncLimiter(tpm, 60) if tpm else None
@@ -108,19 +120,13 @@ class OnlineBackend:
         self.budget = budget
         self.endpoint = endpoint or str(client.base_url)
         self.stopped_by_budget = False
+        self.running = 0  # the Backend interface: no batches here
         self._in_flight = 0
         self._fatal: BaseException | None = None
         self._connection_failures = 0  # consecutive requests that failed for connection reasons only
 
     async def check_endpoint(self) -> None:
-        """Fail fast when nothing answers at the base URL; any HTTP answer (even 404) means it is reachable."""
-        try:
-            await self.client.models.list()
-        except openai.APIConnectionError as err:
-            raise EndpointError(f"cannot reach the endpoint {self.endpoint} ({type(err).__name__}: {err})") from None
-        except openai.APIStatusError as err:
-            if err.status_code == 401:
-                raise EndpointError(f"{FATAL_STATUS[401]} (HTTP 401 from {self.endpoint})") from None
+        await check_reachable(self.client, self.endpoint)
 
     async def run(self, requests: Sequence[Request], journal: Journal) -> None:
         pending = iter(requests)

@@ -12,6 +12,7 @@ import math
 import random
 from typing import Iterable, Mapping, Sequence
 
+from ..errors import E5MistralError
 from .journal import Request
 from .structured import response_format
 from .templates import (
@@ -72,22 +73,22 @@ def resolve_languages(spec: str | Sequence[str] | Mapping[str, float] | None) ->
         for name, weight in items:
             canonical = by_folded.get(str(name).strip().casefold())
             if canonical is None:
-                raise ValueError(
+                raise E5MistralError(
                     f"unknown language {name!r}: use a name of the XLM-R list (e.g. English, Polish, Chinese)"
                 )
             if not isinstance(weight, (int, float)) or weight < 0 or math.isnan(weight):
-                raise ValueError(f"language weight for {name!r} must be a non-negative number, got {weight!r}")
+                raise E5MistralError(f"language weight for {name!r} must be a non-negative number, got {weight!r}")
             weights[canonical] = weights.get(canonical, 0.0) + float(weight)
     total = sum(weights.values())
     if total <= 0:
-        raise ValueError("language weights sum to zero")
+        raise E5MistralError("language weights sum to zero")
     return {name: w / total for name, w in weights.items() if w > 0}
 
 
 def _weighted_choice(rng: random.Random, weights: Mapping[str, float], exclude: str | None = None) -> str:
     names = [n for n in weights if n != exclude]
     if not names:
-        raise ValueError("bitext needs at least two languages (source and target must differ)")
+        raise E5MistralError("bitext needs at least two languages (source and target must differ)")
     return rng.choices(names, weights=[weights[n] for n in names], k=1)[0]
 
 
@@ -101,14 +102,14 @@ def resolve_mix(families: Iterable[str] | None, mix: Mapping[str, float] | str |
         check_family(family)
     weights = {f: float(base.get(f, 0.0)) for f in chosen}
     if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ValueError(f"the family mix must give a positive weight to at least one of {chosen}: {weights}")
+        raise E5MistralError(f"the family mix must give a positive weight to at least one of {chosen}: {weights}")
     return weights
 
 
 def family_counts(num_examples: int, weights: Mapping[str, float]) -> dict[str, int]:
     """Split ``num_examples`` by weight (largest remainder, ties in family order) so the counts sum exactly."""
     if num_examples < 0:
-        raise ValueError("num_examples must be >= 0")
+        raise E5MistralError("num_examples must be >= 0")
     total = sum(weights.values())
     exact = {f: num_examples * w / total for f, w in weights.items()}
     counts = {f: math.floor(x) for f, x in exact.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from ..errors import E5MistralError
 from ..families import FAMILIES, family_spec
 from .templates import slot_values
 
@@ -23,7 +24,7 @@ def _families(config: str) -> tuple[str, ...]:
     if config == ALL_CONFIG:
         return FAMILIES
     if config not in FAMILIES:
-        raise ValueError(f"unknown config {config!r}; choose from {', '.join(CONFIG_NAMES)}")
+        raise E5MistralError(f"unknown config {config!r}; choose from {', '.join(CONFIG_NAMES)}")
     return (config,)
 
 

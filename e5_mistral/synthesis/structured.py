@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..errors import E5MistralError
 from ..families import family_spec
 
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
 SCHEMA_FORMATS = ("json_schema", "json_object")  # tried in this order by ``auto``
 BRAINSTORM_KEY = "tasks"
+MAX_TASKS_PER_LIST = 30
 
 # The probe: a schema the prompt does not ask for, so only a server that enforces it answers with it.
 PROBE_PROMPT = "Reply with one word: hello."
@@ -51,7 +53,8 @@ def example_schema(family: str) -> dict:
 
 
 def brainstorm_schema(top_level_object: bool) -> dict:
-    tasks = {"type": "array", "items": {"type": "string"}}
+    # the prompt asks for "about 20" tasks; a cap stops a small model that never closes the list
+    tasks = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_TASKS_PER_LIST}
     if not top_level_object:
         return tasks
     return {
@@ -69,7 +72,7 @@ def _wrap(mode: str, name: str, schema: dict) -> dict | None:
         return {"type": "json_object", "schema": schema}
     if mode == "none":
         return None
-    raise ValueError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, not {mode!r}")
+    raise E5MistralError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, not {mode!r}")
 
 
 def response_format(mode: str, kind: str, family: str) -> dict | None:
@@ -93,11 +96,12 @@ class Detection:
 
 def probe_body(mode: str, params: dict) -> dict:
     """A tiny request with ``mode``'s schema (none for ``none``), the run's model and extra body, greedy and short."""
+    cap = "max_completion_tokens" if "max_completion_tokens" in params else "max_tokens"  # as the run sends it
     body = {
         "model": params.get("model"),
         "messages": [{"role": "user", "content": PROBE_PROMPT}],
         "temperature": 0,
-        "max_tokens": PROBE_MAX_TOKENS,
+        cap: PROBE_MAX_TOKENS,
     }
     if mode != "none":
         body["response_format"] = _wrap(mode, "probe", PROBE_SCHEMA)
@@ -129,8 +133,8 @@ async def detect(post, params: dict, modes: tuple[str, ...] = SCHEMA_FORMATS) ->
         try:
             answer = await post(probe_body(mode, params))
         except openai.APIStatusError as err:
-            if err.status_code in (401, 403, 404):
-                raise
+            if err.status_code in (401, 403, 404) or "max_completion_tokens" in str(err.message):
+                raise  # fatal, or about the token cap rather than the format (the caller switches the cap)
             if err.status_code >= 500:
                 await post(probe_body("none", params))  # raises when the server fails whatever the format
             refused[mode] = f"HTTP {err.status_code}: {' '.join(str(err.message).split())[:200]}"

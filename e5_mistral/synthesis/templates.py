@@ -13,6 +13,7 @@ import string
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import E5MistralError
 from ..families import ASYMMETRIC_FAMILIES, FAMILIES, FAMILY_SPECS, SYMMETRIC_FAMILIES, family_spec  # noqa: F401
 
 
@@ -35,7 +36,7 @@ def template_text(family: str, kind: str) -> str:
     """The template of ``family`` for ``kind`` ("brainstorm" or "generate")."""
     path = TEMPLATE_DIR / f"{check_family(family)}_{kind}.txt"
     if not path.is_file():
-        raise ValueError(f"family {family!r} has no {kind} template (symmetric families skip brainstorming)")
+        raise E5MistralError(f"family {family!r} has no {kind} template (symmetric families skip brainstorming)")
     return path.read_text(encoding="utf-8").removesuffix("\n")
 
 
@@ -53,7 +54,7 @@ def render(family: str, kind: str, values: dict[str, str]) -> str:
     needed = set(placeholders(text))
     missing, unused = needed - values.keys(), values.keys() - needed
     if missing or unused:
-        raise ValueError(f"{family} {kind} template: missing slots {sorted(missing)}, unused {sorted(unused)}")
+        raise E5MistralError(f"{family} {kind} template: missing slots {sorted(missing)}, unused {sorted(unused)}")
     return text.format_map(values)
 
 

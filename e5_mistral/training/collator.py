@@ -14,22 +14,13 @@ from typing import Any
 
 import torch
 
+from ..errors import E5MistralError
+from ..pooling import ensure_pad_token
+
 
 def text_hash(text: str) -> int:
     """A stable 63-bit id of a text, equal on every process (Python's ``hash`` is salted per process)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
-
-
-def ensure_pad_token(tokenizer) -> None:
-    """Give a tokenizer without a pad token one: UNK when it exists and differs from EOS, else EOS."""
-    if tokenizer.pad_token_id is not None:
-        return
-    if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
-        tokenizer.pad_token = tokenizer.unk_token
-    elif tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    else:
-        raise ValueError("the tokenizer has neither a pad, unk nor eos token; set one before training")
 
 
 @dataclass
@@ -55,7 +46,7 @@ class E5DataCollator:
     def __post_init__(self):
         ensure_pad_token(self.tokenizer)
         if self.append_eos and self.tokenizer.eos_token_id is None:
-            raise ValueError("append_eos needs a tokenizer with an eos token")
+            raise E5MistralError("append_eos needs a tokenizer with an eos token")
 
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..errors import E5MistralError, MissingFileError
 from ..families import FAMILY_SPECS
 from ..instructions import format_query
 from .e5_config import E5DatasetConfig
@@ -49,22 +50,23 @@ def _text(row: dict, field: str, where: str, required: bool = True) -> str | Non
     value = row.get(field)
     if value is None:
         if required:
-            raise ValueError(f"{where}: field {field!r} is missing")
+            raise E5MistralError(f"{where}: field {field!r} is missing")
         return None
     if not isinstance(value, str):
-        raise ValueError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+        raise E5MistralError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise ValueError(f"{where}: field {field!r} is empty")
+        raise E5MistralError(f"{where}: field {field!r} is empty")
     return value
 
 
 def convert_row(row: dict, config: E5DatasetConfig, row_index: int, num_hard_negatives: int) -> dict[str, Any]:
     """One raw row -> ``{query, positive, negatives}``; a ValueError names the dataset, row and field."""
     where = f"dataset {config.label}, row {row_index}"
-    if "family" in row and row["family"] is not None:
+    # synthesis rows carry their family's keys; mined rows keep the family but are already (query, positive, negative)
+    if row.get("family") is not None and row.get("query") is None:
         family = row["family"]
         if family not in FAMILY_FIELDS:
-            raise ValueError(f"{where}: field 'family' is {family!r}, expected one of {', '.join(FAMILY_FIELDS)}")
+            raise E5MistralError(f"{where}: field 'family' is {family!r}, expected one of {', '.join(FAMILY_FIELDS)}")
         query_key, pos_key, neg_key = FAMILY_FIELDS[family]
         instruction = _text(row, "task", where)
         query = _text(row, query_key, where)
@@ -87,10 +89,10 @@ def convert_row(row: dict, config: E5DatasetConfig, row_index: int, num_hard_neg
             negatives = []
             for k, item in enumerate(raw):
                 if not isinstance(item, str) or not item.strip():
-                    raise ValueError(f"{where}: field 'negative'[{k}] must be a non-empty string")
+                    raise E5MistralError(f"{where}: field 'negative'[{k}] must be a non-empty string")
                 negatives.append(item)
         else:
-            raise ValueError(
+            raise E5MistralError(
                 f"{where}: field 'negative' must be a string or a list of strings, got {type(raw).__name__}"
             )
     return {
@@ -125,11 +127,11 @@ def _load(config: E5DatasetConfig, refresh_local: bool = True):
             **fresh,
         )
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"dataset {config.label}: {err}") from err
+        raise MissingFileError(f"dataset {config.label}: {err}") from err
     if config.columns:
         missing = [c for c in config.columns if c not in dataset.column_names]
         if missing:
-            raise ValueError(
+            raise E5MistralError(
                 f"dataset {config.label}: columns to rename not found: {', '.join(missing)} (has {', '.join(dataset.column_names)})"
             )
         dataset = dataset.rename_columns(dict(config.columns))
@@ -165,7 +167,7 @@ def build_mixture(
     from datasets import Sequence as HFSequence
 
     if not configs:
-        raise ValueError("dataset_mixture is empty: list at least one dataset in the YAML")
+        raise E5MistralError("dataset_mixture is empty: list at least one dataset in the YAML")
     features = Features(
         {
             "query": Value("string"),
@@ -180,7 +182,7 @@ def build_mixture(
         raw = _load(config, refresh_local)
         indices = sample_indices(len(raw), config.sampling_ratio, seed + dataset_id)
         if not indices:
-            raise ValueError(
+            raise E5MistralError(
                 f"dataset {config.label}: no rows left after sampling_ratio={config.sampling_ratio} ({len(raw)} rows)"
             )
         raw = raw.select(indices)
@@ -237,6 +239,6 @@ def same_dataset_order(dataset_ids: Sequence[int], global_batch_size: int, seed:
         usable = (len(members) // global_batch_size) * global_batch_size
         batches += [members[i : i + global_batch_size] for i in range(0, usable, global_batch_size)]
     if not batches:
-        raise ValueError(f"same_dataset_batches: no dataset has {global_batch_size} rows for one global batch")
+        raise E5MistralError(f"same_dataset_batches: no dataset has {global_batch_size} rows for one global batch")
     order = rng.permutation(len(batches))
     return [index for b in order for index in batches[b]]

@@ -11,6 +11,9 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from ..errors import E5MistralError
+from ..pooling import POOLING_MODES
+
 
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -32,13 +35,13 @@ class E5DatasetConfig:
 
     def __post_init__(self):
         if not isinstance(self.path, str) or not self.path:
-            raise ValueError("dataset_mixture: every entry needs a non-empty 'path'")
+            raise E5MistralError("dataset_mixture: every entry needs a non-empty 'path'")
         if not isinstance(self.sampling_ratio, (int, float)) or self.sampling_ratio <= 0:
-            raise ValueError(
+            raise E5MistralError(
                 f"dataset_mixture: {self.path}: sampling_ratio must be a positive number, got {self.sampling_ratio!r}"
             )
         if self.instruction is not None and not str(self.instruction).strip():
-            raise ValueError(f"dataset_mixture: {self.path}: instruction must not be empty (leave it out instead)")
+            raise E5MistralError(f"dataset_mixture: {self.path}: instruction must not be empty (leave it out instead)")
 
     @property
     def label(self) -> str:
@@ -78,7 +81,7 @@ class DataArguments:
     def __post_init__(self):
         self.dataset_mixture = [E5DatasetConfig(**d) if isinstance(d, dict) else d for d in self.dataset_mixture]
         if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+            raise E5MistralError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
 
 
 @dataclass
@@ -155,20 +158,20 @@ class E5TrainingConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
 
     def __post_init__(self):
-        if self.pooling not in ("lasttoken", "mean", "cls"):
-            raise ValueError(f"pooling must be lasttoken, mean or cls, got {self.pooling!r}")
+        if self.pooling not in POOLING_MODES:
+            raise E5MistralError(f"pooling must be one of {', '.join(POOLING_MODES)}, got {self.pooling!r}")
         if self.append_eos is None:
             self.append_eos = self.pooling == "lasttoken"
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+            raise E5MistralError(f"temperature must be positive, got {self.temperature}")
         if self.max_seq_length < 2 or (self.query_max_length is not None and self.query_max_length < 2):
-            raise ValueError("max_seq_length and query_max_length must be at least 2 (one token plus EOS)")
+            raise E5MistralError("max_seq_length and query_max_length must be at least 2 (one token plus EOS)")
         if self.num_hard_negatives < 0:
-            raise ValueError("num_hard_negatives must be >= 0")
+            raise E5MistralError("num_hard_negatives must be >= 0")
         if self.gradcache_chunk_size is not None and self.gradcache_chunk_size < 1:
-            raise ValueError("gradcache_chunk_size must be a positive integer")
+            raise E5MistralError("gradcache_chunk_size must be a positive integer")
         if self.length_groups < 1:
-            raise ValueError(f"length_groups must be a positive integer, got {self.length_groups}")
+            raise E5MistralError(f"length_groups must be a positive integer, got {self.length_groups}")
         if isinstance(self.lora_target_modules, str):
             self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
         checkpointing = self.activation_checkpointing or self.gradient_checkpointing

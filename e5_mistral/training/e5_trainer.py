@@ -9,7 +9,6 @@ plain adapters or models, plus ``e5_mistral_config.json`` for the export stage.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -18,7 +17,9 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from ..errors import E5MistralError
 from ..pooling import encode
+from ..run_metadata import RUN_CONFIG_NAME, RunMetadata
 from .collator import E5DataCollator
 from .e5_config import E5TrainingConfig
 from .gradcache import RandContext
@@ -28,7 +29,7 @@ from .loss import info_nce_loss
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "e5_mistral_config.json"
+CONFIG_NAME = RUN_CONFIG_NAME  # e5_mistral_config.json
 
 
 class _FixedOrderSampler(torch.utils.data.Sampler):
@@ -78,7 +79,7 @@ class E5Trainer(Trainer):
         if not isinstance(args, E5TrainingConfig):
             raise TypeError("E5Trainer needs an E5TrainingConfig as args")
         if processing_class is None:
-            raise ValueError("E5Trainer needs the tokenizer as processing_class")
+            raise E5MistralError("E5Trainer needs the tokenizer as processing_class")
         if data_collator is None:
             data_collator = E5DataCollator(
                 processing_class,
@@ -108,7 +109,7 @@ class E5Trainer(Trainer):
                 getattr(kind, "value", kind),
             )
         if args.gradcache_chunk_size and self.is_deepspeed_enabled:
-            raise ValueError(
+            raise E5MistralError(
                 "gradcache_chunk_size is not supported with DeepSpeed (its engine owns backward); use DDP or FSDP"
             )
         if args.gradient_accumulation_steps > 1 and not args.gradcache_chunk_size:
@@ -224,10 +225,9 @@ class E5Trainer(Trainer):
         super()._save(output_dir, state_dict=state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
-            with open(os.path.join(output_dir, CONFIG_NAME), "w", encoding="utf-8") as f:
-                json.dump(self.e5_config(), f, indent=2)
+            self.run_metadata().save(output_dir)
 
-    def e5_config(self) -> dict[str, Any]:
+    def run_metadata(self) -> RunMetadata:
         """The run metadata the export stage reads (pooling, EOS, lengths, LoRA, data, hyper-parameters, versions)."""
         import accelerate
         import peft
@@ -258,17 +258,17 @@ class E5Trainer(Trainer):
             }
             base = base or adapter.base_model_name_or_path
         base = base or getattr(getattr(model, "config", None), "_name_or_path", None)
-        return {
-            "base_model_name_or_path": base,
-            "pooling": args.pooling,
-            "normalize": True,
-            "append_eos": bool(args.append_eos),
-            "max_seq_length": args.max_seq_length,
-            "query_max_length": args.query_max_length,
-            "temperature": args.temperature,
-            "lora": lora,
-            "datasets": self.dataset_infos,
-            "training": {
+        return RunMetadata(
+            base_model_name_or_path=base,
+            pooling=args.pooling,
+            normalize=True,
+            append_eos=bool(args.append_eos),
+            max_seq_length=args.max_seq_length,
+            query_max_length=args.query_max_length,
+            temperature=args.temperature,
+            lora=lora,
+            datasets=self.dataset_infos,
+            training={
                 "learning_rate": args.learning_rate,
                 "per_device_train_batch_size": args.per_device_train_batch_size,
                 # The contrastive batch: every process's documents are negatives; accumulation adds none.
@@ -285,7 +285,7 @@ class E5Trainer(Trainer):
                 "bf16": bool(args.bf16),
                 "fp16": bool(args.fp16),
             },
-            "versions": {
+            versions={
                 "transformers": transformers.__version__,
                 "peft": peft.__version__,
                 "accelerate": accelerate.__version__,
@@ -293,4 +293,4 @@ class E5Trainer(Trainer):
                 "sentence_transformers": st_version,
                 "e5_mistral": __version__,
             },
-        }
+        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
-from .collator import ensure_pad_token
+from ..errors import E5MistralError
+from ..pooling import ensure_pad_token
 from .e5_config import E5TrainingConfig, ModelArguments
 
 
@@ -45,10 +46,10 @@ def load_backbone(model_args: ModelArguments, args: E5TrainingConfig, tokenizer=
     from transformers import AutoModel
 
     if not model_args.model_name_or_path:
-        raise ValueError("model_name_or_path is not set (in the YAML or with --model_name_or_path)")
+        raise E5MistralError("model_name_or_path is not set (in the YAML or with --model_name_or_path)")
     dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype, None)
     if dtype is None:
-        raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {model_args.dtype!r}")
+        raise E5MistralError(f"dtype must be auto, bfloat16, float16 or float32, got {model_args.dtype!r}")
     kwargs = {"dtype": dtype}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation

@@ -1,4 +1,8 @@
-"""The body of ``recipes/train.py``: parse one YAML (+ CLI overrides), build the data, model and trainer, train."""
+"""Training: parse one YAML (+ CLI overrides), build the data, model and trainer, train.
+
+The body of ``recipes/train.py``, of ``e5-mistral train CONFIG.yaml``, and of
+``accelerate launch -m e5_mistral.training.run CONFIG.yaml`` (the same, without a checkout).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import sys
 from typing import Sequence
 
+from ..errors import MissingFileError
 from .e5_config import DataArguments, E5TrainingConfig, ModelArguments
 
 
@@ -24,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):
         if not os.path.isfile(argv[0]):
-            raise FileNotFoundError(f"config file {argv[0]} does not exist")
+            raise MissingFileError(f"config file {argv[0]} does not exist")
         argv = ["--config", argv[0], *argv[1:]]
     parser = TrlParser((ModelArguments, DataArguments, E5TrainingConfig))
     return parser.parse_args_and_config(argv)
@@ -35,10 +40,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    from ..versions import check_versions
     from .data import build_mixture
     from .e5_trainer import E5Trainer
     from .model import load_backbone, load_tokenizer
 
+    check_versions()  # before any minute is spent: an unpinned install can break at the first adapter call
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args)
     # Validate every row on the main process first; the others then read the datasets cache.
@@ -84,5 +91,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
 def main(argv: Sequence[str] | None = None, prog: str = "recipes/train.py") -> int:
     from ..cli import run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(prog, lambda: train(*parse_args(argv)) and 0)
+    def parse_and_train():
+        model_args, data_args, training_args = parse_args(argv)
+        # INFO on the process that logs (the main one), WARNING on the others: N ranks do not print N copies
+        logging.basicConfig(
+            level=logging.INFO if training_args.should_log else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        return train(model_args, data_args, training_args) and 0
+
+    return run(prog, parse_and_train)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The training -> export contract: ``e5_mistral_config.json``, written by the trainer beside the weights.
+
+One dataclass: :class:`RunMetadata`. The trainer writes it (``E5Trainer.e5_config``), the export stage reads and
+validates it (:meth:`RunMetadata.from_file`), and the model card iterates its fields.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import E5MistralError
+from .pooling import POOLING_MODES
+
+
+RUN_CONFIG_NAME = "e5_mistral_config.json"
+
+
+@dataclass
+class RunMetadata:
+    """What a training run tells the export (defaults when a key or the whole file is missing)."""
+
+    base_model_name_or_path: str | None = None
+    pooling: str = "lasttoken"
+    normalize: bool = True
+    append_eos: bool = True
+    max_seq_length: int = 512
+    query_max_length: int | None = None
+    temperature: float | None = None
+    lora: dict[str, Any] | None = None
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)  # hyper-parameters, for the card
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.pooling not in POOLING_MODES:
+            raise E5MistralError(f"field 'pooling' is {self.pooling!r}; expected one of {', '.join(POOLING_MODES)}")
+        if not isinstance(self.max_seq_length, int) or self.max_seq_length < 2:
+            raise E5MistralError(f"field 'max_seq_length' must be an integer >= 2, got {self.max_seq_length!r}")
+        if not isinstance(self.datasets, list):
+            raise E5MistralError("field 'datasets' must be a list")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / RUN_CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> "RunMetadata":
+        if path is None:
+            return cls()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise E5MistralError(f"{path} is not valid JSON: {err}") from err
+        if not isinstance(raw, dict):
+            raise E5MistralError(f"{path} must hold a JSON object, not {type(raw).__name__}")
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and v is not None})
+        except E5MistralError as err:
+            raise E5MistralError(f"{path}: {err}") from None

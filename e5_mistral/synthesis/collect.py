@@ -1,0 +1,211 @@
+"""Collect: turn the journal's answers for a plan into rows, rejects and the run's report.
+
+Everything downstream of the journal is recomputed from it on every run, so a resumed run ends exactly where an
+uninterrupted one would: ``report.json`` is cumulative and its invariant holds by construction (every planned
+example is accepted, rejected, a duplicate or failed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict
+
+from .config import SynthesisArguments
+from .cost import price_for, record_cost
+from .journal import STATUS_OK, STATUS_REFUSED, Journal
+from .parsing import Rejected, normalize, parse_example
+from .planner import Planner
+from .templates import DEDUP_KEY
+
+
+class SynthesisReport(TypedDict):
+    """``report.json``: cumulative over every run on the output folder."""
+
+    planned: int
+    requests_sent: int  # every attempt, retries and the format probe included
+    responses_ok: int
+    accepted: int
+    rejected: dict[str, int]  # reason -> examples
+    duplicates_removed: int
+    failed: int
+    failed_reasons: dict[str, int]  # refused, brainstorm_incomplete, budget, the exception class, ...
+    prompt_tokens: int
+    completion_tokens: int
+    estimated_cost_usd: float
+    cost_priced: bool
+    brainstorm: dict[str, int]
+    per_family: dict[str, dict[str, int]]
+    per_language: dict[str, int]  # accepted rows
+    acceptance: dict[str, Any]  # accepted share of the answered examples, per family, language and reason
+    response_format: dict[str, Any]  # what `auto` chose and why the other shapes were not taken
+    generator_models: list[str]
+    budget_stopped: bool
+    batches_running: int
+    seed: int
+    complete: bool
+
+
+@dataclass
+class RunResult:
+    report: SynthesisReport
+    rows: list[dict]
+    rejects: list[dict]
+    output: Path
+
+
+def collect(
+    planner: Planner,
+    params: dict,
+    latest: dict[str, dict],
+    args: SynthesisArguments,
+    prices: dict,
+    detection: dict | None,
+    budget_stopped: bool = False,
+    batches_running: int = 0,
+) -> RunResult:
+    """Parse every answer of the plan, dedup, and write report.json, rejected.jsonl, diversity.json, dataset/."""
+    from .dataset import write_outputs
+
+    output = Path(args.output)
+
+    rows, rejects, failed_reasons = [], [], Counter()
+    rejected, per_family = Counter(), {}
+    duplicates = 0
+    brainstorm = Counter()
+    answered, accepted = Counter(), Counter()  # (family or language) -> examples answered / accepted
+    plans = planner.plan(latest, params)
+    for fp in plans:
+        stats = Counter(planned=fp.count)
+        brainstorm["planned"] += len(fp.brainstorms)
+        for request in fp.brainstorms:
+            rec = latest.get(request.request_id)
+            brainstorm["ok" if rec and rec["status"] == STATUS_OK else "failed"] += 1
+        for request in fp.brainstorm_history:
+            rec = latest.get(request.request_id)
+            if rec and rec["status"] == STATUS_OK:
+                try:
+                    planner.tasks_of(rec)
+                except Rejected as err:
+                    rejects.append(_reject(rec, "brainstorm", err.reason, {"family": fp.family}))
+        for key, value in fp.task_stats.items():
+            brainstorm[key if not key.startswith("rejected:") else "rejected"] += value
+        if fp.tasks is None:  # brainstorm not finished: these examples could not be planned yet
+            stats["failed"] += fp.count
+            failed_reasons["brainstorm_incomplete"] += fp.count
+        elif fp.count and not fp.examples:
+            stats["rejected"] += fp.count
+            rejected["no_valid_tasks"] += fp.count
+        seen = set()
+        for request, meta in fp.examples:
+            rec = latest.get(request.request_id)
+            if rec is None or rec["status"] != STATUS_OK:
+                stats["failed"] += 1
+                failed_reasons[_failure_reason(rec, budget_stopped, batches_running)] += 1
+                continue
+            answered.update((("family", fp.family), ("language", meta["language"])))
+            try:
+                fields = parse_example(fp.family, rec["content"], rec["finish_reason"])
+            except Rejected as err:
+                stats["rejected"] += 1
+                rejected[err.reason] += 1
+                rejects.append(_reject(rec, "example", err.reason, meta))
+                continue
+            key = normalize(fields[DEDUP_KEY[fp.family]])
+            if key in seen:
+                stats["duplicates_removed"] += 1
+                duplicates += 1
+                continue
+            seen.add(key)
+            stats["accepted"] += 1
+            accepted.update((("family", fp.family), ("language", meta["language"])))
+            rows.append({**meta, "generator_model": rec.get("model") or meta["generator_model"], **fields})
+        per_family[fp.family] = {
+            k: stats[k] for k in ("planned", "accepted", "rejected", "duplicates_removed", "failed")
+        }
+
+    records = list(Journal(output / "journal").records())  # reading opens no new file
+    report: SynthesisReport = {
+        "planned": sum(fp.count for fp in plans),
+        "requests_sent": sum(int(r.get("attempts") or 0) for r in records),
+        "responses_ok": sum(1 for r in latest.values() if r["status"] == STATUS_OK and r["kind"] != "probe"),
+        "accepted": len(rows),
+        "rejected": dict(sorted(rejected.items())),
+        "duplicates_removed": duplicates,
+        "failed": sum(failed_reasons.values()),
+        "failed_reasons": dict(sorted(failed_reasons.items())),
+        "prompt_tokens": sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in records),
+        "completion_tokens": sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records),
+        "estimated_cost_usd": round(sum(record_cost(r, prices) for r in records), 6),
+        "cost_priced": price_for(prices, args.model) is not None,
+        "brainstorm": {
+            "planned": brainstorm["planned"],
+            "ok": brainstorm["ok"],
+            "failed": brainstorm["failed"],
+            "rejected": brainstorm["rejected"],
+            "reasked": brainstorm["reasked"],
+            "from_text_lists": brainstorm["from_text_lists"],
+            "tasks_generated": brainstorm["generated"],
+            "tasks_unique": brainstorm["unique"],
+            "tasks_removed_duplicate": brainstorm["removed_duplicate"],
+            "tasks_removed_near_duplicate": brainstorm["removed_near_duplicate"],
+        },
+        "per_family": per_family,
+        "per_language": dict(Counter(row["language"] for row in rows).most_common()),
+        "acceptance": _acceptance(answered, accepted, rejected),
+        "response_format": detection or {"chosen": "none", "refused": {}},
+        "generator_models": sorted({row["generator_model"] for row in rows}),
+        "budget_stopped": budget_stopped,
+        "batches_running": batches_running,
+        "seed": args.seed,
+    }
+    report["complete"] = report["failed"] == 0
+    write_outputs(output, report, rows, rejects, args)  # rows in plan order: family, then row index
+    return RunResult(report, rows, rejects, output)
+
+
+def _acceptance(answered: Counter, accepted: Counter, rejected: Counter) -> dict:
+    """Accepted share of the answered examples (duplicates and rejects count against it), overall, per family and
+    per language, and each reject reason's share of the answered examples."""
+
+    def rates(axis: str) -> dict:
+        keys = sorted((k for a, k in answered if a == axis), key=lambda k: (-answered[(axis, k)], k))
+        return {
+            k: {
+                "answered": answered[(axis, k)],
+                "accepted": accepted[(axis, k)],
+                "rate": round(accepted[(axis, k)] / answered[(axis, k)], 4),
+            }
+            for k in keys
+        }
+
+    total = sum(n for (axis, _), n in answered.items() if axis == "family")
+    return {
+        "answered": total,
+        "rate": round(sum(n for (a, _), n in accepted.items() if a == "family") / total, 4) if total else None,
+        "per_family": rates("family"),
+        "per_language": rates("language"),
+        "per_reason": {reason: round(n / total, 4) for reason, n in sorted(rejected.items()) if total},
+    }
+
+
+def _failure_reason(rec: dict | None, budget_stopped: bool, batches_running: int = 0) -> str:
+    if rec is None:
+        return "budget" if budget_stopped else "batch_in_progress" if batches_running else "not_sent"
+    if rec["status"] == STATUS_REFUSED:
+        return "refused"
+    error = rec.get("error") or "unknown"
+    return error.split(":", 1)[0]  # the exception class, e.g. RateLimitError
+
+
+def _reject(rec: dict, kind: str, reason: str, meta: dict) -> dict:
+    return {
+        "request_id": rec["request_id"],
+        "kind": kind,
+        "family": rec["family"],
+        "reason": reason,
+        "raw": rec.get("content"),
+        "finish_reason": rec.get("finish_reason"),
+        **({"task": meta.get("task"), "language": meta.get("language")} if kind == "example" else {}),
+    }

@@ -1,0 +1,171 @@
+"""The endpoint of a run: its client and backend, and the structured-output shape it enforces.
+
+The shape (and the token cap's parameter) is asked once per output folder and recorded in ``run_config.json``;
+a rerun with the same endpoint, model and backend reuses it without asking again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..errors import E5MistralError
+from .config import SynthesisArguments
+from .cost import Budget
+from .journal import STATUS_FAILED, STATUS_OK, Journal, Request, make_record
+from .plan import request_id
+from .structured import SCHEMA_FORMATS, detect
+
+
+logger = logging.getLogger(__name__)
+
+
+def stored_detection(args: SynthesisArguments, output: Path) -> dict | None:
+    """The format to send without asking: ``none`` when asked for, else what an earlier run of the same
+    endpoint and model settled on (so a resumed run keeps its ids and needs no probe)."""
+    if args.response_format == "none":
+        return {"chosen": "none", "refused": {}}
+    previous = output / "run_config.json"
+    if not previous.is_file():
+        return None
+    try:
+        old = json.loads(previous.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    if "response_format" not in old and all(old.get(k) == getattr(args, k) for k in ("model", "base_url")):
+        return {"chosen": "none", "refused": {}}  # a run from before structured outputs: keep its request ids
+    same = all(old.get(k) == getattr(args, k) for k in ("response_format", "model", "base_url", "backend"))
+    resolved = old.get("response_format_resolved") or {}
+    return resolved if same and resolved.get("chosen") in ("none",) + SCHEMA_FORMATS else None
+
+
+async def detect_response_format(args: SynthesisArguments, backend, journal: Journal) -> dict:
+    """``{"chosen", "refused", "max_tokens_param"}``: ask the endpoint once which schema shape it enforces
+    (``auto``), or check the one asked for, through ``backend`` (its client is the caller's to close). Every probe
+    attempt is journaled like any request, so the report counts its requests and tokens."""
+    import openai
+
+    from .online import FATAL_STATUS, EndpointError
+
+    requested = args.response_format
+    if args.backend == "batch":  # the Batch API is OpenAI's: its chat endpoint takes json_schema
+        return {
+            "chosen": "json_schema" if requested == "auto" else requested,
+            "refused": {},
+            "max_tokens_param": args.default_max_tokens_param(),
+        }
+
+    async def send(body: dict):
+        probe = Request(
+            request_id({"kind": "probe", "body": body}),
+            "probe",
+            "",
+            tuple(body["messages"]),
+            {k: v for k, v in body.items() if k != "messages"},
+        )
+        try:
+            answer = await backend.post(body)
+        except (openai.APIStatusError, openai.APIConnectionError) as err:
+            journal.append(make_record(probe, STATUS_FAILED, error=f"{type(err).__name__}: {err}"[:500]))
+            raise
+        usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else {}
+        journal.append(
+            make_record(
+                probe,
+                STATUS_OK,
+                usage={
+                    "prompt_tokens": usage.get("prompt_tokens") or 0,
+                    "completion_tokens": usage.get("completion_tokens") or 0,
+                },
+            )
+        )
+        return answer
+
+    cap = args.default_max_tokens_param()
+    await backend.check_endpoint()
+    try:
+        try:
+            found = await detect(
+                lambda body: backend.retry_rate_limits(send, body),
+                args.generation_params(max_tokens_param=cap),
+                SCHEMA_FORMATS if requested == "auto" else (requested,),
+            )
+        except openai.BadRequestError as err:
+            if not (args.max_tokens_param == "auto" and cap == "max_tokens" and _names_the_cap(err)):
+                raise
+            # the model takes max_completion_tokens (OpenAI's reasoning models): ask again with it
+            logger.warning("the endpoint refuses max_tokens (%s); sending max_completion_tokens", err.message)
+            cap = "max_completion_tokens"
+            found = await detect(
+                lambda body: backend.retry_rate_limits(send, body),
+                args.generation_params(max_tokens_param=cap),
+                SCHEMA_FORMATS if requested == "auto" else (requested,),
+            )
+    except openai.APIStatusError as err:
+        reason = FATAL_STATUS.get(
+            err.status_code, "the endpoint failed while asked which JSON schema shape it enforces"
+        )
+        raise EndpointError(f"{reason} (HTTP {err.status_code} from {backend.endpoint}): {err.message}") from None
+    except openai.APIConnectionError as err:
+        raise EndpointError(f"cannot reach the endpoint {backend.endpoint} ({type(err).__name__})") from None
+    if requested != "auto" and found.chosen != requested:
+        raise E5MistralError(
+            f"the endpoint does not enforce --response-format {requested} "
+            f"({found.refused[requested]}); use --response-format auto or none"
+        )
+    if found.chosen == "none":
+        logger.warning(
+            "the endpoint enforces no JSON schema (%s); sending requests without response_format",
+            "; ".join(f"{mode}: {why}" for mode, why in found.refused.items()),
+        )
+    return {**found.to_dict(), "max_tokens_param": cap}
+
+
+def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
+    """The client (AsyncOpenAI or AsyncAzureOpenAI, retries off: the backend retries) and the backend."""
+    import openai
+
+    from .online import make_http_client
+
+    api_key = args.api_key()
+    if args.azure_api_version and not args.base_url:
+        raise E5MistralError("--azure-api-version needs --base-url (the Azure endpoint)")
+    # aiohttp only where CPU per request matters; the batch backend uploads files through httpx
+    common = dict(
+        api_key=api_key,
+        max_retries=0,
+        timeout=args.timeout,
+        http_client=make_http_client(args.http_client) if args.backend == "online" else None,
+    )
+    if args.azure_api_version:
+        client = openai.AsyncAzureOpenAI(azure_endpoint=args.base_url, api_version=args.azure_api_version, **common)
+    else:
+        client = openai.AsyncOpenAI(base_url=args.base_url, **common)
+    if args.backend == "batch":
+        try:
+            from .batch import BatchBackend
+        except ImportError as err:
+            raise E5MistralError(f"--backend batch needs e5_mistral.synthesis.batch ({err})") from None
+        return client, BatchBackend(
+            client, output, poll_interval=args.batch_poll_interval, wait=not args.batch_no_wait
+        )
+    from .online import OnlineBackend
+
+    return client, OnlineBackend(
+        client,
+        concurrency=args.concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_attempts=args.max_attempts,
+        initial_wait=args.retry_initial_wait,
+        max_wait=args.retry_max_wait,
+        budget=budget,
+        endpoint=args.base_url or "the OpenAI API",
+    )
+
+
+def _names_the_cap(err) -> bool:
+    """A 400 saying that max_tokens is not supported and max_completion_tokens is (OpenAI's wording)."""
+    message = str(getattr(err, "message", err))
+    return "max_tokens" in message and "max_completion_tokens" in message

@@ -1,0 +1,164 @@
+"""The plan of a synthesis run: which requests it makes, from its arguments and what the journal holds.
+
+Pure: no requests and no writes. Brainstorm requests come first; a family's tasks exist once every one of its
+brainstorm calls has an answer (failed calls are left out), and its example requests follow from the tasks, the
+seeded slots and the request parameters (with the resolved response format and token cap).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..errors import E5MistralError
+from .config import SynthesisArguments
+from .journal import STATUS_OK, Request
+from .parsing import Rejected, normalize, parse_brainstorm_answer
+from .plan import (
+    assign_tasks,
+    brainstorm_calls,
+    brainstorm_request,
+    example_request,
+    needs_brainstorm,
+    sample_slots,
+)
+from .templates import template_version
+
+
+@dataclass
+class FamilyPlan:
+    family: str
+    count: int
+    brainstorms: list[Request]  # per brainstorm call, the request that counts (the last re-ask)
+    tasks: list[str] | None = None  # None until every brainstorm request has an answer
+    task_stats: Counter = field(default_factory=Counter)
+    examples: list[tuple[Request, dict]] = field(default_factory=list)  # (request, row metadata)
+    brainstorm_history: list[Request] = field(default_factory=list)  # every brainstorm request asked, re-asks included
+
+
+class Planner:
+    """Builds a run's plan; a run plans several times (before and after each stage, and for the report), so the
+    example requests of a family's task list are built once."""
+
+    def __init__(self, args: SynthesisArguments, counts: dict[str, int], languages: dict[str, float]):
+        self.args, self.counts, self.languages = args, counts, languages
+        self.params: dict = {}
+        self._dedup_cache: dict[tuple, tuple[list[str], int]] = {}
+        self._examples_cache: dict[str, tuple[tuple, list[tuple[Request, dict]]]] = {}  # family -> (key, plan)
+
+    def plan(self, latest: dict[str, dict], params: dict) -> list[FamilyPlan]:
+        """Every family's brainstorm requests, tasks (once answered) and example requests; pure (no I/O)."""
+        self.params = params
+        plans = []
+        for family, count in self.counts.items():
+            calls = brainstorm_calls(count, self.args.examples_per_task) if needs_brainstorm(family) else 0
+            fp = FamilyPlan(family, count, [])
+            for index in range(calls):
+                fp.brainstorms.append(self._brainstorm(family, index, latest, fp.task_stats, fp.brainstorm_history))
+            if needs_brainstorm(family):
+                self._resolve_tasks(fp, latest)
+            else:
+                fp.tasks = []
+            if fp.tasks is not None:
+                fp.examples = self._examples(family, count, tuple(fp.tasks))
+            plans.append(fp)
+        return plans
+
+    def _examples(self, family: str, count: int, tasks: tuple[str, ...]) -> list[tuple[Request, dict]]:
+        """The example requests for a family's task list, built once: a run plans up to four times (before and
+        after each stage, and for the report) and a request costs seeded sampling, rendering and hashing."""
+        cached = self._examples_cache.get(family)
+        key = (count, tasks, json.dumps(self.params, sort_keys=True))
+        if cached is None or cached[0] != key:  # only a family's current task list is asked for again
+            examples = []
+            for index, task in enumerate(assign_tasks(family, list(tasks), count, self.args.seed)):
+                slots = sample_slots(family, self.args.seed, index, self.languages)
+                request = example_request(family, index, task, slots, self.params)
+                meta = {
+                    "request_id": request.request_id,
+                    "family": family,
+                    "task": task,
+                    "language": slots.get("language") or slots["src_lang"],
+                    "slots": slots,
+                    "template_version": template_version(family, "generate"),
+                    "generator_model": self.args.model,
+                }
+                examples.append((request, meta))
+            cached = self._examples_cache[family] = (key, examples)
+        return cached[1]
+
+    def _brainstorm(self, family: str, index: int, latest: dict[str, dict], stats: Counter, history: list) -> Request:
+        """The request that stands for brainstorm call ``index``: asked again while its answer is unusable."""
+        limit = self.args.reask_limit()
+        for reask in range(limit + 1):
+            request = brainstorm_request(family, index, self.params, reask)
+            history.append(request)
+            rec = latest.get(request.request_id)
+            if rec is None or rec["status"] != STATUS_OK or reask == limit:
+                break
+            try:
+                self.tasks_of(rec)
+                break
+            except Rejected:
+                stats["reasked"] += 1
+        return request
+
+    def tasks_of(self, rec: dict) -> tuple[list[str], bool]:
+        """A brainstorm answer's tasks and whether they came from a plain-text list; the one parse the run's
+        re-asks, task lists and report all use, so they agree."""
+        return parse_brainstorm_answer(
+            rec["content"], rec["finish_reason"], accept_text_lists=self.args.accept_text_task_lists
+        )
+
+    def _resolve_tasks(self, fp: FamilyPlan, latest: dict[str, dict]) -> None:
+        """The family's tasks once every brainstorm call has an answer; calls that failed are left out, so a
+        family goes on with the tasks it has (they are asked again by the next run)."""
+        records = [latest.get(r.request_id) for r in fp.brainstorms]
+        answered = [rec for rec in records if rec is not None and rec["status"] == STATUS_OK]
+        if any(rec is None for rec in records) or (records and not answered):
+            return
+        fp.task_stats["brainstorm_failed"] = len(records) - len(answered)
+        tasks, seen = [], set()
+        for rec in answered:
+            try:
+                listed, from_text = self.tasks_of(rec)
+            except Rejected as err:
+                fp.task_stats[f"rejected:{err.reason}"] += 1
+                continue
+            fp.task_stats["from_text_lists"] += from_text
+            fp.task_stats["generated"] += len(listed)
+            for task in listed:
+                if normalize(task) not in seen:
+                    seen.add(normalize(task))
+                    tasks.append(task)
+        fp.task_stats["removed_duplicate"] = fp.task_stats["generated"] - len(tasks)
+        tasks, removed = self._near_dedup(tasks)
+        fp.task_stats["removed_near_duplicate"] = removed
+        fp.task_stats["unique"] = len(tasks)
+        fp.tasks = tasks
+
+    def _near_dedup(self, tasks: list[str]) -> tuple[list[str], int]:
+        mode = self.args.dedup_tasks
+        if mode == "none" or len(tasks) < 2:
+            return tasks, 0
+        key = (mode, tuple(tasks))
+        if key not in self._dedup_cache:
+            try:
+                from . import dedup
+            except ImportError as err:
+                raise E5MistralError(f"--dedup-tasks {mode} needs e5_mistral.synthesis.dedup ({err})") from None
+            if mode == "minhash":
+                kwargs = {} if self.args.dedup_threshold is None else {"threshold": self.args.dedup_threshold}
+                keep = dedup.near_duplicate_mask(tasks, **kwargs)
+            else:
+                model = self.args.dedup_model
+                if model is None:
+                    from ..local_models import minilm_path
+
+                    model = str(minilm_path())
+                kwargs = {} if self.args.dedup_threshold is None else {"threshold": self.args.dedup_threshold}
+                keep = dedup.semantic_duplicate_mask(tasks, model, **kwargs)
+            kept = [t for t, k in zip(tasks, keep) if k]
+            self._dedup_cache[key] = (kept, len(tasks) - len(kept))
+        return self._dedup_cache[key]
