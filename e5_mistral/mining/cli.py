@@ -1,0 +1,39 @@
+"""``e5-mistral mine``: add hard negatives mined with an embedder to a dataset, for training."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+
+DESCRIPTION = (
+    "Mine hard negatives with a sentence-transformers teacher (sentence_transformers.util.mine_hard_negatives) for "
+    "a synthesis output, a Hub dataset, a local Hub-layout folder or a JSON Lines file. Rerunning resumes."
+)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral mine") -> int:
+    from ..cli import CommandParser, fail, run
+    from ..errors import E5MistralError
+    from .hard_negatives import MiningArguments, mine
+
+    parser = CommandParser([MiningArguments], prog=prog, description=DESCRIPTION)
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    except E5MistralError as err:  # raised by MiningArguments.__post_init__
+        return fail(prog, err, code=2)
+    logging.basicConfig(level=logging.INFO if not args.no_progress else logging.WARNING, format=f"{prog}: %(message)s")
+
+    def _mine() -> int:
+        report = mine(args)
+        for config, counts in report["configs"].items():
+            if "mined_negatives" in counts:
+                print(
+                    f"{config}: {counts['rows']} rows, {counts['mined_negatives']} negatives mined, "
+                    f"{counts['rows_with_fewer']} rows with fewer than {args.num_negatives}, "
+                    f"{counts['rows_without']} without"
+                )
+        print(f"mined dataset in {args.output} (load_dataset({args.output!r}, CONFIG))")
+        return 0
+
+    return run(prog, _mine)

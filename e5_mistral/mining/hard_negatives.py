@@ -1,0 +1,390 @@
+"""Hard negatives mined with an embedder, between synthesis and training.
+
+The search is sentence-transformers' ``mine_hard_negatives`` (its vocabulary: ``num_negatives``, ``range_min``,
+``range_max``, ``relative_margin``, ``absolute_margin``, ``max_score``, ``sampling_strategy``, an optional cross
+encoder, FAISS when installed). This module only turns rows of any input into (query with its instruction,
+positive) pairs, and the mined lists back into training rows:
+
+    query, positive, negative (list: the row's own negative first, then the mined ones), negative_scores (the
+    teacher's score of each negative; null for the row's own), positive_score, instruction, family
+
+which ``load_dataset`` reads and training takes as a labeled dataset (``num_hard_negatives: k`` uses the first k).
+Queries are encoded as ``Instruct: {task}\\nQuery: {query}``, documents bare, as the paper trains. Each config is
+mined and written on its own, and embeddings are cached, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import E5MistralError, MissingFileError
+from ..families import FAMILY_SPECS
+from ..instructions import format_query
+
+
+logger = logging.getLogger(__name__)
+
+DATA_FILE = "train-00000-of-00001.parquet"
+DONE_MARKER = ".mined"  # written last in a config's folder: the config is finished
+SAMPLING_STRATEGIES = ("top", "random")
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class MiningArguments:
+    dataset: str = _help("Hub id, a local folder in the Hub layout, a synthesis output folder, or a JSON Lines file")
+    output: str = _help("folder for the mined dataset (Hub layout, one config per input config, plus a card)")
+    teacher: Optional[str] = _help(
+        "sentence-transformers model that scores candidates (a Hub id, a folder, or an export of this project; "
+        "default: the bundled all-MiniLM-L6-v2)",
+        default=None,
+    )
+    configs: Optional[list[str]] = _help(
+        "configs to mine (default: every config; for synthesis output, the six families, and `all` is rebuilt)",
+        default=None,
+    )
+    split: str = _help("split to mine", default="train")
+    corpus: Optional[str] = _help(
+        "candidate documents: a text file (one a line) or JSON Lines with a `text` field (default: the positives)",
+        default=None,
+    )
+    instruction: Optional[str] = _help("instruction for labeled rows that carry none", default=None)
+    columns: Optional[str] = _help(
+        'JSON object renaming input columns, e.g. {"question": "query", "answer": "positive"}', default=None
+    )
+    query_prompt: Optional[str] = _help(
+        "a fixed prefix for queries instead of their instruction (a teacher trained otherwise, e.g. 'query: ' for "
+        "multilingual-e5-base)",
+        default=None,
+    )
+    corpus_prompt: Optional[str] = _help(
+        "a prefix for documents (e.g. 'passage: ' for multilingual-e5-base)", default=None
+    )
+    num_negatives: int = _help("negatives to mine per row", default=3)
+    range_min: int = _help("skip this many of the closest candidates", default=0)
+    range_max: Optional[int] = _help("consider only this many of the closest candidates", default=50)
+    relative_margin: Optional[float] = _help(
+        "keep a negative only if its score <= (1 - margin) x the positive's (0.05: NV-Retriever's 95%% rule)",
+        default=0.05,
+    )
+    absolute_margin: Optional[float] = _help(
+        "keep a negative only if its score <= the positive's - margin", default=None
+    )
+    max_score: Optional[float] = _help("keep a negative only if its score <= this", default=None)
+    sampling_strategy: str = _help("top (the closest allowed) or random (among the allowed)", default="top")
+    cross_encoder: Optional[str] = _help("a CrossEncoder that rescores the candidates", default=None)
+    batch_size: int = _help("encoding batch size", default=32)
+    use_faiss: Optional[bool] = _help("search with FAISS (default: when it is installed)", default=None)
+    push_to_hub: Optional[str] = _help("push the mined dataset to this Hub repo id", default=None)
+    private: bool = _help("make the Hub repo private", default=False)
+    no_progress: bool = _help("hide progress bars", default=False)
+
+    def __post_init__(self):
+        if self.num_negatives < 1 or self.batch_size < 1 or self.range_min < 0:
+            raise E5MistralError("--num-negatives and --batch-size must be >= 1 and --range-min >= 0")
+        if self.range_max is not None and self.range_max <= self.range_min:
+            raise E5MistralError(f"--range-max ({self.range_max}) must be above --range-min ({self.range_min})")
+        if self.sampling_strategy not in SAMPLING_STRATEGIES:
+            raise E5MistralError(f"--sampling-strategy must be top or random, not {self.sampling_strategy!r}")
+        if self.columns is not None:
+            try:
+                mapping = json.loads(self.columns)
+            except json.JSONDecodeError as err:
+                raise E5MistralError(f"--columns is not valid JSON: {err}") from None
+            if not isinstance(mapping, dict):
+                raise E5MistralError("--columns must be a JSON object (old name: new name)")
+        if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
+            raise E5MistralError(f"--relative-margin must be in [0, 1), got {self.relative_margin}")
+
+
+# -- input ---------------------------------------------------------------------------------------------------------
+def _source(dataset: str) -> tuple[str, str | None]:
+    """(what load_dataset takes, data file or None): a synthesis output's dataset/ folder, a folder, a file, an id."""
+    path = Path(dataset)
+    if path.is_file():
+        return "json", str(path)
+    if path.is_dir():
+        return (str(path / "dataset") if (path / "dataset" / "README.md").is_file() else str(path)), None
+    if path.suffix in (".jsonl", ".json") or dataset.startswith((".", "/", "~")):
+        raise MissingFileError(f"dataset {dataset} not found")
+    return dataset, None  # a Hub id
+
+
+def input_configs(args: MiningArguments) -> list[str]:
+    from datasets import get_dataset_config_names
+
+    source, data_file = _source(args.dataset)
+    if data_file is not None:
+        return ["default"]
+    names = list(get_dataset_config_names(source))
+    if args.configs:
+        unknown = [c for c in args.configs if c not in names]
+        if unknown:
+            raise E5MistralError(f"{args.dataset} has no config {', '.join(unknown)} (it has {', '.join(names)})")
+        return list(args.configs)
+    if set(FAMILY_SPECS) <= set(names):  # synthesis layout: `all` is the union of the families, rebuilt after
+        return [n for n in names if n != "all"]
+    return names
+
+
+def load_rows(args: MiningArguments, config: str) -> list[dict]:
+    from datasets import load_dataset
+
+    source, data_file = _source(args.dataset)
+    if data_file is not None:
+        dataset = load_dataset("json", data_files=data_file, split="train")
+    else:
+        dataset = load_dataset(source, config, split=args.split)
+    if args.columns:
+        mapping = json.loads(args.columns)
+        missing = [c for c in mapping if c not in dataset.column_names]
+        if missing:
+            raise E5MistralError(
+                f"{args.dataset}: columns to rename not found: {', '.join(missing)} "
+                f"(has {', '.join(dataset.column_names)})"
+            )
+        dataset = dataset.rename_columns(mapping)
+    return dataset.to_list()
+
+
+def _text(row: dict, key: str, where: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        problem = (
+            "is missing" if value is None else "is empty" if isinstance(value, str) else f"is a {type(value).__name__}"
+        )
+        raise E5MistralError(f"{where}: field {key!r} {problem}, expected a non-empty string")
+    return value
+
+
+def training_pair(row: dict, where: str, default_instruction: str | None) -> dict:
+    """(query, positive, own negatives, instruction, family) of a synthesis row or a labeled row."""
+    family = row.get("family")
+    if family is not None and row.get("query") is None:
+        if family not in FAMILY_SPECS:
+            raise E5MistralError(f"{where}: field 'family' is {family!r}, expected one of {', '.join(FAMILY_SPECS)}")
+        query_key, positive_key, negative_key = FAMILY_SPECS[family].fields
+        negatives = [_text(row, negative_key, where)] if negative_key else []
+        return {
+            "query": _text(row, query_key, where),
+            "positive": _text(row, positive_key, where),
+            "negatives": negatives,
+            "instruction": _text(row, "task", where),
+            "family": family,
+        }
+    raw = row.get("negative")
+    negatives = [] if raw is None else [raw] if isinstance(raw, str) else list(raw)
+    for k, negative in enumerate(negatives):
+        if not isinstance(negative, str) or not negative.strip():
+            raise E5MistralError(f"{where}: field 'negative'[{k}] must be a non-empty string")
+    return {
+        "query": _text(row, "query", where),
+        "positive": _text(row, "positive", where),
+        "negatives": negatives,
+        "instruction": row.get("instruction") or default_instruction,
+        "family": family,
+    }
+
+
+def read_corpus(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise MissingFileError(f"corpus file {path} not found")
+    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if file.suffix != ".jsonl":
+        return lines
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            texts.append(_text(json.loads(line), "text", f"{path}, line {number}"))
+        except json.JSONDecodeError as err:
+            raise E5MistralError(f"{path}, line {number}: not JSON ({err})") from None
+    return texts
+
+
+# -- mining --------------------------------------------------------------------------------------------------------
+def mine_config(
+    pairs: list[dict], model, args: MiningArguments, cache_folder: Path, corpus: list[str] | None, cross_encoder=None
+) -> tuple[list[dict], dict]:
+    """The rows with their mined negatives; rows for which too few candidates pass the margins keep fewer."""
+    import importlib.util
+
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    if args.query_prompt is not None:
+        anchors = [args.query_prompt + p["query"] for p in pairs]
+    else:
+        anchors = [format_query(p["instruction"], p["query"]) for p in pairs]
+    dataset = Dataset.from_dict({"anchor": anchors, "positive": [p["positive"] for p in pairs]})
+    # the candidates stay the same in every pass below (the rows' positives, plus --corpus), so ranks do too
+    candidates = list(dict.fromkeys((corpus or []) + [p["positive"] for p in pairs]))
+    use_faiss = args.use_faiss if args.use_faiss is not None else importlib.util.find_spec("faiss") is not None
+    found: dict[tuple[str, str], tuple[list[str], list[float], float]] = {}
+    for wanted in range(args.num_negatives, 0, -1):  # rows short of candidates get as many as pass the margins
+        todo = [i for i, a in enumerate(anchors) if (a, pairs[i]["positive"]) not in found]
+        if not todo:
+            break
+        mined = mine_hard_negatives(
+            dataset.select(todo),
+            model,
+            anchor_column_name="anchor",
+            positive_column_name="positive",
+            corpus=candidates,
+            cross_encoder=cross_encoder,
+            range_min=args.range_min,
+            range_max=args.range_max,
+            max_score=args.max_score,
+            absolute_margin=args.absolute_margin,
+            relative_margin=args.relative_margin,
+            num_negatives=wanted,
+            sampling_strategy=args.sampling_strategy,
+            output_format="n-tuple",
+            output_scores=True,
+            batch_size=args.batch_size,
+            use_faiss=use_faiss,
+            verbose=not args.no_progress,
+            cache_folder=str(cache_folder),
+        )
+        for row in mined:
+            negatives = [row[f"negative_{i}"] for i in range(1, wanted + 1)]
+            found[(row["anchor"], row["positive"])] = (negatives, row["scores"][1:], row["scores"][0])
+    rows, counts = [], {"rows": len(pairs), "mined_negatives": 0, "rows_with_fewer": 0, "rows_without": 0}
+    for anchor, pair in zip(anchors, pairs):
+        negatives, scores, positive_score = found.get((anchor, pair["positive"]), ([], [], None))
+        counts["mined_negatives"] += len(negatives)
+        counts["rows_with_fewer"] += 0 < len(negatives) < args.num_negatives
+        counts["rows_without"] += not negatives
+        rows.append(
+            {
+                "query": pair["query"],
+                "positive": pair["positive"],
+                "negative": pair["negatives"] + negatives,
+                "negative_scores": [None] * len(pair["negatives"]) + [float(s) for s in scores],
+                "positive_score": None if positive_score is None else float(positive_score),
+                "instruction": pair["instruction"],
+                "family": pair["family"],
+            }
+        )
+    return rows, counts
+
+
+def _features():
+    from datasets import Features, Sequence, Value
+
+    return Features(
+        {
+            "query": Value("string"),
+            "positive": Value("string"),
+            "negative": Sequence(Value("string")),
+            "negative_scores": Sequence(Value("float64")),
+            "positive_score": Value("float64"),
+            "instruction": Value("string"),
+            "family": Value("string"),
+        }
+    )
+
+
+def _write(rows: list[dict], folder: Path) -> None:
+    from datasets import Dataset
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    Dataset.from_list(rows, features=_features()).to_parquet(str(tmp / DATA_FILE))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def mine(args: MiningArguments) -> dict:
+    """Mine every config (resuming finished ones), write the Hub layout and card; returns the report."""
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    from ..synthesis.lock import OutputLock
+
+    output = Path(args.output)
+    with OutputLock(output, "e5-mistral mine"):
+        configs = input_configs(args)
+        teacher = args.teacher
+        if teacher is None:
+            from ..local_models import minilm_path
+
+            teacher = str(minilm_path())
+        model = corpus = cross_encoder = None
+        report = {
+            "settings": {k: v for k, v in asdict(args).items() if k not in ("push_to_hub", "private")},
+            "teacher": teacher,
+            "configs": {},
+        }
+        previous = output / "report.json"
+        if previous.is_file():
+            report["configs"].update(json.loads(previous.read_text())["configs"])
+        for config in configs:
+            folder = output / config
+            if (folder / DONE_MARKER).is_file() and config in report["configs"]:
+                logger.info("%s: already mined (delete %s to mine it again)", config, folder)
+                continue
+            where = f"{args.dataset}" + ("" if config == "default" else f" config {config}") + f" split {args.split}"
+            pairs = [
+                training_pair(row, f"{where}, row {i}", args.instruction)
+                for i, row in enumerate(load_rows(args, config))
+            ]
+            if model is None:
+                model = SentenceTransformer(teacher, device="cpu" if not _has_cuda() else None)
+                corpus = read_corpus(args.corpus) if args.corpus else None
+                cross_encoder = CrossEncoder(args.cross_encoder) if args.cross_encoder else None
+            rows, counts = mine_config(pairs, model, args, output / ".cache" / config, corpus, cross_encoder)
+            _write(rows, folder)
+            report["configs"][config] = counts
+            (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            (folder / DONE_MARKER).write_text("")
+        if set(FAMILY_SPECS) <= set(configs):  # the synthesis layout: rebuild `all` from the families
+            _rebuild_all(output, configs)
+            report["configs"]["all"] = {"rows": sum(report["configs"][c]["rows"] for c in configs)}
+        (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_card(output, report, [c for c in report["configs"]])
+    if args.push_to_hub:
+        from ..synthesis.dataset import push_to_hub
+
+        push_to_hub(output, args.push_to_hub, private=args.private)
+    return report
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _rebuild_all(output: Path, configs: list[str]) -> None:
+    import pyarrow.parquet as pq
+
+    rows = [r for c in configs for r in pq.read_table(output / c / DATA_FILE).to_pylist()]
+    _write(rows, output / "all")
+
+
+def write_card(output: Path, report: dict, configs: list[str]) -> None:
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(
+        configs=[{"config_name": c, "data_files": [{"split": "train", "path": f"{c}/*.parquet"}]} for c in configs],
+        tags=["embeddings", "hard-negatives", "e5-mistral"],
+        pretty_name="Training data with mined hard negatives",
+    )
+    card = DatasetCard.from_template(
+        data,
+        template_path=str(Path(__file__).parent / "card_template.md"),
+        report=report,
+        settings=report["settings"],
+        counts=json.dumps(report["configs"], indent=2),
+    )
+    card.save(output / "README.md")
