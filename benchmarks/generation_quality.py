@@ -8,7 +8,7 @@ without the JSON schema, on the same server, model and prompts, side by side.
 The generator (any spec of ``e5-mistral quickstart --generator``) is served by llama.cpp's own server (xllamacpp)
 on 127.0.0.1 with all cores. The example prompts are the paper's templates for all six families, with fixed task
 definitions (no brainstorm, so both runs send byte-identical prompts) and the quickstart's languages and sampling
-(temperature 1.0, llama.cpp's repeat penalty 1.1, seed 0). The two runs alternate request by request, so a change
+(temperature 1.0, llama.cpp's repeat penalty 1.1, a seed per request). The two runs alternate request by request, so a change
 in machine load hits both. Accepted = parsed and valid under the paper's rules (`e5_mistral.synthesis.parsing`).
 """
 
@@ -40,11 +40,18 @@ TASKS = {
 
 
 def requests(num_examples: int, response_format: str, model: str):
-    from e5_mistral.quickstart import LLAMA_CPP_SAMPLING, QUICKSTART_LANGUAGES
+    from e5_mistral.quickstart import LLAMA_CPP_SAMPLING, QUICKSTART_LANGUAGES, SAMPLING_SEED
     from e5_mistral.synthesis.plan import example_request, resolve_languages, sample_slots
 
     languages = resolve_languages(QUICKSTART_LANGUAGES)
-    params = {"model": model, "temperature": 1.0, "top_p": 1.0, "max_tokens": 512, "extra_body": LLAMA_CPP_SAMPLING}
+    params = {
+        "model": model,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_tokens": 512,
+        "extra_body": LLAMA_CPP_SAMPLING,
+        "sampling_seed": SAMPLING_SEED,
+    }
     if response_format != "none":
         params["response_format"] = response_format
     out = []

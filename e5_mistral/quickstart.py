@@ -55,9 +55,10 @@ QUICKSTART_LANGUAGES = {
     "Arabic": 0.05,
 }
 # A small model at the paper's temperature 1.0 sometimes repeats a phrase until the token cap; llama.cpp's repeat
-# penalty stops that. A fixed sampling seed makes the run repeatable (llama.cpp with one slot is deterministic).
-# Both travel in the request body, so they are part of the request ids and the run config.
-LLAMA_CPP_SAMPLING = {"repeat_penalty": 1.1, "seed": 0}
+# penalty stops that (sent in the request body, so part of the request ids and the run config). The run is
+# repeatable through --sampling-seed: llama.cpp with one slot is deterministic for a given seed.
+LLAMA_CPP_SAMPLING = {"repeat_penalty": 1.1}
+SAMPLING_SEED = 0
 
 
 @dataclass
@@ -87,7 +88,8 @@ class QuickstartArguments:
         },
     )
     num_examples: int = field(
-        default=120, metadata={"help": "examples to generate, spread evenly over the six families"}
+        default=102,
+        metadata={"help": "examples to generate, spread evenly over the six families (17 each; sized for 15 minutes)"},
     )
     max_new_tokens: int = field(
         default=512,
@@ -105,7 +107,7 @@ class QuickstartArguments:
         metadata={"help": "training seed (default: the recipe's); the spread between two shows what is noise"},
     )
     eval_max_rows: int = field(
-        default=64, metadata={"help": "rows (pairs / queries / test texts) per benchmark task, to bound CPU time"}
+        default=48, metadata={"help": "rows (pairs / queries / test texts) per benchmark task, to bound CPU time"}
     )
     recipe: Optional[str] = field(
         default=None, metadata={"help": "training recipe (YAML; default: the bundled recipes/smollm2-135m/cpu.yaml)"}
@@ -184,6 +186,8 @@ def generate(args: QuickstartArguments, out: Path, step: Step) -> Path:
         "2",
         "--response-format",
         "auto",
+        "--sampling-seed",
+        str(SAMPLING_SEED),
         *(["--system-prompt", args.system_prompt] if args.system_prompt else []),
     ]
     license_line = generator_license(args.generator)

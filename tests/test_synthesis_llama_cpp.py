@@ -10,7 +10,7 @@ import pytest
 from e5_mistral.families import FAMILIES
 from e5_mistral.local_models import GENERATOR_MODELS, generator_gguf
 from e5_mistral.local_server import llama_cpp_serve
-from e5_mistral.quickstart import LLAMA_CPP_SAMPLING, QUICKSTART_LANGUAGES
+from e5_mistral.quickstart import LLAMA_CPP_SAMPLING, QUICKSTART_LANGUAGES, SAMPLING_SEED
 from e5_mistral.synthesis.config import SynthesisArguments
 from e5_mistral.synthesis.runner import generate
 
@@ -34,6 +34,7 @@ def test_qwen_on_llama_cpp_writes_valid_examples_for_every_family(tmp_path):
             examples_per_task=2,
             max_tokens=512,
             extra_body=json.dumps(LLAMA_CPP_SAMPLING),
+            sampling_seed=SAMPLING_SEED,
             concurrency=1,
             no_progress=True,
         )
@@ -43,3 +44,4 @@ def test_qwen_on_llama_cpp_writes_valid_examples_for_every_family(tmp_path):
     assert report["accepted"] >= 0.9 * NUM_EXAMPLES, (report["rejected"], report["duplicates_removed"])
     assert all(report["per_family"][family]["accepted"] >= 1 for family in FAMILIES), report["per_family"]
     assert report["acceptance"]["rate"] == round(report["accepted"] / NUM_EXAMPLES, 4)
+    assert report["duplicates_removed"] <= 1  # each request its own sampling seed: equal prompts differ

@@ -82,6 +82,11 @@ class SynthesisArguments:
     )
     # Decoding
     temperature: float = _help("sampling temperature (paper: 1.0)", default=1.0)
+    sampling_seed: Optional[int] = _help(
+        "make sampling repeatable on servers that honour `seed` (OpenAI best-effort, vLLM, llama.cpp): each request "
+        "is sent its own seed, derived from this one and the request; changes the request ids",
+        default=None,
+    )
     top_p: float = _help("nucleus sampling top_p (paper: 1.0)", default=1.0)
     max_tokens: int = _help("max completion tokens per request; a cut answer is rejected as `truncated`", default=4096)
     max_tokens_param: str = _help(
@@ -192,6 +197,8 @@ class SynthesisArguments:
             params["response_format"] = response_format
         if self.extra_body:
             params["extra_body"] = json.loads(self.extra_body)
+        if self.sampling_seed is not None:  # only when set, as the system prompt
+            params["sampling_seed"] = self.sampling_seed
         if self.system_prompt:  # only when set, so the ids of runs without one stay as they were
             params["system_prompt"] = self.system_prompt
         return params

@@ -134,12 +134,15 @@ def _messages(prompt: str, params: Mapping) -> tuple:
     return ({"role": "system", "content": system}, user) if system else (user,)
 
 
-def _body_params(params: Mapping, kind: str, family: str) -> dict:
-    """The params sent in the request body: the system prompt is part of the id but travels as a message, and the
-    response format's name in the id becomes the family's schema in the body."""
-    body = {k: v for k, v in params.items() if k != "system_prompt"}
+def _body_params(params: Mapping, kind: str, family: str, rid: str) -> dict:
+    """The params sent in the request body: the system prompt is part of the id but travels as a message, the
+    response format's name in the id becomes the family's schema, and a sampling seed becomes the request's own
+    ``seed`` (derived from its id: repeatable, yet different for two requests with the same prompt)."""
+    body = {k: v for k, v in params.items() if k not in ("system_prompt", "sampling_seed")}
     if "response_format" in body:
         body["response_format"] = response_format(body["response_format"], kind, family)
+    if "sampling_seed" in params:
+        body["seed"] = int(rid[:8], 16) & 0x7FFFFFFF
     return body
 
 
@@ -155,7 +158,7 @@ def brainstorm_request(family: str, index: int, params: Mapping, reask: int = 0)
         "brainstorm",
         family,
         _messages(render(family, "brainstorm", {}), params),
-        _body_params(params, "brainstorm", family),
+        _body_params(params, "brainstorm", family, rid),
     )
 
 
@@ -203,7 +206,7 @@ def example_request(family: str, index: int, task: str, slots: Mapping[str, str]
         "example",
         family,
         _messages(render(family, "generate", values), params),
-        _body_params(params, "example", family),
+        _body_params(params, "example", family, rid),
     )
 
 
