@@ -179,6 +179,24 @@ class SynthesisArguments:
                 if not isinstance(parsed, dict):
                     raise E5MistralError(f"--{name.replace('_', '-')} must be a JSON object")
 
+    def check_runnable(self) -> None:
+        """The checks a run needs beyond each flag's own (``__post_init__``): every argument check lives in this
+        class, so the command line, the builder and library calls refuse the same things."""
+        from .cost import load_price_table, price_for
+        from .plan import family_counts, resolve_languages, resolve_mix
+
+        if not self.output:
+            raise E5MistralError("--output is required")
+        if not self.model:
+            raise E5MistralError("--model is required")
+        if self.azure_api_version and not self.base_url:
+            raise E5MistralError("--azure-api-version needs --base-url (the Azure endpoint)")
+        counts = family_counts(self.num_examples, resolve_mix(self.families, self.family_mix))
+        if counts.get("bitext") and len(resolve_languages(self.languages)) < 2:
+            raise E5MistralError("bitext needs at least two languages (source and target must differ)")
+        if self.max_cost is not None and price_for(load_price_table(self.price_table), self.model) is None:
+            raise E5MistralError(f"--max-cost needs a price for model {self.model!r} in --price-table")
+
     def reask_limit(self) -> int:
         """Re-asks per brainstorm call: greedy decoding answers a re-ask exactly as before, so none by default."""
         if self.brainstorm_reasks is not None:

@@ -129,8 +129,6 @@ def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
     from .online import make_http_client
 
     api_key = args.api_key()
-    if args.azure_api_version and not args.base_url:
-        raise E5MistralError("--azure-api-version needs --base-url (the Azure endpoint)")
     # aiohttp only where CPU per request matters; the batch backend uploads files through httpx
     common = dict(
         api_key=api_key,

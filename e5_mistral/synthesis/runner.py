@@ -19,10 +19,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from ..errors import E5MistralError
 from .collect import RunResult, collect
 from .config import SynthesisArguments
-from .cost import Budget, load_price_table, price_for
+from .cost import Budget, load_price_table
 from .endpoint import detect_response_format, make_backend, stored_detection
 from .journal import STATUS_FAILED, STATUS_OK, STATUS_REFUSED, Journal, Request
 from .lock import OutputLock
@@ -49,19 +48,12 @@ class ObservedJournal(Journal):
 
 class SynthesisRun:
     def __init__(self, args: SynthesisArguments):
-        if not args.output:
-            raise E5MistralError("--output is required")
-        if not args.model:
-            raise E5MistralError("--model is required")
+        args.check_runnable()
         self.args = args
         self.output = Path(args.output)
-        languages = resolve_languages(args.languages)
-        counts = family_counts(args.num_examples, resolve_mix(args.families, args.family_mix))
-        if counts.get("bitext") and len(languages) < 2:
-            raise E5MistralError("bitext needs at least two languages (source and target must differ)")
         self.prices = load_price_table(args.price_table)
-        if args.max_cost is not None and price_for(self.prices, args.model) is None:
-            raise E5MistralError(f"--max-cost needs a price for model {args.model!r} in --price-table")
+        counts = family_counts(args.num_examples, resolve_mix(args.families, args.family_mix))
+        languages = resolve_languages(args.languages)
         self.planner = Planner(args, counts, languages)
         # what `auto` found ({"chosen", "refused", "max_tokens_param"}); None until the endpoint was asked
         self.detection: dict | None = stored_detection(args, self.output)
