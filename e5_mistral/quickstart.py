@@ -88,8 +88,8 @@ class QuickstartArguments:
         },
     )
     num_examples: int = field(
-        default=102,
-        metadata={"help": "examples to generate, spread evenly over the six families (17 each; sized for 15 minutes)"},
+        default=100,
+        metadata={"help": "examples to generate, spread evenly over the six families (sized for 15 minutes)"},
     )
     max_new_tokens: int = field(
         default=512,
@@ -107,7 +107,7 @@ class QuickstartArguments:
         metadata={"help": "training seed (default: the recipe's); the spread between two shows what is noise"},
     )
     eval_max_rows: int = field(
-        default=48, metadata={"help": "rows (pairs / queries / test texts) per benchmark task, to bound CPU time"}
+        default=40, metadata={"help": "rows (pairs / queries / test texts) per benchmark task, to bound CPU time"}
     )
     recipe: Optional[str] = field(
         default=None, metadata={"help": "training recipe (YAML; default: the bundled recipes/smollm2-135m/cpu.yaml)"}
