@@ -58,8 +58,9 @@ def requests(num_examples: int, response_format: str, model: str):
     for index in range(num_examples):
         family = FAMILIES[index % len(FAMILIES)]
         task = FAMILY_SPECS[family].fixed_task or TASKS[family]
-        slots = sample_slots(family, 0, index, languages)
-        out.append(example_request(family, index, task, slots, params))
+        use = index // len(FAMILIES)  # the family's own row number: one task per family here
+        slots = sample_slots(family, 0, task, use, languages)
+        out.append(example_request(family, task, use, slots, params))
     return out
 
 

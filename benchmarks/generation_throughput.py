@@ -11,6 +11,9 @@ requests per second (64 / 0.2 s = 320/s); the script prints each mode's examples
   transport ``--http-client`` picks (default ``auto``: aiohttp when installed), and ``OnlineBackend, httpx``;
 * ``OnlineBackend, no fsync``: the same with the journal's per-record ``os.fsync`` patched out (diagnostic
   only: it shows what the durability guarantee costs on this disk, whose fsync latency is printed too);
+* ``OnlineBackend + budget/rpm/tpm``: the same with ``--max-cost``/``--max-total-tokens`` (every request's worst
+  case reserved, then reconciled with its usage) and ``--rpm``/``--tpm`` buckets, all far above what the run needs:
+  what their bookkeeping costs;
 * ``SynthesisRun``: the whole ``e5-mistral generate`` path: plan, brainstorm stage, example stage, parsing,
   dedup, report and dataset files (its brainstorm round trip and file writing count against it), then its
   example stage alone (the rate a long run converges to) and how its time splits.
@@ -43,7 +46,6 @@ sys.path.insert(0, str(REPO_ROOT))  # tests.fake_openai lives in the repository,
 
 import openai  # noqa: E402
 
-from e5_mistral.synthesis.journal import Journal  # noqa: E402
 from e5_mistral.synthesis.online import HTTP_CLIENTS, OnlineBackend, make_http_client  # noqa: E402
 from e5_mistral.synthesis.parsing import Rejected, parse_example  # noqa: E402
 from e5_mistral.synthesis.plan import example_request, sample_slots  # noqa: E402
@@ -97,8 +99,8 @@ def example_requests(count: int) -> list:
     tasks = [f"Retrieve documents for task {i}." for i in range(max(1, count // 3))]
     languages = {"English": 1.0}
     return [
-        example_request(FAMILY, i, tasks[i % len(tasks)], sample_slots(FAMILY, 0, i, languages), PARAMS)
-        for i in range(count)
+        example_request(FAMILY, task, use, sample_slots(FAMILY, 0, task, use, languages), PARAMS)
+        for task, use in ((tasks[i % len(tasks)], i // len(tasks)) for i in range(count))
     ]
 
 
@@ -141,13 +143,23 @@ def fsync_latency(directory: Path, count: int = 50) -> float:
     return (time.perf_counter() - start) / count
 
 
-async def online_backend(base_url: str, requests: list, concurrency: int, directory: Path, http_client: str) -> int:
+async def online_backend(
+    base_url: str, requests: list, concurrency: int, directory: Path, http_client: str, limits: bool = False
+) -> int:
+    """``limits``: a budget (each request's worst case reserved, then reconciled) and --rpm/--tpm buckets, all set
+    far above what the run needs, so that only their bookkeeping is measured."""
+    from e5_mistral.synthesis.cost import Budget
+    from e5_mistral.synthesis.runner import ObservedJournal
+
     client = openai.AsyncOpenAI(
         base_url=base_url, api_key="EMPTY", max_retries=0, http_client=make_http_client(http_client)
     )
+    budget = Budget(max_cost=1e9, max_tokens=10**12, prices={"*": {"input": 1.0, "output": 2.0}}) if limits else None
+    settings = dict(budget=budget, rpm=1e9, tpm=1e12) if limits else {}
     try:
-        with Journal(directory / f"journal-{http_client}") as journal:
-            await OnlineBackend(client, concurrency=concurrency).run(requests, journal)
+        name = f"journal-{http_client}{'-limits' if limits else ''}"
+        with ObservedJournal(directory / name, [budget.add] if budget else []) as journal:
+            await OnlineBackend(client, concurrency=concurrency, **settings).run(requests, journal)
             records = journal.latest().values()
     finally:
         await client.close()
@@ -200,8 +212,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the fake server waits before each answer")
     parser.add_argument(
         "--modes",
-        default="raw,raw-aiohttp,online,online-httpx,online-nofsync,run",
-        help="comma-separated: raw, raw-aiohttp, online, online-httpx, online-nofsync, run",
+        default="raw,raw-aiohttp,online,online-httpx,online-nofsync,online-limits,run",
+        help="comma-separated: raw, raw-aiohttp, online, online-httpx, online-nofsync, online-limits, run",
     )
     parser.add_argument(
         "--http-client",
@@ -244,6 +256,10 @@ def main(argv=None) -> int:
             "online-nofsync": (
                 f"OnlineBackend, no fsync ({http})",
                 lambda: online_backend_without_fsync(url, requests, conc, tmp_path, http),
+            ),
+            "online-limits": (
+                f"OnlineBackend + budget/rpm/tpm ({http})",
+                lambda: asyncio.run(online_backend(url, requests, conc, tmp_path, http, limits=True)),
             ),
             "run": (f"SynthesisRun, end to end ({http})", lambda: synthesis_run(url, n, conc, tmp_path, http, stages)),
         }

@@ -93,7 +93,11 @@ class FakeOpenAIServer:
         api_key: str | None = None,
         structured: str | None = None,
         refuse_max_tokens: bool = False,
+        headers: Callable[[str, int], dict] | None = None,
     ):
+        # extra response headers: (answer kind, 0-based number of the chat request) -> {name: value}; they replace
+        # the default Retry-After of a 429 when they name it
+        self.headers = headers
         self.refuse_max_tokens = refuse_max_tokens  # as OpenAI's reasoning models: 400 to max_tokens
         if structured not in STRUCTURED_BEHAVIOURS:
             raise ValueError(f"structured must be one of {STRUCTURED_BEHAVIOURS}")
@@ -144,8 +148,9 @@ class FakeOpenAIServer:
         self.stop()
 
     # -- request handling ---------------------------------------------------------------------------
-    def _decide(self, phash: str) -> str:
+    def _decide(self, phash: str) -> tuple[str, int]:
         with self._lock:
+            number = len(self.stats.log)
             attempt = self.stats.attempts_by_prompt[phash]
             self.stats.attempts_by_prompt[phash] += 1
             kind = self._forced.pop(0) if self._forced else self.faults.draw(phash, attempt)
@@ -153,7 +158,7 @@ class FakeOpenAIServer:
             if kind in ("ok", "malformed", "truncated"):
                 self.stats.ok_by_prompt[phash] += 1
             self.stats.log.append({"time": time.time(), "prompt": phash, "outcome": kind})
-        return kind
+        return kind, number
 
     def _format_refusal(self, body: dict) -> tuple[int, str] | None:
         """The status and message with which this server refuses the request's response_format, if it does."""
@@ -272,17 +277,18 @@ class FakeOpenAIServer:
                         server.stats.outcomes["format_refused"] += 1
                     self._send(refusal[0], {"error": {"message": refusal[1], "type": "invalid_request_error"}})
                     return
-                kind = server._decide(prompt_hash(body))
+                kind, number = server._decide(prompt_hash(body))
+                extra = server.headers(kind, number) if server.headers else {}
                 if server.latency:
                     time.sleep(server.latency)
                 if kind == "429":
                     self._send(
                         429,
                         {"error": {"message": "rate limited", "type": "rate_limit_exceeded"}},
-                        {"Retry-After": str(server.faults.retry_after)},
+                        {"Retry-After": str(server.faults.retry_after), **extra},
                     )
                 elif kind == "500":
-                    self._send(500, {"error": {"message": "internal error", "type": "server_error"}})
+                    self._send(500, {"error": {"message": "internal error", "type": "server_error"}}, extra)
                 elif kind == "400":
                     self._send(
                         400,
@@ -292,11 +298,12 @@ class FakeOpenAIServer:
                                 "type": "invalid_request_error",
                             }
                         },
+                        extra,
                     )
                 else:
                     if kind == "timeout":
                         time.sleep(server.faults.slow_seconds)
-                    self._send(200, server._completion(body, kind))
+                    self._send(200, server._completion(body, kind), extra)
 
         return Handler
 

@@ -36,6 +36,7 @@ def test_every_mode_is_reported_against_the_ideal(capsys):
         "OnlineBackend + journal (auto)",
         "OnlineBackend + journal (httpx)",
         "OnlineBackend, no fsync (auto)",
+        "OnlineBackend + budget/rpm/tpm (auto)",
         "SynthesisRun, end to end (auto)",
         "  its example stage",
     ]

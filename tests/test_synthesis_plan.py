@@ -18,9 +18,10 @@ TASKS = [f"Retrieve documents of kind {i}." for i in range(30)]
 def _examples(seed, family="short_long", n=50, languages=None, model="m"):
     langs = plan.resolve_languages(languages)
     out = []
-    for i, task in enumerate(plan.assign_tasks(family, TASKS, n, seed)):
-        slots = plan.sample_slots(family, seed, i, langs)
-        out.append(plan.example_request(family, i, task, slots, {"model": model, "temperature": 1.0}))
+    tasks = plan.assign_tasks(family, TASKS, n, seed)
+    for task, use in zip(tasks, plan.task_uses(tasks)):
+        slots = plan.sample_slots(family, seed, task, use, langs)
+        out.append(plan.example_request(family, task, use, slots, {"model": model, "temperature": 1.0}, seed))
     return out
 
 
@@ -76,7 +77,7 @@ def test_language_specs():
 
 def test_default_language_distribution_reproduces_figure_2():
     langs = plan.resolve_languages(None)
-    counts = Counter(plan.sample_slots("sts", 1, i, langs)["language"] for i in range(20_000))
+    counts = Counter(plan.sample_slots("sts", 1, "", i, langs)["language"] for i in range(20_000))
     assert counts["English"] / 20_000 == pytest.approx(0.431, abs=0.015)
     assert counts["Polish"] / 20_000 == pytest.approx(0.030, abs=0.006)
     assert len(counts) > 80
@@ -85,17 +86,17 @@ def test_default_language_distribution_reproduces_figure_2():
 def test_bitext_source_differs_from_target():
     langs = plan.resolve_languages(["English", "Uzbek"])
     for i in range(300):
-        slots = plan.sample_slots("bitext", 3, i, langs)
+        slots = plan.sample_slots("bitext", 3, "", i, langs)
         assert slots["src_lang"] != slots["tgt_lang"]
     with pytest.raises(ValueError, match="at least two languages"):
         SynthesisRun(SynthesisArguments(model="m", output="x", families=["bitext"], languages=["English"]))
 
 
 def test_slots_are_strings_from_the_value_sets():
-    slots = plan.sample_slots("short_long", 1, 0, plan.resolve_languages(None))
+    slots = plan.sample_slots("short_long", 1, "t", 0, plan.resolve_languages(None))
     assert set(slots) == {"query_type", "query_length", "clarity", "num_words", "difficulty", "language"}
     assert all(isinstance(v, str) for v in slots.values())
-    seen = Counter(plan.sample_slots("long_short", 1, i, {"English": 1.0})["num_words"] for i in range(500))
+    seen = Counter(plan.sample_slots("long_short", 1, "t", i, {"English": 1.0})["num_words"] for i in range(500))
     assert set(seen) == {"less than 10", "at least 10", "at least 50", "at least 100", "at least 200"}
 
 

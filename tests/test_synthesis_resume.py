@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from e5_mistral.synthesis.journal import Journal
 from e5_mistral.synthesis.runner import SynthesisRun, generate
 from tests.fake_openai import prompt_hash
-from tests.test_synthesis_fakes import responder, run_args
+from tests.test_synthesis_fakes import _family, prompt_of, responder, run_args
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +118,118 @@ def test_sigkill_then_resume_sends_nothing_twice_and_matches_an_uninterrupted_ru
     assert fake_openai.stats.requests == len(requests) - len(done)
 
     assert _rows(output) == _rows(tmp_path / "reference")
+
+
+def test_a_new_examples_per_task_reuses_every_answer_that_still_belongs_and_reports_the_rest(fake_openai, tmp_path):
+    calls = Counter()
+
+    def brainstorm_per_call(body: dict) -> str:
+        # every brainstorm call of a family has the same prompt: number the lists so that a second call adds tasks
+        if _family(prompt_of(body)).endswith(":brainstorm"):
+            calls["brainstorm"] += 1
+            return json.dumps([f"Retrieve documents of kind {calls['brainstorm']}-{i}." for i in range(20)])
+        return responder(body)
+
+    fake_openai.responder = brainstorm_per_call
+    prices = {"*": {"input": 1.0, "output": 2.0}}
+    settings = dict(num_examples=60, families=["short_long"], price_table=prices, concurrency=1)
+    first = generate(run_args(fake_openai, tmp_path, examples_per_task=3.0, **settings)).report
+    assert first["complete"] and first["brainstorm"]["tasks_unique"] == 20 and first["orphaned"]["answers"] == 0
+    old_examples = {
+        rid: rec for rid, rec in Journal(tmp_path / "journal").latest().items() if rec["kind"] == "example"
+    }
+    fake_openai.reset_stats()
+
+    # 1.5 examples per task: a second brainstorm call, 40 tasks, and every row's task moves
+    second_args = run_args(fake_openai, tmp_path, examples_per_task=1.5, **settings)
+    second = generate(second_args).report
+    plan = SynthesisRun(second_args).plan(Journal(tmp_path / "journal").latest())
+    new_ids = {r.request_id for fp in plan for r, _ in fp.examples}
+    kept = set(old_examples) & new_ids
+    assert second["complete"] and second["brainstorm"]["tasks_unique"] == 40
+    assert len(kept) >= 20  # at least each old task's first example (use 0) is still planned
+    # server-side: one new brainstorm call and only the examples that were not answered yet
+    assert fake_openai.stats.requests == 1 + 60 - len(kept)
+    orphans = [rec for rid, rec in old_examples.items() if rid not in new_ids]
+    assert second["orphaned"]["answers"] == second["orphaned"]["examples"] == 60 - len(kept) > 0
+    prompt = sum(r["usage"]["prompt_tokens"] for r in orphans)
+    completion = sum(r["usage"]["completion_tokens"] for r in orphans)
+    assert (second["orphaned"]["prompt_tokens"], second["orphaned"]["completion_tokens"]) == (prompt, completion)
+    assert second["orphaned"]["estimated_cost_usd"] == pytest.approx((prompt * 1.0 + completion * 2.0) / 1e6, abs=1e-6)
+    card = (tmp_path / "dataset" / "README.md").read_text()
+    assert f"include {60 - len(kept)} answers" in card
+
+
+def _run_until(argv, output: Path, lines: int) -> None:
+    """Start ``argv`` and SIGKILL it once the journal holds ``lines`` records."""
+    process = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (output / "journal").is_dir() and _journal_lines(output) >= lines:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_faults_two_sigkills_and_a_new_examples_per_task_never_pay_twice(fake_openai, tmp_path):
+    from tests.fake_openai import FaultRates
+
+    calls = Counter()
+
+    def numbered_brainstorms(body: dict) -> str:
+        if _family(prompt_of(body)).endswith(":brainstorm"):  # a later call adds tasks
+            calls["brainstorm"] += 1
+            return json.dumps([f"Retrieve documents of kind {calls['brainstorm']}-{i}." for i in range(20)])
+        return responder(body)
+
+    fake_openai.responder = numbered_brainstorms
+    fake_openai.latency = 0.02
+    fake_openai.faults = FaultRates(
+        rate_429=0.2, rate_500=0.1, rate_timeout=0.05, rate_malformed=0.1, retry_after=0.05, slow_seconds=1.0
+    )
+    output = tmp_path / "out"
+    base = _cli(fake_openai, output)
+    base[base.index("--timeout") + 1] = "0.5"
+    prices = ["--price-table", '{"*": {"input": 1.0, "output": 2.0}}', "--max-attempts", "12"]
+    _run_until([*base, *prices, "--examples-per-task", "3"], output, 40)
+    _run_until([*base, *prices, "--examples-per-task", "3"], output, 100)
+    finished = subprocess.run(
+        [*base, *prices, "--examples-per-task", "2"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads((output / "report.json").read_text())
+    assert report["complete"] and report["planned"] == 160
+    assert report["planned"] == (
+        report["accepted"] + sum(report["rejected"].values()) + report["duplicates_removed"] + report["failed"]
+    )
+    assert report["rejected"].get("invalid_json", 0) > 0  # the malformed answers were collected as rejects
+
+    # never paid twice: no request has two answers in the journal, and the server delivered no more answers
+    # than the journal holds, but for those in flight when each of the two kills came (at most 4 each)
+    records = list(Journal(output / "journal").records())
+    ok = Counter(r["request_id"] for r in records if r["status"] == "ok")
+    assert max(ok.values()) == 1
+    delivered = sum(fake_openai.stats.ok_by_prompt.values())
+    assert len(ok) <= delivered <= len(ok) + 2 * 4
+    assert fake_openai.stats.outcomes["429"] > 0 and fake_openai.stats.outcomes["timeout"] > 0
+
+    # the answers of the first plan that the second one no longer uses are reported with their cost
+    latest = Journal(output / "journal").latest()
+    plan = SynthesisRun(
+        run_args(fake_openai, output, num_examples=160, examples_per_task=2.0, price_table=prices[1])
+    ).plan(latest)
+    planned = {r.request_id for fp in plan for r in fp.brainstorm_history} | {
+        r.request_id for fp in plan for r, _ in fp.examples
+    }
+    orphans = [r for r in records if r["request_id"] not in planned and r["kind"] != "probe"]
+    orphan_ids = {r["request_id"] for r in orphans if r["request_id"] in ok}
+    assert report["orphaned"]["answers"] == len(orphan_ids) > 0
+    tokens = sum(
+        r["usage"]["prompt_tokens"] + 2 * r["usage"]["completion_tokens"]
+        for r in orphans
+        if r["request_id"] in orphan_ids
+    )
+    assert report["orphaned"]["estimated_cost_usd"] == pytest.approx(tokens / 1e6, abs=1e-6)

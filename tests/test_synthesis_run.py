@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from e5_mistral.synthesis.cost import worst_case_tokens
 from e5_mistral.synthesis.journal import Journal
 from e5_mistral.synthesis.parsing import normalize
 from e5_mistral.synthesis.runner import SynthesisRun, generate
@@ -96,8 +97,9 @@ def test_budget_stops_cleanly_and_a_rerun_finishes(fake_openai, tmp_path):
         fake_openai,
         tmp_path / "out",
         num_examples=60,
-        max_total_tokens=4000,
-        concurrency=2,
+        max_total_tokens=8000,
+        max_tokens=300,
+        concurrency=4,
         price_table='{"fake-llm": {"input": 1.0, "output": 2.0}}',
     )
     first = generate(args).report
@@ -105,9 +107,12 @@ def test_budget_stops_cleanly_and_a_rerun_finishes(fake_openai, tmp_path):
     assert first["budget_stopped"] and not first["complete"]
     assert first["failed_reasons"].get("budget", 0) > 0 or first["failed_reasons"].get("brainstorm_incomplete", 0) > 0
     spent = first["prompt_tokens"] + first["completion_tokens"]
-    assert (
-        3000 <= spent <= 4000 + 2 * 400
-    )  # stops before the next request would pass it; in-flight overshoot is bounded
+    # every request reserved its worst case before it went out, so the limit is never passed, whatever the
+    # concurrency; the run stopped when the next request's worst case no longer fitted with none in flight
+    plan = SynthesisRun(args).plan(Journal(tmp_path / "out" / "journal").latest())
+    requests = [r for fp in plan for r in fp.brainstorms] + [r for fp in plan for r, _ in fp.examples]
+    worst = max(sum(worst_case_tokens(r.body())) for r in requests)
+    assert 8000 - worst < spent <= 8000
     assert first["estimated_cost_usd"] == pytest.approx(
         (first["prompt_tokens"] + 2 * first["completion_tokens"]) / 1e6
     )
@@ -171,8 +176,8 @@ def test_backend_batch_is_wired_to_the_batch_backend(fake_openai, tmp_path, monk
     created = {}
 
     class FakeBatchBackend:  # answers like the Batch API would, through the same journal
-        def __init__(self, client, output_dir, completion_window="24h", poll_interval=30.0, wait=True):
-            created.update(output_dir=output_dir, poll_interval=poll_interval, wait=wait)
+        def __init__(self, client, output_dir, completion_window="24h", poll_interval=30.0, wait=True, budget=None):
+            created.update(output_dir=output_dir, poll_interval=poll_interval, wait=wait, budget=budget)
             self.running, self.stopped_by_budget = 0, False  # the Backend interface
 
         async def check_endpoint(self):
@@ -203,7 +208,9 @@ def test_backend_batch_is_wired_to_the_batch_backend(fake_openai, tmp_path, monk
         price_table='{"*": {"input": 1.0, "output": 1.0}}',
     )
     report = generate(args).report
+    budget = created.pop("budget")  # the run's budget: batch files are held to it before submission
     assert created == {"output_dir": tmp_path / "out", "poll_interval": 5.0, "wait": True}
+    assert budget.prices == {"*": {"input": 1.0, "output": 1.0}}
     assert report["accepted"] + report["duplicates_removed"] + sum(report["rejected"].values()) == 6
     assert report["estimated_cost_usd"] == pytest.approx(6 * 150 / 1e6 * 0.5)  # the Batch API's 50% discount
     assert fake_openai.stats.requests == 0

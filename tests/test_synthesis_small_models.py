@@ -15,6 +15,7 @@ from tests.test_synthesis_run import _invariant
 
 SYSTEM = "You only answer with valid JSON."
 # Computed with the code before these options existed: runs without a system prompt keep their ids (and journals).
+# The example id is the one since ids stopped depending on the row index (an example is its task, use and slots).
 SLOTS = {
     "query_type": "extremely long-tail",
     "query_length": "less than 5 words",
@@ -24,7 +25,7 @@ SLOTS = {
     "difficulty": "high school",
 }
 BRAINSTORM_ID = "042c92666d69f91a07037f4da7d876cf8d8d4b3c58e15bc5588bf10a4e6b6940"
-EXAMPLE_ID = "68090ff68944960647c0c86bfbecebc21404ed38d3a062160f46f6229a6b72fe"
+EXAMPLE_ID = "a5d2badd05b57fd29540366cdda6894c373660ee303e65b2d880483c1061bc7f"
 
 
 def _tasks(family: str) -> list[str]:
@@ -131,11 +132,11 @@ def test_system_prompt_reaches_every_request_and_changes_only_its_ids(fake_opena
     )
     assert brainstorm_request("short_long", 0, plain.generation_params()).request_id == BRAINSTORM_ID
     assert (
-        example_request("short_long", 1, "Retrieve recipes for a dish.", SLOTS, plain.generation_params()).request_id
+        example_request("short_long", "Retrieve recipes for a dish.", 1, SLOTS, plain.generation_params()).request_id
         == EXAMPLE_ID
     )
     brainstorm = brainstorm_request("short_long", 0, with_system.generation_params())
-    example = example_request("short_long", 1, "Retrieve recipes for a dish.", SLOTS, with_system.generation_params())
+    example = example_request("short_long", "Retrieve recipes for a dish.", 1, SLOTS, with_system.generation_params())
     assert brainstorm.request_id != BRAINSTORM_ID and example.request_id != EXAMPLE_ID
     # the batch backend writes Request.body() lines: the same system message, no extra field
     assert (

@@ -257,8 +257,8 @@ def test_a_sampling_seed_gives_each_request_its_own_seed_and_changes_ids_only_wh
     slots = {"unit": "sentence", "high_score": "4", "low_score": "2.5", "difficulty": "college", "language": "English"}
     plain = SynthesisArguments(model="m", output="o").generation_params()
     seeded = SynthesisArguments(model="m", output="o", sampling_seed=0).generation_params()
-    a, b = (example_request("sts", i, "t", slots, seeded) for i in (0, 1))  # the same prompt twice
+    a, b = (example_request("sts", "t", i, slots, seeded) for i in (0, 1))  # the same prompt twice
     assert a.messages == b.messages and a.body()["seed"] != b.body()["seed"]
-    assert example_request("sts", 0, "t", slots, seeded).body()["seed"] == a.body()["seed"]  # repeatable
-    assert "sampling_seed" not in a.body() and "seed" not in example_request("sts", 0, "t", slots, plain).body()
-    assert example_request("sts", 0, "t", slots, plain).request_id != a.request_id
+    assert example_request("sts", "t", 0, slots, seeded).body()["seed"] == a.body()["seed"]  # repeatable
+    assert "sampling_seed" not in a.body() and "seed" not in example_request("sts", "t", 0, slots, plain).body()
+    assert example_request("sts", "t", 0, slots, plain).request_id != a.request_id

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import E5MistralError, MissingFileError
+from .cost import Budget, worst_case_cost
 from .journal import STATUS_FAILED, STATUS_OK, Journal, Request, make_record
 
 
@@ -257,8 +258,10 @@ class BatchBackend:
         wait: bool = True,
         max_lines: int = MAX_LINES,
         max_bytes: int = MAX_BYTES,
+        budget: Budget | None = None,
     ):
         self.client = client
+        self.budget = budget
         self.directory = Path(output_dir) / "batch"
         self.state_path = self.directory / "state.json"
         self.completion_window = completion_window
@@ -267,7 +270,7 @@ class BatchBackend:
         self.max_lines = max_lines
         self.max_bytes = max_bytes
         self.running = 0  # batches left unfinished by the last run()
-        self.stopped_by_budget = False  # the Backend interface: a batch is bounded before it is submitted
+        self.stopped_by_budget = False  # a batch file whose worst case would pass the budget was not submitted
 
     @property
     def endpoint(self) -> str:
@@ -313,7 +316,7 @@ class BatchBackend:
         mine = [entry for entry in state["batches"] if any(cid in by_id for cid in entry["custom_ids"])]
         while True:
             await self._poll_once(state, mine, by_id, journal)
-            self.running = sum(1 for entry in mine if not entry["collected"])
+            self.running = sum(1 for entry in mine if entry["batch_id"] and not entry["collected"])
             if not self.running or not self.wait:
                 break
             await asyncio.sleep(self.poll_interval)
@@ -359,10 +362,15 @@ class BatchBackend:
         logger.info("wrote %d request(s) to %d batch file(s) (round %d)", len(requests), len(files), round_index)
 
     async def _submit(self, state: dict) -> None:
-        """Upload and create whatever a previous step left undone; the state is saved after each call."""
+        """Upload and create whatever a previous step left undone; the state is saved after each call. A file whose
+        worst case does not fit the budget beside what is spent and what running batches may cost is not submitted
+        (nor any after it): it waits, written, for a run with a larger budget."""
         for entry in state["batches"]:
             if entry["collected"]:
                 continue
+            if entry["batch_id"] is None and not self._fits_budget(state, entry):
+                self.stopped_by_budget = True
+                break
             if entry["file_id"] is None:
                 uploaded = await self.client.files.create(file=self.directory / entry["file"], purpose="batch")
                 entry["file_id"], entry["status"] = uploaded.id, "uploaded"
@@ -384,6 +392,44 @@ class BatchBackend:
                 entry["batch_id"], entry["status"] = batch.id, batch.status
                 self.save_state(state)
 
+    def _worst_case(self, entry: dict) -> tuple[int, float]:
+        """The most a batch file can cost: every line at its worst case, at the batch price."""
+        tokens, cost = 0, 0.0
+        with open(self.directory / entry["file"], encoding="utf-8") as handle:
+            for line in handle:
+                line_tokens, line_cost = worst_case_cost(json.loads(line)["body"], self.budget.prices, batch=True)
+                tokens, cost = tokens + line_tokens, cost + line_cost
+        return tokens, cost
+
+    def _fits_budget(self, state: dict, entry: dict) -> bool:
+        if self.budget is None or not self.budget.limited:
+            return True
+        running = [self._worst_case(e) for e in state["batches"] if e["batch_id"] and not e["collected"]]
+        tokens, cost = self._worst_case(entry)
+        reserved_tokens, reserved_cost = sum(t for t, _ in running), sum(c for _, c in running)
+        self.budget.reserve(reserved_tokens, reserved_cost)
+        try:
+            if self.budget.fits(tokens, cost):
+                return True
+        finally:
+            self.budget.release(reserved_tokens, reserved_cost)
+        logger.error(
+            "not submitting %s: its %d requests may cost up to %d tokens / $%.4f, which with %d tokens / $%.4f "
+            "spent and %d tokens / $%.4f reserved by running batches would pass --max-total-tokens %s / --max-cost "
+            "%s; it stays written for a rerun with a larger budget",
+            entry["file"],
+            len(entry["custom_ids"]),
+            tokens,
+            cost,
+            self.budget.tokens,
+            self.budget.cost,
+            reserved_tokens,
+            reserved_cost,
+            self.budget.max_tokens,
+            self.budget.max_cost,
+        )
+        return False
+
     async def _created_before(self, digest: str, known: set[str]):
         """A batch created for a file with these bytes, unknown to the state and not finished badly, or None (its
         metadata carries the sha256 of the file; every page of the account's batches is looked at)."""
@@ -396,7 +442,7 @@ class BatchBackend:
 
     async def _poll_once(self, state: dict, entries: list[dict], by_id: dict[str, Request], journal: Journal) -> None:
         for entry in entries:
-            if entry["collected"]:
+            if entry["collected"] or not entry["batch_id"]:  # not submitted (over the budget)
                 continue
             batch = await self.client.batches.retrieve(entry["batch_id"])
             entry["status"] = batch.status

@@ -15,9 +15,13 @@ DESCRIPTION = (
 
 def _generate(args) -> int:
     from .dataset import push_to_hub
-    from .runner import generate
+    from .runner import SynthesisRun
 
-    result = generate(args)
+    run = SynthesisRun(args)
+    print(run.estimate().describe(), flush=True)  # before any paid request
+    if args.dry_run:
+        return 0
+    result = run.run()
     report = result.report
     print(
         f"{report['accepted']} accepted, {sum(report['rejected'].values())} rejected, "
@@ -25,6 +29,14 @@ def _generate(args) -> int:
         f"{report['prompt_tokens'] + report['completion_tokens']} tokens, ~${report['estimated_cost_usd']:.4f}; "
         f"dataset in {result.output / 'dataset'}"
     )
+    orphaned = report["orphaned"]
+    if orphaned["answers"]:
+        print(
+            f"{orphaned['answers']} earlier answers ({orphaned['prompt_tokens'] + orphaned['completion_tokens']} "
+            f"tokens, ~${orphaned['estimated_cost_usd']:.4f}) belong to no example of this plan: the sizing or dedup "
+            "options changed since they were paid for (report.json: orphaned)",
+            file=sys.stderr,
+        )
     if report["budget_stopped"]:
         print(
             "budget reached: rerun the same command (with a larger --max-cost/--max-total-tokens) to resume",

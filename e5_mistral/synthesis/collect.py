@@ -31,6 +31,7 @@ class SynthesisReport(TypedDict):
     duplicates_removed: int
     failed: int
     failed_reasons: dict[str, int]  # refused, brainstorm_incomplete, budget, the exception class, ...
+    orphaned: dict[str, Any]  # paid answers the current plan no longer uses (another sizing or dedup option)
     prompt_tokens: int
     completion_tokens: int
     estimated_cost_usd: float
@@ -126,6 +127,7 @@ def collect(
         }
 
     records = list(Journal(output / "journal").records())  # reading opens no new file
+    orphaned = _orphaned(plans, latest, records, prices)
     report: SynthesisReport = {
         "planned": sum(fp.count for fp in plans),
         "requests_sent": sum(int(r.get("attempts") or 0) for r in records),
@@ -135,6 +137,7 @@ def collect(
         "duplicates_removed": duplicates,
         "failed": sum(failed_reasons.values()),
         "failed_reasons": dict(sorted(failed_reasons.items())),
+        "orphaned": orphaned,
         "prompt_tokens": sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in records),
         "completion_tokens": sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records),
         "estimated_cost_usd": round(sum(record_cost(r, prices) for r in records), 6),
@@ -163,6 +166,34 @@ def collect(
     report["complete"] = report["failed"] == 0
     write_outputs(output, report, rows, rejects, args)  # rows in plan order: family, then row index
     return RunResult(report, rows, rejects, output)
+
+
+def _orphaned(plans, latest: dict[str, dict], records: list[dict], prices: dict) -> dict:
+    """Answers in the journal that no request of the current plan stands for: the plan changed since they were paid
+    for (``--examples-per-task``, a dedup option, ``--accept-text-task-lists``...). A family whose task list is not
+    known yet is left out: its earlier answers may still be placed once its brainstorm finishes."""
+    planned, open_families = set(), set()
+    for fp in plans:
+        planned.update(r.request_id for r in fp.brainstorm_history)
+        planned.update(r.request_id for r, _ in fp.examples)
+        if fp.tasks is None:
+            open_families.add(fp.family)
+    ids = {
+        rid
+        for rid, rec in latest.items()
+        if rec["status"] == STATUS_OK
+        and rec["kind"] in ("brainstorm", "example")
+        and rid not in planned
+        and not (rec["kind"] == "example" and rec["family"] in open_families)
+    }
+    paid = [r for r in records if r["request_id"] in ids]  # every attempt: each was paid for
+    return {
+        "answers": len(ids),
+        "examples": sum(1 for rid in ids if latest[rid]["kind"] == "example"),
+        "prompt_tokens": sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in paid),
+        "completion_tokens": sum((r.get("usage") or {}).get("completion_tokens", 0) for r in paid),
+        "estimated_cost_usd": round(sum(record_cost(r, prices) for r in paid), 6),
+    }
 
 
 def _acceptance(answered: Counter, accepted: Counter, rejected: Counter) -> dict:

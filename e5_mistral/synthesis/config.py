@@ -96,8 +96,12 @@ class SynthesisArguments:
     )
     # Reliability
     concurrency: int = _help("requests in flight at once", default=16)
-    rpm: Optional[float] = _help("requests per minute limit", default=None)
-    tpm: Optional[float] = _help("tokens per minute limit (prompt estimate + max_tokens)", default=None)
+    rpm: Optional[float] = _help(
+        "requests per minute limit (the server's x-ratelimit-* headers are honoured with or without it)", default=None
+    )
+    tpm: Optional[float] = _help(
+        "tokens per minute limit: each request counts its prompt estimate when sent, then its real usage", default=None
+    )
     max_attempts: int = _help(
         "attempts per request before it is journaled as failed (retried by the next run)", default=6
     )
@@ -144,6 +148,10 @@ class SynthesisArguments:
     push_to_hub: Optional[str] = _help("push the dataset to this Hub repo id", default=None)
     private: bool = _help("make the Hub repo private", default=False)
     no_progress: bool = _help("hide the progress bar", default=False)
+    dry_run: bool = _help(
+        "print what the requests still to send can cost at most (tokens, and USD with --price-table) and send none",
+        default=False,
+    )
 
     def __post_init__(self):
         if self.families is not None and len(self.families) == 1 and "," in self.families[0]:

@@ -15,6 +15,9 @@ from ..errors import E5MistralError, MissingFileError
 
 
 BATCH_DISCOUNT = 0.5
+# Bounds a request cannot pass: a byte-level BPE or byte-fallback token covers at least one UTF-8 byte, and a chat
+# template adds a few tokens per message around its content.
+TEMPLATE_TOKENS_PER_MESSAGE = 8
 
 
 def load_price_table(spec: str | Mapping | None) -> dict[str, dict[str, float]]:
@@ -58,28 +61,58 @@ def record_tokens(record: Mapping) -> int:
     return int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
 
 
+def worst_case_tokens(body: Mapping) -> tuple[int, int]:
+    """(prompt, completion) tokens one chat request cannot exceed: its messages' UTF-8 bytes (and a response format's
+    schema) plus a chat template's share per message, and its completion cap (0 when it sets none)."""
+    messages = body.get("messages") or []
+    prompt = sum(len(str(m.get("content") or "").encode("utf-8")) for m in messages)
+    prompt += TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+    if body.get("response_format"):
+        prompt += len(json.dumps(body["response_format"]).encode("utf-8"))
+    return prompt, int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+
+
+def worst_case_cost(body: Mapping, table: Mapping[str, Mapping[str, float]], batch: bool = False) -> tuple[int, float]:
+    """(tokens, USD) that one request can cost at most."""
+    prompt, completion = worst_case_tokens(body)
+    record = {"model": body.get("model"), "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+    return prompt + completion, record_cost({**record, "source": "batch" if batch else "online"}, table)
+
+
 class Budget:
-    """Running totals (journal so far + this run) and the limits that stop new requests."""
+    """Spent totals (journal so far + this run), reservations for requests not answered yet, and the limits.
+
+    A request is sent only when its worst case (:func:`worst_case_cost`) fits beside what is spent and what the
+    requests in flight have reserved; its answer's real usage then replaces the reservation. So the limits bind:
+    no set of answers can pass them, whatever the concurrency and however many requests fail."""
 
     def __init__(self, max_cost: float | None = None, max_tokens: int | None = None, prices: Mapping | None = None):
         self.max_cost, self.max_tokens, self.prices = max_cost, max_tokens, dict(prices or {})
         self.tokens, self.cost, self.records = 0, 0.0, 0
+        self.reserved_tokens, self.reserved_cost = 0, 0.0
+
+    @property
+    def limited(self) -> bool:
+        return self.max_cost is not None or self.max_tokens is not None
 
     def add(self, record: Mapping) -> None:
         self.tokens += record_tokens(record)
         self.cost += record_cost(record, self.prices)
         self.records += 1
 
-    def allows(self, in_flight: int = 0) -> bool:
-        """Whether one more request fits, counting requests in flight at the average cost seen so far."""
-        pending = in_flight + 1
-        mean_tokens = self.tokens / self.records if self.records else 0.0
-        mean_cost = self.cost / self.records if self.records else 0.0
-        if self.max_tokens is not None and self.tokens + pending * mean_tokens > self.max_tokens:
+    def fits(self, tokens: int, cost: float) -> bool:
+        """Whether a worst case of ``tokens`` and ``cost`` fits beside what is spent and reserved."""
+        if self.max_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.max_tokens:
             return False
-        if self.max_cost is not None and self.cost + pending * mean_cost > self.max_cost:
-            return False
-        return True
+        return self.max_cost is None or self.cost + self.reserved_cost + cost <= self.max_cost
+
+    def reserve(self, tokens: int, cost: float) -> None:
+        self.reserved_tokens += tokens
+        self.reserved_cost += cost
+
+    def release(self, tokens: int, cost: float) -> None:
+        self.reserved_tokens -= tokens
+        self.reserved_cost -= cost
 
     @property
     def exhausted(self) -> bool:

@@ -146,7 +146,7 @@ def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
         except ImportError as err:
             raise E5MistralError(f"--backend batch needs e5_mistral.synthesis.batch ({err})") from None
         return client, BatchBackend(
-            client, output, poll_interval=args.batch_poll_interval, wait=not args.batch_no_wait
+            client, output, poll_interval=args.batch_poll_interval, wait=not args.batch_no_wait, budget=budget
         )
     from .online import OnlineBackend
 

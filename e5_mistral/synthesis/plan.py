@@ -1,6 +1,6 @@
 """The deterministic request plan: family mix, languages, per-row slots, tasks and stable request ids.
 
-Every random choice comes from a ``random.Random`` seeded by (seed, family, row index, purpose), never from
+Every random choice comes from a ``random.Random`` seeded by (seed, family, example or call, purpose), never from
 the global generator, so the same seed gives the same plan in any process and any order of execution.
 """
 
@@ -127,14 +127,14 @@ def brainstorm_calls(count: int, examples_per_task: float = DEFAULT_EXAMPLES_PER
 
 
 # -- requests --------------------------------------------------------------------------------------------------
-def _messages(prompt: str, params: Mapping) -> tuple:
+def chat_messages(prompt: str, params: Mapping) -> tuple:
     """The chat messages: the paper's prompt as the user turn, after ``params["system_prompt"]`` when set."""
     user = {"role": "user", "content": prompt}
     system = params.get("system_prompt")
     return ({"role": "system", "content": system}, user) if system else (user,)
 
 
-def _body_params(params: Mapping, kind: str, family: str, rid: str) -> dict:
+def body_params(params: Mapping, kind: str, family: str, rid: str) -> dict:
     """The params sent in the request body: the system prompt is part of the id but travels as a message, the
     response format's name in the id becomes the family's schema, and a sampling seed becomes the request's own
     ``seed`` (derived from its id: repeatable, yet different for two requests with the same prompt)."""
@@ -157,14 +157,17 @@ def brainstorm_request(family: str, index: int, params: Mapping, reask: int = 0)
         rid,
         "brainstorm",
         family,
-        _messages(render(family, "brainstorm", {}), params),
-        _body_params(params, "brainstorm", family, rid),
+        chat_messages(render(family, "brainstorm", {}), params),
+        body_params(params, "brainstorm", family, rid),
     )
 
 
-def sample_slots(family: str, seed: int, index: int, languages: Mapping[str, float]) -> dict[str, str]:
-    """Every slot of the family's generation template except ``task``, as strings, from the row's own generator."""
-    rng = rng_for(seed, family, index, "slots")
+def sample_slots(family: str, seed: int, task: str, use: int, languages: Mapping[str, float]) -> dict[str, str]:
+    """Every slot of the family's generation template except ``task``, as strings, from the generator of the
+    ``use``-th example of ``task`` (not of a row index: the slots of an example stay the same when the task list,
+    and with it every row's task, changes). A fixed-task family's ``use`` is its row index."""
+    key = use if family in FIXED_TASKS else json.dumps([task, use], ensure_ascii=False)
+    rng = rng_for(seed, family, key, "slots")
     values: dict[str, str] = {}
     for name, choices in slot_values(family).items():
         if choices == LANGUAGE_SLOT:
@@ -187,16 +190,32 @@ def assign_tasks(family: str, tasks: Sequence[str], count: int, seed: int) -> li
     return [order[i % len(order)] for i in range(count)]
 
 
-def example_request(family: str, index: int, task: str, slots: Mapping[str, str], params: Mapping) -> Request:
+def task_uses(tasks: Sequence[str]) -> list[int]:
+    """Row i's ``use``: how many rows before it have the same task (0 for a task's first example)."""
+    seen: dict[str, int] = {}
+    uses = []
+    for task in tasks:
+        uses.append(seen.get(task, 0))
+        seen[task] = uses[-1] + 1
+    return uses
+
+
+def example_request(
+    family: str, task: str, use: int, slots: Mapping[str, str], params: Mapping, seed: int = 0
+) -> Request:
+    """The ``use``-th example of ``task``. Its id depends only on what defines the example (family, task text, use,
+    slots, seed, template and request parameters), never on a row index, so a change of the task list (another
+    ``--examples-per-task``, dedup option or brainstorm answer) keeps every earlier answer whose example remains."""
     version = template_version(family, "generate")
     values = dict(slots) if family in FIXED_TASKS else {**slots, "task": task}
     rid = request_id(
         {
             "kind": "example",
             "family": family,
-            "index": index,
             "task": task,
+            "use": use,
             "slots": dict(slots),
+            "seed": seed,
             "template": version,
             "params": dict(params),
         }
@@ -205,8 +224,8 @@ def example_request(family: str, index: int, task: str, slots: Mapping[str, str]
         rid,
         "example",
         family,
-        _messages(render(family, "generate", values), params),
-        _body_params(params, "example", family, rid),
+        chat_messages(render(family, "generate", values), params),
+        body_params(params, "example", family, rid),
     )
 
 

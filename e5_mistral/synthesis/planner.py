@@ -22,6 +22,7 @@ from .plan import (
     example_request,
     needs_brainstorm,
     sample_slots,
+    task_uses,
 )
 from .templates import template_version
 
@@ -72,9 +73,10 @@ class Planner:
         key = (count, tasks, json.dumps(self.params, sort_keys=True))
         if cached is None or cached[0] != key:  # only a family's current task list is asked for again
             examples = []
-            for index, task in enumerate(assign_tasks(family, list(tasks), count, self.args.seed)):
-                slots = sample_slots(family, self.args.seed, index, self.languages)
-                request = example_request(family, index, task, slots, self.params)
+            row_tasks = assign_tasks(family, list(tasks), count, self.args.seed)
+            for task, use in zip(row_tasks, task_uses(row_tasks)):
+                slots = sample_slots(family, self.args.seed, task, use, self.languages)
+                request = example_request(family, task, use, slots, self.params, self.args.seed)
                 meta = {
                     "request_id": request.request_id,
                     "family": family,

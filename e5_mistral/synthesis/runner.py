@@ -23,6 +23,7 @@ from .collect import RunResult, collect
 from .config import SynthesisArguments
 from .cost import Budget, load_price_table
 from .endpoint import detect_response_format, make_backend, stored_detection
+from .estimate import RunEstimate, estimate
 from .journal import STATUS_FAILED, STATUS_OK, STATUS_REFUSED, Journal, Request
 from .lock import OutputLock
 from .parsing import Rejected, parse_example
@@ -53,8 +54,8 @@ class SynthesisRun:
         self.output = Path(args.output)
         self.prices = load_price_table(args.price_table)
         counts = family_counts(args.num_examples, resolve_mix(args.families, args.family_mix))
-        languages = resolve_languages(args.languages)
-        self.planner = Planner(args, counts, languages)
+        self.languages = resolve_languages(args.languages)
+        self.planner = Planner(args, counts, self.languages)
         # what `auto` found ({"chosen", "refused", "max_tokens_param"}); None until the endpoint was asked
         self.detection: dict | None = stored_detection(args, self.output)
         self.batches_running = 0  # batches the batch backend left running (--batch-no-wait)
@@ -67,6 +68,21 @@ class SynthesisRun:
 
     def plan(self, latest: dict[str, dict]) -> list[FamilyPlan]:
         return self.planner.plan(latest, self.params)
+
+    def estimate(self) -> RunEstimate:
+        """What the requests still to send can cost at most (reads the journal; sends and writes nothing)."""
+        folder = self.output / "journal"
+        latest = Journal(folder).latest() if folder.is_dir() else {}
+        plans = self.plan(latest)
+        return estimate(
+            plans,
+            latest,
+            self.params,
+            self.args.seed,
+            self.languages,
+            self.prices,
+            batch=self.args.backend == "batch",
+        )
 
     def finalize(self, latest: dict[str, dict], budget_stopped: bool = False) -> RunResult:
         return collect(

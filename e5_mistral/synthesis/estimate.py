@@ -1,0 +1,91 @@
+"""The pre-run estimate: what the requests a run still has to send can cost at most, from the plan alone.
+
+Printed before any paid request (``--dry-run`` prints only this). Each request is counted at its worst case
+(:func:`.cost.worst_case_tokens`: prompt bytes, completion cap), the bound that ``--max-cost`` and
+``--max-total-tokens`` hold every request and batch file to. Examples whose tasks are not brainstormed yet are
+sized with a task of ``ESTIMATED_TASK_CHARS`` characters (brainstormed tasks are one sentence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from .cost import BATCH_DISCOUNT, price_for, worst_case_tokens
+from .journal import STATUS_OK
+from .plan import example_request, sample_slots
+from .planner import FamilyPlan
+from .templates import FIXED_TASKS
+
+
+ESTIMATED_TASK_CHARS = 300
+SLOT_SAMPLES = 32  # uses sampled per family to size examples whose tasks are unknown (the longest counts)
+
+
+@dataclass
+class RunEstimate:
+    brainstorm_requests: int
+    example_requests: int
+    examples_without_tasks: int  # sized with a placeholder task
+    prompt_tokens: int  # at most
+    completion_tokens: int  # at most
+    cost_usd: float | None  # at most; None when the price table has no price for the model
+    batch: bool
+
+    def describe(self) -> str:
+        requests = self.brainstorm_requests + self.example_requests
+        text = (
+            f"estimate: {requests} requests to send ({self.brainstorm_requests} brainstorm, {self.example_requests} "
+            f"examples), at most {self.prompt_tokens} prompt and {self.completion_tokens} completion tokens"
+        )
+        if self.cost_usd is not None:
+            text += f", at most ${self.cost_usd:.4f}" + (" at batch prices" if self.batch else "")
+        if self.examples_without_tasks:
+            text += (
+                f" ({self.examples_without_tasks} examples sized with a {ESTIMATED_TASK_CHARS}-character task: "
+                "their tasks are not brainstormed yet)"
+            )
+        return text
+
+
+def estimate(
+    plans: list[FamilyPlan],
+    latest: Mapping[str, dict],
+    params: dict,
+    seed: int,
+    languages: Mapping[str, float],
+    prices: Mapping,
+    batch: bool = False,
+) -> RunEstimate:
+    def pending(request) -> bool:
+        rec = latest.get(request.request_id)
+        return rec is None or rec["status"] != STATUS_OK
+
+    bodies = [r.body() for fp in plans for r in fp.brainstorms if pending(r)]
+    brainstorms = len(bodies)
+    bodies += [r.body() for fp in plans for r, _ in fp.examples if pending(r)]
+    prompt = completion = 0
+    for body in bodies:
+        p, c = worst_case_tokens(body)
+        prompt, completion = prompt + p, completion + c
+    unplanned = 0
+    for fp in plans:
+        if fp.tasks is None:  # no task list yet: the family's longest sampled prompt stands for each example
+            task = FIXED_TASKS.get(fp.family, "x" * ESTIMATED_TASK_CHARS)
+            sizes = [
+                worst_case_tokens(
+                    example_request(
+                        fp.family, task, use, sample_slots(fp.family, seed, task, use, languages), params, seed
+                    ).body()
+                )
+                for use in range(min(fp.count, SLOT_SAMPLES))
+            ]
+            if sizes:
+                p, c = max(sizes)
+                prompt, completion = prompt + fp.count * p, completion + fp.count * c
+                unplanned += fp.count
+    price = price_for(prices, params.get("model"))
+    cost = None
+    if price is not None:
+        cost = (prompt * price["input"] + completion * price["output"]) / 1e6 * (BATCH_DISCOUNT if batch else 1.0)
+    return RunEstimate(brainstorms, len(bodies) - brainstorms + unplanned, unplanned, prompt, completion, cost, batch)
