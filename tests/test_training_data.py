@@ -198,3 +198,54 @@ def test_bundled_sample_feeds_the_cpu_recipe(monkeypatch):
     dataset, infos = build_mixture(data_args.dataset_mixture, num_hard_negatives=args.num_hard_negatives)
     assert all(info.num_rows > 0 for info in infos) and len(infos) == 6
     assert all(q.startswith("Instruct: ") for q in dataset["query"])
+
+
+def test_in_batch_negatives_and_batch_groups_per_family_inside_one_all_config(tmp_path):
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from e5_mistral.training.loss import info_nce_loss
+
+    data = write_synthetic_folder(tmp_path / "data", rows_per_family=2, families=("long_short", "short_long"))
+    entry = E5DatasetConfig(
+        path=str(data), name="all", in_batch_negatives={"long_short": False}, group_batches_by="family"
+    )
+    dataset, _ = build_mixture([entry])
+    families = ["long_short", "long_short", "short_long", "short_long"]
+    assert dataset["in_batch_negatives"] == [f != "long_short" for f in families]
+    groups = dataset["batch_group"]
+    assert groups[0] == groups[1] != groups[2] == groups[3]
+    order = same_dataset_order(groups, global_batch_size=2, seed=0)
+    assert all(groups[order[s]] == groups[order[s + 1]] for s in (0, 2))
+    # a task text works as a key too, and "*" sets the rest
+    by_task = E5DatasetConfig(path=str(data), name="all", in_batch_negatives={"*": False, dataset_task(data): True})
+    assert build_mixture([by_task])[0]["in_batch_negatives"] == [False, False, True, True]
+
+    # the loss of that batch, by hand: classification rows see only their own positive and hard negative,
+    # retrieval rows every positive and every hard negative of the batch
+    q = F.normalize(torch.tensor([[1.0, 0.2], [0.3, 1.0], [1.0, 1.0], [-0.5, 1.0]]), dim=-1)
+    p = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.5], [-1.0, 1.0]]), dim=-1)
+    n = F.normalize(torch.tensor([[0.5, 1.0], [1.0, 0.1], [0.0, 1.0], [1.0, -1.0]]), dim=-1)
+    tau = 0.5
+    total = 0.0
+    for i, sees_batch in enumerate(dataset["in_batch_negatives"]):
+        candidates = list(range(4)) if sees_batch else [i]
+        scores = [float(q[i] @ p[j]) for j in candidates] + [float(q[i] @ n[j]) for j in candidates]
+        total += -math.log(math.exp(float(q[i] @ p[i]) / tau) / sum(math.exp(s / tau) for s in scores))
+    got = info_nce_loss(q, p, n, temperature=tau, in_batch_negatives=torch.tensor(dataset["in_batch_negatives"]))
+    assert got.item() == pytest.approx(total / 4, rel=1e-6)
+
+
+def dataset_task(data) -> str:
+    import json
+
+    return json.loads((data / "short_long" / "train.jsonl").read_text().splitlines()[0])["task"]
+
+
+def test_a_bad_in_batch_negatives_policy_names_the_dataset():
+    with pytest.raises(ValueError, match="dataset_mixture: d: in_batch_negatives must be true, false or a mapping"):
+        E5DatasetConfig(path="d", in_batch_negatives={"long_short": "no"})
+    with pytest.raises(ValueError, match="group_batches_by must be family or task"):
+        E5DatasetConfig(path="d", group_batches_by="language")

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
 
 
-def launch_two_processes(config: Path) -> subprocess.CompletedProcess:
+def launch_two_processes(config: Path, script: Path = REPO / "recipes" / "train.py", *extra: str):
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [
         str(accelerate),
@@ -41,8 +41,9 @@ def launch_two_processes(config: Path) -> subprocess.CompletedProcess:
         "no",
         "--main_process_port",
         "0",
-        str(REPO / "recipes" / "train.py"),
+        str(script),
         str(config),
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
@@ -92,3 +93,34 @@ def test_two_processes_equal_one_full_batch_process(tiny_model_dir, tmp_path):
             torch.testing.assert_close(
                 got[key], want[key], rtol=1e-3, atol=1e-4, msg=lambda m, key=key: f"{name}: {key}: {m}"
             )
+
+
+@pytest.mark.slow
+def test_batches_stay_one_family_across_both_processes_inside_one_all_config(tiny_model_dir, tmp_path):
+    families = ("short_long", "long_short", "sts")
+    data = write_synthetic_folder(tmp_path / "data", rows_per_family=8, families=families)
+    entry = {
+        "path": str(data),
+        "name": "all",
+        "group_batches_by": "family",
+        "in_batch_negatives": {"long_short": False},
+    }
+    config = tiny_config(
+        tiny_model_dir,
+        data,
+        tmp_path / "out",
+        dataset_mixture=[entry],
+        same_dataset_batches=True,
+        per_device_train_batch_size=2,
+    )
+    proc = launch_two_processes(
+        write_yaml(tmp_path / "groups.yaml", config), REPO / "tests" / "batch_groups_worker.py", str(tmp_path / "seen")
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"seen.rank{r}.json").read_text()) for r in (0, 1))
+    assert len(rank0) == len(rank1) == 6  # 24 rows, global batch 4
+    for step, (a, b) in enumerate(zip(rank0, rank1)):
+        # one global step: both processes' local batches come from the same single family
+        assert len(a["groups"]) == 1 and a["groups"] == b["groups"], step
+        assert len(set(a["families"] + b["families"])) == 1, step
+    assert {a["families"][0] for a in rank0} == set(families)  # every family gets its batches

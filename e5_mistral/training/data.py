@@ -12,6 +12,7 @@ Queries are formatted here with :func:`e5_mistral.instructions.format_query`; do
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 # family -> (query, positive, hard negative or None), paper §1.3; from the family definitions.
 FAMILY_FIELDS: dict[str, tuple[str, str, str | None]] = {name: spec.fields for name, spec in FAMILY_SPECS.items()}
 
-TRAINING_COLUMNS = ("query", "positive", "negatives", "dataset_id", "in_batch_negatives")
+TRAINING_COLUMNS = ("query", "positive", "negatives", "dataset_id", "in_batch_negatives", "batch_group")
 
 
 @dataclass
@@ -60,7 +61,9 @@ def _text(row: dict, field: str, where: str, required: bool = True) -> str | Non
 
 
 def convert_row(row: dict, config: E5DatasetConfig, row_index: int, num_hard_negatives: int) -> dict[str, Any]:
-    """One raw row -> ``{query, positive, negatives}``; a ValueError names the dataset, row and field."""
+    """One raw row -> ``{query, positive, negatives, family, task}``; a ValueError names the dataset, row and field.
+
+    ``family`` and ``task`` (the instruction) are what per-family / per-task settings of the entry match."""
     where = f"dataset {config.label}, row {row_index}"
     # synthesis rows carry their family's keys; mined rows keep the family but are already (query, positive, negative)
     if row.get("family") is not None and row.get("query") is None:
@@ -95,11 +98,24 @@ def convert_row(row: dict, config: E5DatasetConfig, row_index: int, num_hard_neg
             raise E5MistralError(
                 f"{where}: field 'negative' must be a string or a list of strings, got {type(raw).__name__}"
             )
+    family = row.get("family") if isinstance(row.get("family"), str) else None
     return {
         "query": format_query(instruction, query),
         "positive": positive,
         "negatives": negatives[:num_hard_negatives],
+        "family": family,
+        "task": instruction,
     }
+
+
+def batch_group(dataset_id: int, config: E5DatasetConfig, family: str | None, task: str | None) -> int:
+    """The group a row's global batch is drawn from under ``same_dataset_batches``: its mixture entry, or the
+    entry's family or task (``group_batches_by``). A hash, so every process and ``datasets.map`` worker agrees."""
+    if config.group_batches_by is None:
+        return dataset_id
+    key = family if config.group_batches_by == "family" else task
+    digest = hashlib.sha256(f"{dataset_id}\x1f{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:7], "big")  # fits int64
 
 
 def _is_local(config: E5DatasetConfig) -> bool:
@@ -161,7 +177,8 @@ def build_mixture(
     ``refresh_local`` rebuilds the datasets cache of local data (set it on one process per machine only).
 
     Returns ``(dataset, infos)``; the dataset has the columns ``query, positive, negatives, dataset_id,
-    in_batch_negatives``. Every sampled row is validated before training starts.
+    in_batch_negatives, batch_group`` (the last two per row: an entry's settings may differ by family or task).
+    Every sampled row is validated before training starts.
     """
     from datasets import Features, Value, concatenate_datasets
     from datasets import Sequence as HFSequence
@@ -175,6 +192,7 @@ def build_mixture(
             "negatives": HFSequence(Value("string")),
             "dataset_id": Value("int32"),
             "in_batch_negatives": Value("bool"),
+            "batch_group": Value("int64"),
         }
     )
     parts, infos = [], []
@@ -195,7 +213,8 @@ def build_mixture(
                 "positive": [o["positive"] for o in out],
                 "negatives": [o["negatives"] for o in out],
                 "dataset_id": [dataset_id] * len(out),
-                "in_batch_negatives": [bool(config.in_batch_negatives)] * len(out),
+                "in_batch_negatives": [config.uses_in_batch_negatives(o["family"], o["task"]) for o in out],
+                "batch_group": [batch_group(dataset_id, config, o["family"], o["task"]) for o in out],
             }
 
         converted = raw.map(
@@ -223,9 +242,10 @@ def build_mixture(
 
 
 def same_dataset_order(dataset_ids: Sequence[int], global_batch_size: int, seed: int) -> list[int]:
-    """An index order in which every run of ``global_batch_size`` indices comes from one dataset.
+    """An index order in which every run of ``global_batch_size`` indices comes from one dataset (or batch group:
+    any ids work).
 
-    Incomplete tail batches of each dataset are dropped; batches of different datasets are interleaved at random.
+    Incomplete tail batches of each group are dropped; batches of different groups are interleaved at random.
     """
     import numpy as np
 

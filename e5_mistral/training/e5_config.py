@@ -15,6 +15,7 @@ from ..errors import E5MistralError
 from ..pooling import POOLING_MODES
 
 
+BATCH_GROUPS = (None, "family", "task")
 PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -29,7 +30,10 @@ class E5DatasetConfig:
     data_files: Any = None
     sampling_ratio: float = 1.0
     instruction: str | None = None
-    in_batch_negatives: bool = True
+    # True / False for the whole entry, or per row: {family name or task text: bool, "*": the rest (default True)}
+    in_batch_negatives: Any = True
+    # With same_dataset_batches, what a global batch shares within this entry: the entry (null), "family" or "task"
+    group_batches_by: str | None = None
     # Optional renames {source column: target column}, e.g. {anchor: query} for sentence-transformers datasets.
     columns: dict[str, str] | None = None
 
@@ -42,6 +46,29 @@ class E5DatasetConfig:
             )
         if self.instruction is not None and not str(self.instruction).strip():
             raise E5MistralError(f"dataset_mixture: {self.path}: instruction must not be empty (leave it out instead)")
+        policy = self.in_batch_negatives
+        if not isinstance(policy, bool) and not (
+            isinstance(policy, dict) and all(isinstance(v, bool) for v in policy.values())
+        ):
+            raise E5MistralError(
+                f"dataset_mixture: {self.path}: in_batch_negatives must be true, false or a mapping of family names "
+                f'or task texts to true/false ("*" for the rest), got {policy!r}'
+            )
+        if self.group_batches_by not in BATCH_GROUPS:
+            raise E5MistralError(
+                f"dataset_mixture: {self.path}: group_batches_by must be family or task (or left out), "
+                f"got {self.group_batches_by!r}"
+            )
+
+    def uses_in_batch_negatives(self, family: str | None, task: str | None) -> bool:
+        """A row's policy: its family's entry, else its task's, else ``"*"`` (default True)."""
+        policy = self.in_batch_negatives
+        if isinstance(policy, bool):
+            return policy
+        for key in (family, task, "*"):
+            if key is not None and key in policy:
+                return policy[key]
+        return True
 
     @property
     def label(self) -> str:
@@ -121,7 +148,11 @@ class E5TrainingConfig(TrainingArguments):
         default=None, metadata={"help": "Drop candidates scoring above the positive plus this cosine margin."}
     )
     same_dataset_batches: bool = field(
-        default=False, metadata={"help": "Draw each global batch from a single dataset."}
+        default=False,
+        metadata={
+            "help": "Draw each global batch from a single dataset (or, where its mixture entry sets "
+            "group_batches_by, from a single family or task of it)."
+        },
     )
     gradcache_chunk_size: int | None = field(
         default=None,

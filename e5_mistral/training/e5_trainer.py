@@ -215,7 +215,9 @@ class E5Trainer(Trainer):
         from .data import same_dataset_order
 
         global_batch = self.args.per_device_train_batch_size * self.args.world_size
-        dataset_ids = dataset["dataset_id"]
+        # the mixture entry, or its family or task (group_batches_by)
+        column = "batch_group" if "batch_group" in dataset.column_names else "dataset_id"
+        dataset_ids = dataset[column]
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         # Accelerate hands per-device batch j to process j % W, so each run of W*B indices is one global step.
         return _FixedOrderSampler(lambda epoch: same_dataset_order(dataset_ids, global_batch, seed + epoch))
