@@ -104,3 +104,118 @@ def test_a_bad_row_names_the_file_row_and_field(tmp_path):
         mine(args)
     with pytest.raises(E5MistralError, match="--range-max"):
         MiningArguments(dataset="x", output="y", range_min=5, range_max=5)
+
+
+def _judge_rows(path):
+    topics = ["rivers", "volcanoes", "bread", "chess", "violins", "glaciers", "tides", "owls", "copper", "tea"]
+    rows = []
+    for i in range(24):
+        topic = topics[i % len(topics)]
+        rows.append({"query": f"facts about {topic} number {i}", "positive": f"A text about {topic}, part {i}."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _says_relevant(document: str) -> bool:
+    import hashlib
+
+    return hashlib.sha256(document.encode()).hexdigest()[0] in "0123"  # about a quarter of the candidates
+
+
+def _judge_responder(body: dict) -> str:
+    import re
+
+    document = re.search(r"Candidate document: (.*)\n\nDoes the candidate", body["messages"][-1]["content"]).group(1)
+    return json.dumps({"relevant": "yes" if _says_relevant(document) else "no"})
+
+
+@pytest.mark.slow
+def test_a_judged_run_killed_and_resumed_pays_no_answer_twice_and_drops_the_relevant(
+    fake_openai, minilm_dir, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+    from pathlib import Path
+
+    from e5_mistral.mining.judge import verdict
+    from e5_mistral.synthesis.journal import Journal
+    from tests.fake_openai import FaultRates
+
+    fake_openai.responder = _judge_responder
+    fake_openai.latency = 0.05
+    fake_openai.faults = FaultRates(rate_429=0.1, rate_500=0.1, rate_malformed=0.1, retry_after=0.05)
+    rows = _judge_rows(tmp_path / "rows.jsonl")
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "e5_mistral.cli", "mine", "--dataset", str(rows), "--output", str(out)]
+    argv += ["--teacher", str(minilm_dir), "--num-negatives", "3", "--relative-margin", "0.0", "--no-progress"]
+    argv += ["--judge-model", "judge", "--judge-base-url", fake_openai.base_url, "--judge-concurrency", "2"]
+    argv += ["--judge-retry-initial-wait", "0.01", "--judge-max-attempts", "12", "--judge-response-format", "none"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    repo = Path(__file__).resolve().parents[1]
+    journal = out / "judge" / "journal"
+
+    process = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        lines = (
+            sum(len(p.read_bytes().splitlines()) for p in journal.glob("journal-*.jsonl")) if journal.is_dir() else 0
+        )
+        if lines >= 20:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the judged run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    finished = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+
+    # never paid twice: one answer per request in the journal; the server answered at most the two in flight
+    # at the kill beyond what the journal holds
+    records = list(Journal(journal).records())
+    ok = Counter(r["request_id"] for r in records if r["status"] == "ok")
+    assert ok and max(ok.values()) == 1
+    assert len(ok) <= sum(fake_openai.stats.ok_by_prompt.values()) <= len(ok) + 2
+
+    report = json.loads((out / "report.json").read_text())
+    judged = report["configs"]["default"]["judge"]
+    by_pair = {}
+    latest = Journal(journal).latest()
+    for record in records:
+        if record["status"] == "ok":
+            by_pair[record["request_id"]] = verdict(latest[record["request_id"]])
+    relevant = sum(1 for v in by_pair.values() if v is True)
+    assert judged["dropped"] == relevant > 0 and judged["candidates"] == len(by_pair)
+    assert judged["unjudged"] == sum(1 for v in by_pair.values() if v is None)  # the malformed answers
+    import pyarrow.parquet as pq
+
+    from e5_mistral.mining.judge import JudgeArguments, judge_request
+
+    settings = JudgeArguments(judge_model="judge", judge_base_url=fake_openai.base_url, judge_response_format="none")
+    params = settings.endpoint(out / "judge").generation_params("none", "max_tokens")
+    kept = 0
+    for row in pq.read_table(out / "default" / mining.DATA_FILE).to_pylist():
+        for negative, score in zip(row["negative"], row["negative_scores"]):
+            kept += 1
+            # a kept negative was judged "no" or could not be read; none judged "yes" is left
+            assert verdict(latest.get(judge_request(row, negative, params).request_id)) is not True
+    assert kept + judged["dropped"] == judged["candidates"]
+    assert "the judge dropped" in finished.stdout and "Judged: each mined negative" in (out / "README.md").read_text()
+
+
+def test_judge_options_mirror_generate_and_are_checked_before_mining(tmp_path):
+    from e5_mistral.mining.cli import main as mine_main
+    from e5_mistral.mining.judge import JudgeArguments, check_judge
+
+    names = {f.name for f in __import__("dataclasses").fields(JudgeArguments)}
+    assert {"judge_model", "judge_base_url", "judge_max_cost", "judge_tpm", "judge_response_format"} <= names
+    with pytest.raises(E5MistralError, match="--judge-max-cost needs --judge-model"):
+        check_judge(JudgeArguments(judge_max_cost=1.0))
+    with pytest.raises(E5MistralError, match="judge: --judge-max-cost needs a price for model 'j'"):
+        check_judge(JudgeArguments(judge_model="j", judge_base_url="http://127.0.0.1:9/v1", judge_max_cost=1.0))
+    rows = _judge_rows(tmp_path / "rows.jsonl")
+    code = mine_main(["--dataset", str(rows), "--output", str(tmp_path / "o"), "--judge-max-cost", "1"])
+    assert code != 0 and not (tmp_path / "o" / "default").exists()

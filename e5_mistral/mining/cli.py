@@ -16,22 +16,31 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral mine") -> in
     from ..cli import CommandParser, fail, run
     from ..errors import E5MistralError
     from .hard_negatives import MiningArguments, mine
+    from .judge import JudgeArguments
 
-    parser = CommandParser([MiningArguments], prog=prog, description=DESCRIPTION)
+    parser = CommandParser([MiningArguments, JudgeArguments], prog=prog, description=DESCRIPTION)
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+        args, judge = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
     except E5MistralError as err:  # raised by MiningArguments.__post_init__
         return fail(prog, err, code=2)
     logging.basicConfig(level=logging.INFO if not args.no_progress else logging.WARNING, format=f"{prog}: %(message)s")
 
     def _mine() -> int:
-        report = mine(args)
+        report = mine(args, judge)
         for config, counts in report["configs"].items():
             if "mined_negatives" in counts:
                 print(
                     f"{config}: {counts['rows']} rows, {counts['mined_negatives']} negatives mined, "
                     f"{counts['rows_with_fewer']} rows with fewer than {args.num_negatives}, "
                     f"{counts['rows_without']} without"
+                )
+            if counts.get("judge"):
+                verdicts = counts["judge"]
+                print(
+                    f"{config}: the judge dropped {verdicts['dropped']} of {verdicts['candidates']} mined negatives "
+                    f"as relevant ({verdicts['unjudged']} unjudged; {verdicts['requests_sent']} requests, "
+                    f"{verdicts['prompt_tokens'] + verdicts['completion_tokens']} tokens, "
+                    f"~${verdicts['estimated_cost_usd']:.4f})"
                 )
         print(f"mined dataset in {args.output} (load_dataset({args.output!r}, CONFIG))")
         return 0

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -305,13 +305,18 @@ def _write(rows: list[dict], folder: Path) -> None:
     os.replace(tmp, folder)
 
 
-def mine(args: MiningArguments) -> dict:
-    """Mine every config (resuming finished ones), write the Hub layout and card; returns the report."""
+def mine(args: MiningArguments, judge=None) -> dict:
+    """Mine every config (resuming finished ones), let ``judge`` (:class:`.judge.JudgeArguments`, when its
+    ``judge_model`` is set) drop false negatives, write the Hub layout and card; returns the report."""
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
     from ..synthesis.lock import OutputLock
+    from .judge import check_judge, judge_negatives
 
     output = Path(args.output)
+    judging = judge is not None and judge.judge_model is not None
+    if judge is not None:
+        check_judge(judge)
     with OutputLock(output, "e5-mistral mine"):
         configs = input_configs(args)
         teacher = args.teacher
@@ -322,6 +327,7 @@ def mine(args: MiningArguments) -> dict:
         model = corpus = cross_encoder = None
         report = {
             "settings": {k: v for k, v in asdict(args).items() if k not in ("push_to_hub", "private")},
+            "judge": _judge_settings(judge) if judging else None,
             "teacher": teacher,
             "configs": {},
         }
@@ -343,9 +349,20 @@ def mine(args: MiningArguments) -> dict:
                 corpus = read_corpus(args.corpus) if args.corpus else None
                 cross_encoder = CrossEncoder(args.cross_encoder) if args.cross_encoder else None
             rows, counts = mine_config(pairs, model, args, output / ".cache" / config, corpus, cross_encoder)
+            if judging:  # a killed or budget-stopped run mines again from the cached embeddings, judges only the rest
+                rows, counts["judge"] = judge_negatives(rows, judge, output / "judge", args.no_progress)
+                mined = [sum(score is not None for score in row["negative_scores"]) for row in rows]
+                counts.update(
+                    mined_negatives=sum(mined),
+                    rows_with_fewer=sum(0 < m < args.num_negatives for m in mined),
+                    rows_without=sum(m == 0 for m in mined),
+                )
             _write(rows, folder)
             report["configs"][config] = counts
             (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            if judging and (counts["judge"]["budget_stopped"] or counts["judge"].get("failed_requests")):
+                logger.warning("%s: not every negative was judged; rerun to judge the rest", config)
+                continue
             (folder / DONE_MARKER).write_text("")
         if set(FAMILY_SPECS) <= set(configs):  # the synthesis layout: rebuild `all` from the families
             _rebuild_all(output, configs)
@@ -357,6 +374,11 @@ def mine(args: MiningArguments) -> dict:
 
         push_to_hub(output, args.push_to_hub, private=args.private)
     return report
+
+
+def _judge_settings(judge) -> dict:
+    """The judge's settings for the report and card: never its key, only the variable's name."""
+    return {f.name: getattr(judge, f.name) for f in fields(judge)}
 
 
 def _has_cuda() -> bool:

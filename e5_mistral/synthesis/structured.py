@@ -42,6 +42,16 @@ PROBE_SCHEMA = {
 PROBE_MAX_TOKENS = 16
 
 
+# The judge of mined negatives (`e5-mistral mine --judge-model`): is the candidate relevant to the query?
+JUDGE_KEY = "relevant"
+JUDGE_SCHEMA = {
+    "type": "object",
+    "properties": {JUDGE_KEY: {"type": "string", "enum": ["yes", "no"]}},
+    "required": [JUDGE_KEY],
+    "additionalProperties": False,
+}
+
+
 def example_schema(family: str) -> dict:
     keys = family_spec(family).output_keys
     return {
@@ -77,6 +87,8 @@ def _wrap(mode: str, name: str, schema: dict) -> dict | None:
 
 def response_format(mode: str, kind: str, family: str) -> dict | None:
     """The ``response_format`` body field of a request (``None``: send none)."""
+    if kind == "judge":
+        return _wrap(mode, "judgement", JUDGE_SCHEMA)
     if kind == "brainstorm":
         # OpenAI's strict mode needs an object at the top; llama.cpp's json_object takes the paper's bare list
         return _wrap(mode, f"{family}_tasks", brainstorm_schema(top_level_object=mode == "json_schema"))
