@@ -219,3 +219,13 @@ def test_judge_options_mirror_generate_and_are_checked_before_mining(tmp_path):
     rows = _judge_rows(tmp_path / "rows.jsonl")
     code = mine_main(["--dataset", str(rows), "--output", str(tmp_path / "o"), "--judge-max-cost", "1"])
     assert code != 0 and not (tmp_path / "o" / "default").exists()
+
+
+def test_the_dataset_is_the_first_argument_or_dataset_once(tmp_path, capsys):
+    from e5_mistral.mining.cli import main as mine_main
+
+    assert mine_main(["a.jsonl", "--dataset", "b.jsonl", "--output", str(tmp_path / "o")]) == 2
+    assert mine_main(["--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.count("give the dataset to mine once: as DATASET or as --dataset") == 2
+    assert mine_main([str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")]) == 1
+    assert "missing.jsonl not found" in capsys.readouterr().err

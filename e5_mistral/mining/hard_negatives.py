@@ -41,8 +41,14 @@ def _help(text: str, **kwargs):
 
 @dataclass
 class MiningArguments:
-    dataset: str = _help("Hub id, a local folder in the Hub layout, a synthesis output folder, or a JSON Lines file")
-    output: str = _help("folder for the mined dataset (Hub layout, one config per input config, plus a card)")
+    dataset: Optional[str] = _help(
+        "Hub id, a local folder in the Hub layout, a synthesis output folder, or a JSON Lines file (on the command "
+        "line also as the first argument)",
+        default=None,
+    )
+    output: Optional[str] = _help(
+        "folder for the mined dataset (Hub layout, one config per input config, plus a card)", default=None
+    )
     teacher: Optional[str] = _help(
         "sentence-transformers model that scores candidates (a Hub id, a folder, or an export of this project; "
         "default: the bundled all-MiniLM-L6-v2)",
@@ -89,6 +95,8 @@ class MiningArguments:
     no_progress: bool = _help("hide progress bars", default=False)
 
     def __post_init__(self):
+        if self.output is None:
+            raise E5MistralError("--output is required")
         if self.num_negatives < 1 or self.batch_size < 1 or self.range_min < 0:
             raise E5MistralError("--num-negatives and --batch-size must be >= 1 and --range-min >= 0")
         if self.range_max is not None and self.range_max <= self.range_min:
@@ -313,6 +321,8 @@ def mine(args: MiningArguments, judge=None) -> dict:
     from ..synthesis.lock import OutputLock
     from .judge import check_judge, judge_negatives
 
+    if not args.dataset:
+        raise E5MistralError("the dataset to mine is required (DATASET, or --dataset)")
     output = Path(args.output)
     judging = judge is not None and judge.judge_model is not None
     if judge is not None:
