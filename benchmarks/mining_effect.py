@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     import yaml
 
     from e5_mistral.local_models import minilm_path, smollm2_path
-    from e5_mistral.quickstart import HELDOUT_RETRIEVAL, HELDOUT_STS
+    from e5_mistral.quickstart import HELDOUT_RETRIEVAL, HELDOUT_STS, TRAIN_ON_CPU
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quickstart-dir", type=Path, default=REPO_ROOT / "outputs" / "quickstart")
@@ -76,18 +76,8 @@ def main(argv=None) -> int:
                 "output_dir": str(out / f"model-{name}"),
             }
             (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-            launch = [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--num_processes",
-                "1",
-                "--num_machines",
-                "1",
-            ]
-            launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "e5_mistral.training.run"]
             seconds[f"train {name}"] = run(
-                [*launch, str(out / f"{name}.yaml"), "--model_name_or_path", str(smollm2_path())]
+                [*TRAIN_ON_CPU, str(out / f"{name}.yaml"), "--model_name_or_path", str(smollm2_path())]
             )
             run([*e5, "export", str(out / f"model-{name}"), str(export), "--overwrite", "--max-seq-length", "64"])
     from e5_mistral.evaluation.evaluate import _unique_labels

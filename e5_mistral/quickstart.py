@@ -457,23 +457,29 @@ AFTER = "after (trained on the generated data)"
 SAMPLE = "after (trained on the bundled hand-written sample)"
 
 
+# One CPU process, no mixed precision, no compilation: how the quickstart's recipe is trained.
+TRAIN_ON_CPU = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--num_processes",
+    "1",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    "-m",
+    "e5_mistral.training.run",
+]
+
+
 def _train(step: Step, config: Path, model_dir: Path, target: Path, args: QuickstartArguments) -> None:
     if step.cached("train", target / "e5_mistral_config.json"):
         return
     argv = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "e5_mistral.training.run",
+        *TRAIN_ON_CPU,
         str(config),
         "--model_name_or_path",
         str(model_dir),
