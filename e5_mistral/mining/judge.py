@@ -25,7 +25,7 @@ from typing import Optional
 
 from ..errors import E5MistralError
 from ..synthesis.config import SynthesisArguments
-from ..synthesis.journal import STATUS_OK, STATUS_REFUSED, Request
+from ..synthesis.journal import STATUS_OK, Request, needs_sending
 
 
 PROMPT = (Path(__file__).parent / "judge_prompt.txt").read_text(encoding="utf-8")
@@ -129,17 +129,14 @@ def judge_negatives(rows: list[dict], args, folder: Path, hide_progress: bool = 
 async def _judge(rows: list[dict], settings: SynthesisArguments, folder: Path, hide_progress: bool):
     from tqdm.auto import tqdm
 
-    from ..synthesis.cost import Budget, load_price_table, record_cost
+    from ..synthesis.cost import Budget, load_price_table, usage_totals
     from ..synthesis.endpoint import detect_response_format, make_backend, stored_detection
     from ..synthesis.runner import ObservedJournal
 
     folder.mkdir(parents=True, exist_ok=True)
     prices = load_price_table(settings.price_table)
     journal = ObservedJournal(folder / "journal")
-    budget = Budget(settings.max_cost, settings.max_total_tokens, prices)
-    for record in journal.records():  # what earlier runs spent counts against the budget
-        budget.add(record)
-    journal.listeners.append(budget.add)
+    budget = Budget(settings.max_cost, settings.max_total_tokens, prices).track(journal)
     client, backend = make_backend(settings, folder, budget)
     try:
         detection = stored_detection(settings, folder)
@@ -157,13 +154,7 @@ async def _judge(rows: list[dict], settings: SynthesisArguments, folder: Path, h
                     requests.setdefault(request.request_id, request)
                     candidates.append((i, k, request.request_id))
         latest = journal.latest()
-        pending = [
-            r
-            for rid, r in requests.items()
-            if rid not in latest
-            or latest[rid]["status"] not in (STATUS_OK, STATUS_REFUSED)
-            or (latest[rid]["status"] == STATUS_REFUSED and settings.retry_refused)
-        ]
+        pending = [r for rid, r in requests.items() if needs_sending(latest.get(rid), settings.retry_refused)]
         if pending:
             bar = tqdm(total=len(pending), desc="judging", unit="pair", disable=hide_progress)
             journal.listeners.append(lambda record: bar.update(1))
@@ -195,9 +186,7 @@ async def _judge(rows: list[dict], settings: SynthesisArguments, folder: Path, h
         "dropped": len(dropped),
         "unjudged": sum(1 for *_, rid in candidates if verdicts[rid] is None),
         "requests_sent": sum(int(r.get("attempts") or 0) for r in paid),
-        "prompt_tokens": sum(r["usage"].get("prompt_tokens", 0) for r in paid),
-        "completion_tokens": sum(r["usage"].get("completion_tokens", 0) for r in paid),
-        "estimated_cost_usd": round(sum(record_cost(r, prices) for r in paid), 6),
+        **usage_totals(paid, prices),
         "budget_stopped": bool(backend.stopped_by_budget),
         "response_format": detection["chosen"],
         "model": settings.model,

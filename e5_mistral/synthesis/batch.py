@@ -365,12 +365,20 @@ class BatchBackend:
         """Upload and create whatever a previous step left undone; the state is saved after each call. A file whose
         worst case does not fit the budget beside what is spent and what running batches may cost is not submitted
         (nor any after it): it waits, written, for a run with a larger budget."""
+        limited = self.budget is not None and self.budget.limited
+        # what the running batches may still cost, each file read once; a file submitted below joins it
+        running = [self._worst_case(e) for e in state["batches"] if limited and e["batch_id"] and not e["collected"]]
+        reserved = (sum(t for t, _ in running), sum(c for _, c in running))
         for entry in state["batches"]:
             if entry["collected"]:
                 continue
-            if entry["batch_id"] is None and not self._fits_budget(state, entry):
-                self.stopped_by_budget = True
-                break
+            if entry["batch_id"] is None and limited:
+                tokens, cost = self._worst_case(entry)
+                if not self.budget.fits(reserved[0] + tokens, reserved[1] + cost):
+                    self._refuse(entry, tokens, cost, reserved)
+                    self.stopped_by_budget = True
+                    break
+                reserved = (reserved[0] + tokens, reserved[1] + cost)
             if entry["file_id"] is None:
                 uploaded = await self.client.files.create(file=self.directory / entry["file"], purpose="batch")
                 entry["file_id"], entry["status"] = uploaded.id, "uploaded"
@@ -401,18 +409,7 @@ class BatchBackend:
                 tokens, cost = tokens + line_tokens, cost + line_cost
         return tokens, cost
 
-    def _fits_budget(self, state: dict, entry: dict) -> bool:
-        if self.budget is None or not self.budget.limited:
-            return True
-        running = [self._worst_case(e) for e in state["batches"] if e["batch_id"] and not e["collected"]]
-        tokens, cost = self._worst_case(entry)
-        reserved_tokens, reserved_cost = sum(t for t, _ in running), sum(c for _, c in running)
-        self.budget.reserve(reserved_tokens, reserved_cost)
-        try:
-            if self.budget.fits(tokens, cost):
-                return True
-        finally:
-            self.budget.release(reserved_tokens, reserved_cost)
+    def _refuse(self, entry: dict, tokens: int, cost: float, reserved: tuple[int, float]) -> None:
         logger.error(
             "not submitting %s: its %d requests may cost up to %d tokens / $%.4f, which with %d tokens / $%.4f "
             "spent and %d tokens / $%.4f reserved by running batches would pass --max-total-tokens %s / --max-cost "
@@ -423,12 +420,10 @@ class BatchBackend:
             cost,
             self.budget.tokens,
             self.budget.cost,
-            reserved_tokens,
-            reserved_cost,
+            *reserved,
             self.budget.max_tokens,
             self.budget.max_cost,
         )
-        return False
 
     async def _created_before(self, digest: str, known: set[str]):
         """A batch created for a file with these bytes, unknown to the state and not finished badly, or None (its

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from .config import SynthesisArguments
-from .cost import price_for, record_cost
+from .cost import price_for, usage_totals
 from .journal import STATUS_OK, STATUS_REFUSED, Journal
 from .parsing import Rejected, normalize, parse_example
 from .planner import Planner
@@ -138,9 +138,7 @@ def collect(
         "failed": sum(failed_reasons.values()),
         "failed_reasons": dict(sorted(failed_reasons.items())),
         "orphaned": orphaned,
-        "prompt_tokens": sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in records),
-        "completion_tokens": sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records),
-        "estimated_cost_usd": round(sum(record_cost(r, prices) for r in records), 6),
+        **usage_totals(records, prices),
         "cost_priced": price_for(prices, args.model) is not None,
         "brainstorm": {
             "planned": brainstorm["planned"],
@@ -186,13 +184,10 @@ def _orphaned(plans, latest: dict[str, dict], records: list[dict], prices: dict)
         and rid not in planned
         and not (rec["kind"] == "example" and rec["family"] in open_families)
     }
-    paid = [r for r in records if r["request_id"] in ids]  # every attempt: each was paid for
     return {
         "answers": len(ids),
         "examples": sum(1 for rid in ids if latest[rid]["kind"] == "example"),
-        "prompt_tokens": sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in paid),
-        "completion_tokens": sum((r.get("usage") or {}).get("completion_tokens", 0) for r in paid),
-        "estimated_cost_usd": round(sum(record_cost(r, prices) for r in paid), 6),
+        **usage_totals((r for r in records if r["request_id"] in ids), prices),  # every attempt was paid for
     }
 
 

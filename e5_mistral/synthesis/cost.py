@@ -61,6 +61,16 @@ def record_tokens(record: Mapping) -> int:
     return int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
 
 
+def usage_totals(records, table: Mapping[str, Mapping[str, float]]) -> dict:
+    """Prompt and completion tokens and the estimated cost of journal records (every attempt is counted)."""
+    records = list(records)
+    return {
+        "prompt_tokens": sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in records),
+        "completion_tokens": sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records),
+        "estimated_cost_usd": round(sum(record_cost(r, table) for r in records), 6),
+    }
+
+
 def worst_case_tokens(body: Mapping) -> tuple[int, int]:
     """(prompt, completion) tokens one chat request cannot exceed: its messages' UTF-8 bytes (and a response format's
     schema) plus a chat template's share per message, and its completion cap (0 when it sets none)."""
@@ -94,6 +104,13 @@ class Budget:
     @property
     def limited(self) -> bool:
         return self.max_cost is not None or self.max_tokens is not None
+
+    def track(self, journal) -> "Budget":
+        """Count what ``journal`` already holds (earlier runs' spending binds too) and every record it gets."""
+        for record in journal.records():
+            self.add(record)
+        journal.listeners.append(self.add)
+        return self
 
     def add(self, record: Mapping) -> None:
         self.tokens += record_tokens(record)

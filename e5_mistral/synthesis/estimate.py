@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from .cost import BATCH_DISCOUNT, price_for, worst_case_tokens
+from .cost import price_for, record_cost, worst_case_tokens
 from .journal import STATUS_OK
 from .plan import example_request, sample_slots
 from .planner import FamilyPlan
@@ -84,8 +84,8 @@ def estimate(
                 p, c = max(sizes)
                 prompt, completion = prompt + fp.count * p, completion + fp.count * c
                 unplanned += fp.count
-    price = price_for(prices, params.get("model"))
     cost = None
-    if price is not None:
-        cost = (prompt * price["input"] + completion * price["output"]) / 1e6 * (BATCH_DISCOUNT if batch else 1.0)
+    if price_for(prices, params.get("model")) is not None:
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+        cost = record_cost({"model": params.get("model"), "usage": usage, "source": "batch" if batch else ""}, prices)
     return RunEstimate(brainstorms, len(bodies) - brainstorms + unplanned, unplanned, prompt, completion, cost, batch)

@@ -22,6 +22,14 @@ STATUS_FAILED = "failed"  # retries exhausted or a fatal error; retried on the n
 STATUS_REFUSED = "refused"  # a non-retryable 4xx (the request itself is wrong); sent again only when asked
 
 
+def needs_sending(record: dict | None, retry_refused: bool = False) -> bool:
+    """Whether a request whose latest journal record is ``record`` is sent (again): never sent, or failed; a refused
+    one only when asked."""
+    return (
+        record is None or record["status"] == STATUS_FAILED or (record["status"] == STATUS_REFUSED and retry_refused)
+    )
+
+
 @dataclass(frozen=True)
 class Request:
     """One chat-completion call of the plan."""

@@ -76,6 +76,11 @@ class wait_retry_after(wait_base):
         return self.fallback(retry_state)
 
 
+def prompt_estimate(messages) -> float:
+    """About how many prompt tokens ``messages`` make: 4 characters a token (for pacing; budgets use a bound)."""
+    return sum(len(str(m.get("content") or "")) for m in messages) / 4
+
+
 def parse_duration(value: str | None) -> float | None:
     """Seconds in an ``x-ratelimit-reset-*`` value: ``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` or a number."""
     if value is None:
@@ -249,7 +254,7 @@ class OnlineBackend:
         """What the token bucket takes when ``request`` goes out: its prompt (about 4 characters a token) and the
         mean completion of the answers so far (its completion cap for the first request, which goes out alone), at
         most one bucket."""
-        prompt = sum(len(m["content"]) for m in request.messages) / 4
+        prompt = prompt_estimate(request.messages)
         cap = float(request.params.get("max_completion_tokens") or request.params.get("max_tokens") or 0)
         completion = min(cap, self._completions[0] / self._completions[1]) if self._completions[1] else cap
         return min(prompt + completion, self.token_capacity)
@@ -271,8 +276,12 @@ class OnlineBackend:
 
     async def post(self, body: dict):
         """One chat completion, as sent by every request of the plan; the server's rate-limit headers of the answer
-        (or of the error) are kept, and sending waits while the server says a window is spent."""
-        await self.server_limits.acquire(sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) / 4)
+        (or of the error) are kept, and sending waits while the server says a window is spent.
+
+        The client's documented raw route (same auth, base URL, Azure deployment paths, timeouts and error classes as
+        ``chat.completions.with_raw_response.create``): the headers come with it, and ``cast_to=object`` decodes the
+        JSON untouched."""
+        await self.server_limits.acquire(prompt_estimate(body.get("messages") or []))
         try:
             raw = await self.client.post(
                 "/chat/completions",
@@ -313,8 +322,6 @@ class OnlineBackend:
                 await self._answered.wait()
             self._taken[request.request_id] = expected = self._expected_tokens(request)
             await self.token_limiter.acquire(expected)
-        # The documented raw route of the client (same auth, base URL, Azure deployment paths, timeouts and
-        # error classes as chat.completions.create); cast_to=object returns the decoded JSON untouched.
         return await self.post(request.body())
 
     async def _answer(self, request: Request) -> dict:

@@ -24,7 +24,7 @@ from .config import SynthesisArguments
 from .cost import Budget, load_price_table
 from .endpoint import detect_response_format, make_backend, stored_detection
 from .estimate import RunEstimate, estimate
-from .journal import STATUS_FAILED, STATUS_OK, STATUS_REFUSED, Journal, Request
+from .journal import STATUS_OK, Journal, Request, needs_sending
 from .lock import OutputLock
 from .parsing import Rejected, parse_example
 from .plan import family_counts, resolve_languages, resolve_mix
@@ -107,10 +107,7 @@ class SynthesisRun:
                 self.detection = asyncio.run(self._detect(journal))
             run_config = {**self.args.public_dict(), "response_format_resolved": self.detection}
             (self.output / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n", encoding="utf-8")
-            budget = Budget(self.args.max_cost, self.args.max_total_tokens, self.prices)
-            for record in journal.records():  # money already spent counts against the budget
-                budget.add(record)
-            journal.listeners.append(budget.add)
+            budget = Budget(self.args.max_cost, self.args.max_total_tokens, self.prices).track(journal)
             stopped = asyncio.run(
                 self._execute(journal, budget, self.args.no_progress if progress is None else not progress)
             )
@@ -194,12 +191,7 @@ class SynthesisRun:
 
     def _pending(self, request: Request, latest: dict[str, dict]) -> bool:
         """Not answered yet: never sent, or failed (a refused request only with ``--retry-refused``)."""
-        rec = latest.get(request.request_id)
-        return (
-            rec is None
-            or rec["status"] == STATUS_FAILED
-            or (rec["status"] == STATUS_REFUSED and self.args.retry_refused)
-        )
+        return needs_sending(latest.get(request.request_id), self.args.retry_refused)
 
 
 def generate(args: SynthesisArguments, progress: bool | None = None) -> RunResult:
