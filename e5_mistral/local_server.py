@@ -10,19 +10,23 @@ The quickstart and the real-LLM tests use them to put a local model behind the s
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -155,3 +159,81 @@ def llama_cpp_serve(
     ]
     with _served(command, "the llama.cpp server", port, None, startup_timeout, log_path) as base_url:
         yield base_url
+
+
+class _Dispatcher(http.server.ThreadingHTTPServer):
+    """Forwards each request to whichever upstream server is free; each upstream serves one request at a time."""
+
+    daemon_threads = True
+
+    def __init__(self, upstreams: list[str]):
+        super().__init__(("127.0.0.1", 0), _DispatchHandler)
+        self.free: queue.Queue[str] = queue.Queue()
+        for upstream in upstreams:
+            self.free.put(upstream)
+
+
+class _DispatchHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        upstream = self.server.free.get()
+        try:
+            connection = http.client.HTTPConnection(upstream, timeout=UPSTREAM_TIMEOUT)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            connection.request(self.command, self.path, body=body or None, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            connection.close()
+        finally:
+            self.server.free.put(upstream)
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _forward
+
+    def log_message(self, *args) -> None:  # the upstream servers log
+        pass
+
+
+UPSTREAM_TIMEOUT = 3600.0  # one request's wait for a free server plus its decoding; the client times out first
+
+
+@contextmanager
+def llama_cpp_pool(
+    gguf: str | os.PathLike, servers: int, log_dir: str | os.PathLike | None = None, **serve_options
+) -> Iterator[str]:
+    """``servers`` llama.cpp servers of one slot and one thread each, behind one base URL on 127.0.0.1.
+
+    One sequence per server and one thread per sequence keep every answer the same whichever server decodes it
+    and whatever runs beside it (a sampling seed per request does the rest), while the servers together use
+    ``servers`` cores; several slots of one server are faster than one slot, but batch their sequences
+    differently from run to run.
+    """
+    if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        upstreams = [
+            stack.enter_context(
+                llama_cpp_serve(
+                    gguf,
+                    threads=1,
+                    slots=1,
+                    log_path=Path(log_dir) / f"llama-server-{n}.log" if log_dir else None,
+                    **serve_options,
+                )
+            )
+            for n in range(servers)
+        ]
+        dispatcher = _Dispatcher([url.removeprefix("http://").removesuffix("/v1") for url in upstreams])
+        thread = threading.Thread(target=dispatcher.serve_forever, daemon=True)
+        thread.start()
+        stack.callback(dispatcher.server_close)
+        stack.callback(dispatcher.shutdown)
+        yield f"http://127.0.0.1:{dispatcher.server_address[1]}/v1"

@@ -71,7 +71,8 @@ class QuickstartArguments:
         metadata={"help": "folder of MTEB-format tasks to evaluate on (default: $E5_BENCHMARKS_DIR; none if unset)"},
     )
     tasks: Optional[list[str]] = field(
-        default=None, metadata={"help": "task folders of --benchmarks-dir to use (default: every one found)"}
+        default=None,
+        metadata={"help": "task folders of --benchmarks-dir to evaluate on (default: STSBenchmark and SICK-R)"},
     )
     generator: str = field(
         default="qwen2.5-coder-0.5b",
@@ -87,12 +88,11 @@ class QuickstartArguments:
             "no schema enforcement)"
         },
     )
-    generator_slots: int = field(
+    generator_servers: int = field(
         default=2,
         metadata={
-            "help": "llama.cpp slots, and requests in flight: 2 decodes about 1.4x as many tokens a second as 1 on 2 "
-            "cores, but its answers are not bit-reproducible (the two sequences are batched differently from run to "
-            "run); 1 makes the generated data, and the table, the same on every run"
+            "help": "llama.cpp servers of one slot and one thread each, requests in flight (one per core): the "
+            "answers are the same on every run whichever server writes them"
         },
     )
     num_examples: int = field(
@@ -114,8 +114,12 @@ class QuickstartArguments:
         default=None,
         metadata={"help": "training seed (default: the recipe's); the spread between two shows what is noise"},
     )
-    eval_max_rows: int = field(
-        default=40, metadata={"help": "rows (pairs / queries / test texts) per benchmark task, to bound CPU time"}
+    eval_max_rows: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "rows (pairs / queries / test texts) of every benchmark task, for quick runs (default: "
+            "STSBenchmark whole, SICK-R 1,000, any other --tasks task whole)"
+        },
     )
     recipe: Optional[str] = field(
         default=None, metadata={"help": "training recipe (YAML; default: the bundled recipes/smollm2-135m/cpu.yaml)"}
@@ -174,7 +178,7 @@ def _e5(*args: str) -> list[str]:
 def generate(args: QuickstartArguments, out: Path, step: Step) -> Path:
     """Serve the local generator on 127.0.0.1 and generate across all six families; returns the dataset folder."""
     from .local_models import generator_gguf, generator_license, smollm2_path
-    from .local_server import llama_cpp_serve, sampling_body, transformers_serve
+    from .local_server import llama_cpp_pool, sampling_body, transformers_serve
 
     target = out / "synthetic"
     if step.cached("generate", target / "report.json") and (target / "dataset").is_dir():
@@ -199,7 +203,7 @@ def generate(args: QuickstartArguments, out: Path, step: Step) -> Path:
         "--temperature",
         str(args.temperature),
         "--concurrency",
-        str(args.generator_slots if args.generator_server == "llama.cpp" else 1),
+        str(args.generator_servers if args.generator_server == "llama.cpp" else 1),
         "--timeout",
         "600",
         "--max-attempts",
@@ -229,10 +233,11 @@ def generate(args: QuickstartArguments, out: Path, step: Step) -> Path:
     elif args.generator_server == "llama.cpp":
         gguf = generator_gguf(args.generator)
         print(
-            f"\n[generate] starting the llama.cpp server (xllamacpp) on 127.0.0.1 for {gguf} (stopped by PID when done)",
+            f"\n[generate] starting {args.generator_servers} llama.cpp servers (xllamacpp) on 127.0.0.1 for {gguf} "
+            "(stopped by PID when done)",
             flush=True,
         )
-        server = llama_cpp_serve(gguf, slots=args.generator_slots, log_path=out / "llama-server.log")
+        server = llama_cpp_pool(gguf, args.generator_servers, log_dir=out)
         argv += ["--extra-body", json.dumps(LLAMA_CPP_SAMPLING)]
     else:
         raise E5MistralError(f"--generator_server must be llama.cpp or transformers, not {args.generator_server!r}")
@@ -268,11 +273,8 @@ def training_config(args: QuickstartArguments, generated: Optional[Path], out: P
 
     config = _recipe(args)
     if generated is not None:
-        accepted = json.loads((generated.parent / "report.json").read_text())["per_family"]
         config["dataset_mixture"] = [
-            {**entry, "path": str(generated)}
-            for entry in config["dataset_mixture"]
-            if accepted.get(entry["name"], {}).get("accepted")
+            {**entry, "path": str(generated)} for entry in config["dataset_mixture"] if _rows(generated, entry["name"])
         ]
     for entry in config.get("dataset_mixture", []):
         # Recipes name the bundled sample relative to the repository root (in a wheel: site-packages); the quickstart
@@ -282,6 +284,13 @@ def training_config(args: QuickstartArguments, generated: Optional[Path], out: P
     path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return path
+
+
+def _rows(dataset: Path, config: str) -> int:
+    """Rows of one config of a dataset in the Hub layout (read from the parquet footers)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in (dataset / config).glob("*.parquet"))
 
 
 def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
@@ -328,23 +337,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-# Tatoeba pairs of the 13 languages the paper names beside English (its Figure 2): the rest of Tatoeba's 112
-# are beyond a 135M model, and a few pairs per language leave bitext mining at chance.
-TATOEBA_SUBSETS = (
-    "pol-eng",
-    "jpn-eng",
-    "ita-eng",
-    "rus-eng",
-    "ind-eng",
-    "deu-eng",
-    "pes-eng",
-    "spa-eng",
-    "cmn-eng",
-    "fra-eng",
-    "por-eng",
-    "nld-eng",
-    "ara-eng",
-)
+# The public tasks the quickstart evaluates, when $E5_BENCHMARKS_DIR has them, and how many rows of each (None: the
+# whole test set). STSBenchmark's 1,379 pairs take about 100 s a model on 2 cores; SICK-R's 9,927 would take 12
+# minutes, so an evenly spread 1,000 (a Spearman correlation's standard error is about 0.02 there). Fewer tasks on
+# many items each: on 40 items a correlation's standard error is near 0.15, more than most differences.
+BENCHMARK_ROWS: dict[str, int | None] = {"STSBenchmark": None, "SICK-R": 1000}
+EVAL_DTYPE = "bfloat16"
 
 
 def evaluation_runs(args: QuickstartArguments, heldout: Path) -> list[tuple[str, Path, list[str], list[str]]]:
@@ -363,11 +361,24 @@ def evaluation_runs(args: QuickstartArguments, heldout: Path) -> list[tuple[str,
     if not Path(benchmarks_dir).is_dir():
         raise MissingFileError(f"benchmarks folder {benchmarks_dir} not found (E5_BENCHMARKS_DIR / --benchmarks_dir)")
     found = sorted(p.name for p in Path(benchmarks_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
-    tasks = [t for t in (args.tasks or found) if t in found]
+    tasks = [t for t in (args.tasks or BENCHMARK_ROWS) if t in found]
     if args.tasks and len(tasks) != len(args.tasks):
         raise E5MistralError(f"--tasks {sorted(set(args.tasks) - set(found))} not found in {benchmarks_dir}")
-    for n, (budget, group) in enumerate(_row_budgets(Path(benchmarks_dir), tasks, args.eval_max_rows).items()):
-        runs.append((f"benchmarks-{n}-{group[0]}", Path(benchmarks_dir), group, ["--instructions", "paper", *budget]))
+    by_rows: dict[int | None, list[str]] = {}
+    for task in tasks:
+        rows = args.eval_max_rows if args.eval_max_rows is not None else BENCHMARK_ROWS.get(task)
+        by_rows.setdefault(rows, []).append(task)
+    for rows, group in by_rows.items():
+        budget = ["--max-rows", str(rows)] if rows else []
+        # Classification on the embeddings before the final Normalize, as the paper evaluates it.
+        runs.append(
+            (
+                f"benchmarks-{group[0]}",
+                Path(benchmarks_dir),
+                group,
+                ["--instructions", "paper", *budget, "--raw-classification-embeddings"],
+            )
+        )
     return runs
 
 
@@ -387,68 +398,57 @@ def evaluate_commands(models: dict[str, Path], runs, target: Path) -> list[tuple
             str(target / name),
             "--batch-size",
             "16",
+            # bf16 matrix products: 1.6x the texts a second of float32 on a 2-core AVX512-BF16 CPU (48 vs 29)
+            "--dtype",
+            EVAL_DTYPE,
             *extra,
         ]
         commands.append((target / name / "summary.json", argv))
     return commands
 
 
-def collect_scores(commands, models: dict[str, Path]) -> dict[str, dict[str, float]]:
-    """column -> task -> score, from the summaries of several models (keyed by each model's label)."""
-    from .evaluation.evaluate import _unique_labels
+def collect_scores(commands, models: dict[str, Path]) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
+    """(column -> task -> score, column -> task -> its paired difference from the first column), from the
+    summaries and ``paired.json`` files of the evaluate calls (keyed by each model's label)."""
+    from .evaluation.evaluate import unique_labels
 
-    labels = dict(zip(models, _unique_labels([str(m) for m in models.values()])))
+    labels = dict(zip(models, unique_labels([str(m) for m in models.values()])))
     table: dict[str, dict[str, float]] = {column: {} for column in models}
+    paired: dict[str, dict] = {column: {} for column in list(models)[1:]}
     for summary, _ in commands:
         scores = json.loads(summary.read_text())
+        differences = json.loads(summary.with_name("paired.json").read_text())
         for column, label in labels.items():
             table[column].update(scores[label])
-    return table
+            if column in paired:
+                paired[column].update(differences.get(label, {}))
+    return table, paired
 
 
 def _has_every_model(summary: Path, models: dict[str, Path]) -> bool:
-    from .evaluation.evaluate import _unique_labels
+    from .evaluation.evaluate import unique_labels
 
-    if not summary.is_file():
+    if not summary.is_file() or not summary.with_name("paired.json").is_file():
         return False
-    return set(_unique_labels([str(m) for m in models.values()])) <= set(json.loads(summary.read_text()))
+    return set(unique_labels([str(m) for m in models.values()])) <= set(json.loads(summary.read_text()))
 
 
-def _row_budgets(benchmarks_dir: Path, tasks: list[str], max_rows: int) -> dict[tuple[str, ...], list[str]]:
-    """Tasks grouped by the `evaluate` arguments that keep each within a similar CPU budget.
+def results_table(table: dict[str, dict[str, float]], paired: dict[str, dict]) -> str:
+    """Scores per column, then each later column minus the first with its paired 95 % bootstrap interval over the
+    task's items, bold where the interval excludes 0."""
+    from .evaluation.evaluate import format_difference
+    from .evaluation.paired import PairedDifference
 
-    Classification takes twice the rows (a row is one text); retrieval keeps 3/4 of the rows as queries, with
-    their relevant documents and 3 others per query (enough queries to tell models apart, a corpus small enough
-    for 2 cores); Tatoeba is evaluated on the paper's 13 named languages, with a quarter of the rows per pair.
-    """
-    from .evaluation.offline_tasks import folder_task_type
-
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for task in tasks:
-        kind = folder_task_type(benchmarks_dir / task)
-        if kind == "Retrieval":
-            key = ("--max-rows", str(max(4, 3 * max_rows // 4)), "--corpus-per-query", "3")
-        elif kind == "BitextMining" and task == "Tatoeba":
-            key = ("--max-rows", str(max(2, max_rows // 4)), "--subsets", *TATOEBA_SUBSETS)
-        elif kind == "BitextMining":
-            key = ("--max-rows", str(max(2, max_rows // 4)))
-        elif kind == "Classification":
-            # Twice the test rows: a row is one text here, a pair elsewhere. At 64 rows a binary task such as
-            # AmazonCounterfactual (80/20 labels) has about 12 minority rows, too few to compare two models.
-            # Embeddings before the final Normalize, as in the paper's evaluation.
-            key = ("--max-rows", str(2 * max_rows), "--raw-classification-embeddings")
-        else:
-            key = ("--max-rows", str(max_rows))
-        groups.setdefault(key, []).append(task)
-    return groups
-
-
-def markdown_table(table: dict[str, dict[str, float]]) -> str:
     columns = list(table)
     tasks = sorted({task for scores in table.values() for task in scores})
-    lines = ["| task | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    headers = [*columns, *(f"{c.split(' (')[0]} - before (95 % CI)" for c in paired)]
+    lines = ["| task (items) | " + " | ".join(headers) + " |", "| --- |" + " ---: |" * len(headers)]
     for task in tasks:
-        lines.append(f"| {task} | " + " | ".join(f"{table[c].get(task, float('nan')):.4f}" for c in columns) + " |")
+        differences = {c: PairedDifference(**paired[c][task]) if task in paired[c] else None for c in paired}
+        items = next((d.items for d in differences.values() if d is not None), None)
+        cells = [f"{table[c].get(task, float('nan')):.4f}" for c in columns]
+        cells += [format_difference(d) for d in differences.values()]
+        lines.append(f"| {task}" + (f" ({items:,})" if items else "") + " | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -565,9 +565,9 @@ def quickstart(args: QuickstartArguments) -> int:
             timings.setdefault("evaluate", 0.0)
         else:
             step.call("evaluate", argv, evaluate_main)
-    table = collect_scores(commands, models)
+    table, paired = collect_scores(commands, models)
 
-    text = markdown_table(table)
+    text = results_table(table, paired)
     print("\n" + text)
     print(
         "\nstep times (s): "
@@ -575,7 +575,7 @@ def quickstart(args: QuickstartArguments) -> int:
         + f"; total {time.monotonic() - began:.0f}"
     )
     (out / "results.md").write_text(text + "\n")
-    (out / "results.json").write_text(json.dumps({"scores": table, "seconds": timings}, indent=2))
+    (out / "results.json").write_text(json.dumps({"scores": table, "paired": paired, "seconds": timings}, indent=2))
     print(f"\nresults: {out / 'results.md'}; the exported model: {models[after]}")
     return 0
 

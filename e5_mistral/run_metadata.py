@@ -33,6 +33,7 @@ class RunMetadata:
     datasets: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)  # hyper-parameters, for the card
     versions: dict[str, Any] = field(default_factory=dict)
+    merged: dict[str, Any] | None = None  # set by `e5-mistral merge`: the checkpoints, weights and method
 
     def __post_init__(self):
         if self.pooling not in POOLING_MODES:

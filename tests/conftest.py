@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_openai import FakeOpenAIServer
+from tests.helpers import WORDS, sentence, write_jsonl
 from tests.tiny_models import build_tiny_mistral
 
 
@@ -60,3 +61,41 @@ def fake_openai():
     """A started FakeOpenAIServer on 127.0.0.1; set ``.responder`` / ``.faults`` / ``.latency`` in the test."""
     with FakeOpenAIServer() as server:
         yield server
+
+
+@pytest.fixture()
+def tiny_tasks(tmp_path) -> Path:
+    """One small folder per task type, named so mteb does not know them (generic tasks)."""
+    root = tmp_path / "bench"
+    write_jsonl(
+        root / "TinySTS" / "test.jsonl",
+        [{"sentence1": sentence(i), "sentence2": sentence(i + i % 3), "score": float(i % 6)} for i in range(24)],
+    )
+    write_jsonl(
+        root / "TinyPairs" / "test.jsonl",
+        [{"sentence1": sentence(i), "sentence2": sentence(i if i % 2 else i + 5), "label": i % 2} for i in range(20)],
+    )
+    write_jsonl(
+        root / "TinyBitext" / "test.jsonl",
+        [{"source": sentence(i).upper(), "target": sentence(i)} for i in range(12)],
+    )
+    for split, n in (("train", 40), ("test", 16)):
+        write_jsonl(
+            root / "TinyClassification" / "en" / f"{split}.jsonl",
+            [{"text": sentence(i), "label": WORDS[i % 2]} for i in range(n)],
+        )
+    write_jsonl(
+        root / "TinyRetrieval" / "corpus.jsonl",
+        [{"_id": f"d{i}", "title": WORDS[i % 16], "text": sentence(i)} for i in range(30)],
+    )
+    write_jsonl(
+        root / "TinyRetrieval" / "queries.jsonl",
+        [{"_id": f"q{i}", "text": f"which {WORDS[i % 16]} number {i}"} for i in range(8)],
+    )
+    (root / "TinyRetrieval" / "qrels").mkdir()
+    (root / "TinyRetrieval" / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(6)), encoding="utf-8"
+    )
+    (root / "Nothing").mkdir()
+    (root / "Nothing" / "notes.txt").write_text("no task here", encoding="utf-8")
+    return root

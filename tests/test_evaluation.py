@@ -6,7 +6,6 @@ import importlib
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -14,64 +13,10 @@ from e5_mistral.evaluation.cli import main as evaluate_main
 from e5_mistral.evaluation.offline_tasks import detect_type, load_offline_task
 from e5_mistral.evaluation.prompts import model_prompts_for
 from e5_mistral.instructions import EVALUATION_INSTRUCTIONS, query_prompt
+from tests.helpers import WORDS, sentence, write_jsonl
 
 
 PROG = "e5-mistral evaluate"
-
-
-def _jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-WORDS = (
-    "apple river stone cloud music garden window paper light forest engine bridge ocean candle pencil mirror".split()
-)
-
-
-def _sentence(i: int) -> str:
-    return f"the {WORDS[i % len(WORDS)]} and the {WORDS[(3 * i + 1) % len(WORDS)]} number {i}"
-
-
-@pytest.fixture()
-def tiny_tasks(tmp_path) -> Path:
-    """One small folder per task type, named so mteb does not know them (generic tasks)."""
-    root = tmp_path / "bench"
-    _jsonl(
-        root / "TinySTS" / "test.jsonl",
-        [{"sentence1": _sentence(i), "sentence2": _sentence(i + i % 3), "score": float(i % 6)} for i in range(24)],
-    )
-    _jsonl(
-        root / "TinyPairs" / "test.jsonl",
-        [
-            {"sentence1": _sentence(i), "sentence2": _sentence(i if i % 2 else i + 5), "label": i % 2}
-            for i in range(20)
-        ],
-    )
-    _jsonl(
-        root / "TinyBitext" / "test.jsonl",
-        [{"source": _sentence(i).upper(), "target": _sentence(i)} for i in range(12)],
-    )
-    for split, n in (("train", 40), ("test", 16)):
-        _jsonl(
-            root / "TinyClassification" / "en" / f"{split}.jsonl",
-            [{"text": _sentence(i), "label": WORDS[i % 2]} for i in range(n)],
-        )
-    _jsonl(
-        root / "TinyRetrieval" / "corpus.jsonl",
-        [{"_id": f"d{i}", "title": WORDS[i % 16], "text": _sentence(i)} for i in range(30)],
-    )
-    _jsonl(
-        root / "TinyRetrieval" / "queries.jsonl",
-        [{"_id": f"q{i}", "text": f"which {WORDS[i % 16]} number {i}"} for i in range(8)],
-    )
-    (root / "TinyRetrieval" / "qrels").mkdir()
-    (root / "TinyRetrieval" / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(6)), encoding="utf-8"
-    )
-    (root / "Nothing").mkdir()
-    (root / "Nothing" / "notes.txt").write_text("no task here", encoding="utf-8")
-    return root
 
 
 class TestOfflineTasks:
@@ -131,7 +76,7 @@ class TestOfflineTasks:
         with pytest.raises(ValueError, match=r"Nothing matches no task format"):
             load_offline_task(tiny_tasks / "Nothing")
         bad = tmp_path / "BadSTS"
-        _jsonl(bad / "test.jsonl", [{"sentence1": "a b", "sentence2": "c d", "score": 1.0}])
+        write_jsonl(bad / "test.jsonl", [{"sentence1": "a b", "sentence2": "c d", "score": 1.0}])
         (bad / "test.jsonl").write_text((bad / "test.jsonl").read_text() + '{"sentence1": "x", "sentence2": "y"}\n')
         with pytest.raises(ValueError, match=r"test.jsonl: row 2 lacks field\(s\) score"):
             load_offline_task(bad)
@@ -183,10 +128,10 @@ class TestInstructions:
         for prompt, texts in seen:
             by_prompt.setdefault(prompt, []).extend(texts)
         assert any(t.startswith("which ") for t in by_prompt[retrieval_prefix])  # queries
-        assert f"{WORDS[0]} {_sentence(0)}" in by_prompt[""]  # documents (mteb joins title and text), no instruction
+        assert f"{WORDS[0]} {sentence(0)}" in by_prompt[""]  # documents (mteb joins title and text), no instruction
         assert not any(t.startswith("which ") for t in by_prompt[""])
         sts_texts = by_prompt["Instruct: Retrieve semantically similar text.\nQuery: "]
-        assert _sentence(0) in sts_texts and _sentence(23 + 23 % 3) in sts_texts  # sentence1 and sentence2
+        assert sentence(0) in sts_texts and sentence(23 + 23 % 3) in sts_texts  # sentence1 and sentence2
 
 
 class TestEvaluateCLI:
@@ -278,7 +223,8 @@ class TestEvaluateCLI:
         for label in labels:
             assert len(list((out / label).glob("results/*/*/TinyRetrieval.json"))) == 1
         table = capsys.readouterr().out
-        assert f"| Task | {labels[0]} | minilm-copy |" in table and "| **Average** |" in table
+        assert f"| Task | {labels[0]} | minilm-copy | minilm-copy - {labels[0]} (95 % CI) |" in table
+        assert "| **Average** |" in table
 
     @pytest.mark.parametrize(
         "case, message",

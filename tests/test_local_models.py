@@ -17,6 +17,11 @@ def _fake_wheels(root, chunks: list[bytes]) -> None:
         (root / f"fakechunk_part{i}" / "data").mkdir(parents=True)
         (root / f"fakechunk_part{i}" / "__init__.py").write_text("")
         (root / f"fakechunk_part{i}" / "data" / f"part{i:02d}.bin").write_bytes(chunk)
+        info = root / f"fakechunk_part{i}-1.0.dist-info"  # what pip writes: read by the data-only check
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakechunk-part{i}\nVersion: 1.0\n")
+        files = [f"fakechunk_part{i}/__init__.py", f"fakechunk_part{i}/data/part{i:02d}.bin", f"{info.name}/METADATA"]
+        (info / "RECORD").write_text("".join(f"{f},,\n" for f in files))
 
 
 def _release(data: bytes, sha256: str | None = None) -> GGUFRelease:

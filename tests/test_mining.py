@@ -11,7 +11,7 @@ from e5_mistral.instructions import format_query
 from e5_mistral.mining import hard_negatives as mining
 from e5_mistral.mining.hard_negatives import MiningArguments, mine
 from e5_mistral.quickstart import SAMPLE_DIR
-from tests.test_training_fixtures import tiny_config, write_yaml
+from tests.helpers.training import tiny_config, write_yaml
 
 
 RANGE_MAX, MARGIN = 12, 0.05

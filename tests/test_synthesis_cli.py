@@ -8,7 +8,7 @@ import pytest
 
 from e5_mistral.synthesis.cli import main
 from tests.fake_openai import FakeOpenAIServer
-from tests.test_synthesis_fakes import responder
+from tests.helpers.synthesis_fakes import responder
 
 
 def _argv(base_url, output, *extra, languages=("English", "German")):
@@ -100,9 +100,9 @@ def test_missing_key_for_a_remote_endpoint_names_the_variable(tmp_path, capsys, 
     "extra,code,message",
     [
         (["--families", "short-long"], 2, "unknown family 'short-long'"),
-        (["--languages", "Klingon"], 1, "unknown language 'Klingon'"),
+        (["--languages", "Klingon"], 2, "unknown language 'Klingon'"),
         (["--extra-body", "{oops"], 2, "--extra-body is not valid JSON"),
-        (["--max-cost", "5"], 1, "--max-cost needs a price for model 'fake-llm'"),
+        (["--max-cost", "5"], 2, "--max-cost needs a price for model 'fake-llm'"),
         (["--backend", "carrier-pigeon"], 2, "--backend must be online or batch"),
     ],
 )

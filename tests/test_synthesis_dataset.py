@@ -9,7 +9,7 @@ from e5_mistral.synthesis import dataset as dataset_module
 from e5_mistral.synthesis.builder import SyntheticEmbeddingData
 from e5_mistral.synthesis.runner import generate
 from e5_mistral.synthesis.schema import CONFIG_NAMES, columns
-from tests.test_synthesis_fakes import responder, run_args
+from tests.helpers.synthesis_fakes import responder, run_args
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_push_to_hub_uploads_the_local_layout(finished_run, monkeypatch):
         def create_repo(self, repo_id, repo_type, private, exist_ok):
             calls.append(("create", repo_id, repo_type, private))
 
-        def upload_folder(self, repo_id, folder_path, repo_type, commit_message):
+        def upload_folder(self, repo_id, folder_path, repo_type, commit_message, allow_patterns=None):
             calls.append(("upload", repo_id, folder_path, repo_type))
             return "https://huggingface.co/datasets/me/data/commit/abc"
 

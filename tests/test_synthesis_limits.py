@@ -20,7 +20,7 @@ from e5_mistral.synthesis.online import OnlineBackend, parse_duration
 from e5_mistral.synthesis.plan import family_counts, resolve_mix
 from e5_mistral.synthesis.runner import ObservedJournal, SynthesisRun
 from tests.fake_openai_batch import FakeBatchServer
-from tests.test_synthesis_fakes import responder
+from tests.helpers.synthesis_fakes import responder
 
 
 PROMPT = "x" * 100  # the fake server counts 25 prompt tokens (4 characters a token)

@@ -15,7 +15,7 @@ from e5_mistral.synthesis.journal import Journal, Request
 from e5_mistral.synthesis.online import EndpointError, OnlineBackend, make_http_client
 from e5_mistral.synthesis.runner import generate
 from tests.fake_openai import FaultRates
-from tests.test_synthesis_fakes import responder, run_args
+from tests.helpers.synthesis_fakes import responder, run_args
 
 
 COMPLETION = {

@@ -16,7 +16,7 @@ import pytest
 from e5_mistral.synthesis.journal import Journal
 from e5_mistral.synthesis.runner import SynthesisRun, generate
 from tests.fake_openai import prompt_hash
-from tests.test_synthesis_fakes import _family, prompt_of, responder, run_args
+from tests.helpers.synthesis_fakes import _family, prompt_of, responder, run_args
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from e5_mistral.synthesis.journal import Journal
 from e5_mistral.synthesis.parsing import normalize
 from e5_mistral.synthesis.runner import SynthesisRun, generate
 from tests.fake_openai import FaultRates
-from tests.test_synthesis_fakes import intended_outcome, responder, run_args
+from tests.helpers.synthesis_fakes import intended_outcome, responder, run_args
 
 
 MALFORMED_PREFIX = "Sure! Here is the JSON you asked for:"

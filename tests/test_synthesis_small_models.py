@@ -8,8 +8,8 @@ from e5_mistral.synthesis.config import SynthesisArguments
 from e5_mistral.synthesis.plan import brainstorm_request, example_request
 from e5_mistral.synthesis.runner import generate
 from e5_mistral.synthesis.templates import ASYMMETRIC_FAMILIES, template_text
-from tests.test_synthesis_fakes import responder as json_responder
-from tests.test_synthesis_fakes import run_args
+from tests.helpers.synthesis_fakes import responder as json_responder
+from tests.helpers.synthesis_fakes import run_args
 from tests.test_synthesis_run import _invariant
 
 

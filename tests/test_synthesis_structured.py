@@ -14,7 +14,7 @@ from e5_mistral.synthesis.parsing import Rejected, parse_brainstorm, parse_examp
 from e5_mistral.synthesis.runner import SynthesisRun, generate
 from e5_mistral.synthesis.structured import brainstorm_schema, example_schema, response_format
 from tests.fake_openai import FakeOpenAIServer
-from tests.test_synthesis_fakes import responder, run_args
+from tests.helpers.synthesis_fakes import responder, run_args
 
 
 def _schema_accepts(schema: dict, obj) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from e5_mistral.instructions import STS_TASK, format_query
 from e5_mistral.training.data import build_mixture, same_dataset_order, sample_indices
 from e5_mistral.training.e5_config import E5DatasetConfig
-from tests.test_training_fixtures import synthetic_row, write_labeled, write_synthetic_folder
+from tests.helpers.training import synthetic_row, write_labeled, write_synthetic_folder
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_training_fixtures import tiny_config, write_synthetic_folder, write_yaml
+from tests.helpers.training import tiny_config, write_synthetic_folder, write_yaml
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from e5_mistral.training.length_groups import length_sorted_groups, merge_padded, trim_padding
-from tests.test_training_fixtures import write_synthetic_folder
+from tests.helpers.training import write_synthetic_folder
 from tests.test_training_trainer import grads_of_one_step, make_trainer
 
 

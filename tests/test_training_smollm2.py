@@ -16,7 +16,7 @@ from e5_mistral.instructions import STS_TASK
 from e5_mistral.pooling import encode
 from e5_mistral.training.collator import E5DataCollator
 from e5_mistral.training.run import parse_args, train
-from tests.test_training_fixtures import write_labeled, write_yaml
+from tests.helpers.training import write_labeled, write_yaml
 
 
 HELD_OUT = 64

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from e5_mistral.training.e5_config import DataArguments, E5TrainingConfig, ModelArguments
 from e5_mistral.training.gradcache import RandContext
 from e5_mistral.training.run import parse_args, train
-from tests.test_training_fixtures import tiny_config, write_labeled, write_synthetic_folder, write_yaml
+from tests.helpers.training import tiny_config, write_labeled, write_synthetic_folder, write_yaml
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_gradcache_gradients_equal_uncached(tiny_model_dir, data_dir, tmp_path, 
     for name in grads:
         assert grads[name].abs().max() > 0, name
         torch.testing.assert_close(cached[name], grads[name], rtol=1e-5, atol=1e-5 * grads[name].abs().max().item())
-    # Relative error of the whole gradient, the criterion in the issue.
+    # Relative error of the whole gradient.
     flat, flat_cached = (
         torch.cat([g.flatten() for g in grads.values()]),
         torch.cat([g.flatten() for g in cached.values()]),

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import E5MistralError, MissingFileError
 from ..families import all_output_keys
+from ..local_data import write_parquet
+from ..output_folders import check_output_folder
 
 
 logger = logging.getLogger(__name__)
@@ -325,13 +327,15 @@ def find_contamination(files: Sequence[DataFile], index: TestIndex) -> tuple[dic
 
 
 def write_clean(
-    dataset: str | Path, files: Sequence[DataFile], flagged: dict[str, set[int]], output: str | Path
+    dataset: str | Path,
+    files: Sequence[DataFile],
+    flagged: dict[str, set[int]],
+    output: str | Path,
+    overwrite: bool = False,
 ) -> Path:
     """A copy of the dataset without the flagged rows, in the same layout (card and other files copied as is)."""
-    output = Path(output)
     source = Path(dataset)
-    if output.resolve() == source.resolve() or (source.is_dir() and source.resolve() in output.resolve().parents):
-        raise E5MistralError(f"--output {output} must not be the dataset itself or inside it")
+    output = check_output_folder(output, [source], overwrite)
     tmp = output.with_name(output.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -349,8 +353,8 @@ def write_clean(
                 table = pq.read_table(file.path)  # keeps the schema metadata (datasets features)
             else:
                 table = pa.Table.from_pylist(file.rows)
-            keep = [i for i in range(table.num_rows) if i not in drop]
-            pq.write_table(table.take(keep), target)
+            keep = pa.array([i for i in range(table.num_rows) if i not in drop], type=pa.int64())
+            write_parquet(table.take(keep), target)  # typed indices: an empty list would be null-typed
         elif file.path.suffix == ".json":
             target.write_text(
                 json.dumps([r for i, r in enumerate(file.rows) if i not in drop], ensure_ascii=False, indent=2),
@@ -361,7 +365,8 @@ def write_clean(
                 for i, row in enumerate(file.rows):
                     if i not in drop:
                         handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    shutil.rmtree(output, ignore_errors=True)
+    if output.exists():
+        shutil.rmtree(output)
     os.replace(tmp, output)
     return output
 
@@ -406,12 +411,15 @@ def decontaminate(
     remove: bool = False,
     output: str | Path | None = None,
     report_path: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Check DATASET against the test sets of ``against``; with ``remove``, write the cleaned copy to ``output``."""
     from .evaluate import resolve_tasks
 
     if remove and output is None:
         raise E5MistralError("--remove needs --output DIR for the cleaned dataset")
+    if remove:  # before the slow part: a refused folder fails in a second
+        check_output_folder(output, [dataset], overwrite)
     files = read_training_data(dataset, configs)
     index = TestIndex(min_words=min_words, ngram=ngram)
     for task in resolve_tasks(against, benchmarks_dir):
@@ -427,7 +435,7 @@ def decontaminate(
         every_file = read_training_data(dataset) if configs else files
         dropped = {_row_key(f.rows[i]) for f in files for i in flagged.get(f.relative, ())}
         flagged = {f.relative: {i for i, r in enumerate(f.rows) if _row_key(r) in dropped} for f in every_file}
-        report["output"] = str(write_clean(dataset, every_file, flagged, output))
+        report["output"] = str(write_clean(dataset, every_file, flagged, output, overwrite))
         report["rows_removed"] = report["rows_affected"]
         remaining: dict[str, int] = {}
         removed: dict[str, int] = {}

@@ -36,6 +36,7 @@ class DecontaminateArguments:
     )
     remove: bool = field(default=False, metadata={"help": "Write the dataset without the flagged rows to --output."})
     output: Optional[str] = field(default=None, metadata={"help": "Folder for the cleaned dataset (with --remove)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output folder."})
     report: Optional[str] = field(default=None, metadata={"help": "Also write the JSON report to this file."})
 
 
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral decontaminat
             remove=args.remove,
             output=args.output,
             report_path=args.report,
+            overwrite=args.overwrite,
         )
         print(report_table(report))
         for task, stats in report["tasks"].items():

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from ..errors import E5MistralError, MissingFileError
 from .offline_tasks import CORPUS_SAMPLE_PER_QUERY, load_offline_task, pick_subsets
+from .paired import PairedDifference, paired_difference
 from .prompts import model_prompts_for
 
 
@@ -71,7 +72,7 @@ def model_label(model: str) -> str:
     return path.resolve().name if path.exists() else model
 
 
-def _unique_labels(models: Sequence[str]) -> list[str]:
+def unique_labels(models: Sequence[str]) -> list[str]:
     labels: list[str] = []
     for model in models:
         label = model_label(model)
@@ -82,8 +83,9 @@ def _unique_labels(models: Sequence[str]) -> list[str]:
     return labels
 
 
-def load_model(model: str, dtype: str = "auto", max_seq_length: int | None = None):
-    """A SentenceTransformer from a folder or Hub id; any failure is one RuntimeError naming the model."""
+def load_model(model: str, dtype: str = "auto", max_seq_length: int | None = None, flag: str = "model", loader=None):
+    """A SentenceTransformer (or ``loader``, e.g. CrossEncoder) from a folder or Hub id; any failure is one
+    E5MistralError naming ``flag`` and the model."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -91,9 +93,10 @@ def load_model(model: str, dtype: str = "auto", max_seq_length: int | None = Non
         raise E5MistralError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     model_kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
     try:
-        st_model = SentenceTransformer(model, model_kwargs=model_kwargs)
+        st_model = (loader or SentenceTransformer)(model, model_kwargs=model_kwargs)
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model/path: report it in one line
-        raise E5MistralError(f"could not load model {model!r}: {type(err).__name__}: {err}") from err
+        message = " ".join(str(err).split())[:300]
+        raise E5MistralError(f"could not load {flag} {model!r}: {type(err).__name__}: {message}") from err
     if max_seq_length is not None:
         st_model.max_seq_length = max_seq_length
     return st_model
@@ -123,20 +126,50 @@ def _wrap(st_model, name: str, prompts: dict[str, str]):
     return wrapper
 
 
-def markdown_table(summary: dict[str, dict[str, float]], task_names: Sequence[str]) -> str:
-    """One row per task, one column per model, scores x100 (mteb main_score); '-' where a run failed."""
+def markdown_table(
+    summary: dict[str, dict[str, float]],
+    task_names: Sequence[str],
+    paired: dict[str, dict[str, PairedDifference]] | None = None,
+) -> str:
+    """One row per task, one column per model, scores x100 (mteb main_score); '-' where a run failed. ``paired``
+    adds a column per model: its difference from the first model with the 95 % interval, bold where it excludes 0."""
     models = list(summary)
-    lines = ["| Task | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    paired = paired or {}
+    baseline = models[0] if models else ""
+    headers = [*models, *(f"{m} - {baseline} (95 % CI)" for m in paired)]
+    lines = ["| Task | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
     for task in task_names:
         cells = [f"{summary[m][task] * 100:.2f}" if task in summary[m] else "-" for m in models]
+        cells += [format_difference(paired[m].get(task)) for m in paired]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     if len(task_names) > 1:
         means = []
         for m in models:
             scores = [summary[m][t] for t in task_names if t in summary[m]]
             means.append(f"{100 * sum(scores) / len(scores):.2f}" if len(scores) == len(task_names) else "-")
-        lines.append("| **Average** | " + " | ".join(means) + " |")
+        lines.append("| **Average** | " + " | ".join(means + [""] * len(paired)) + " |")
     return "\n".join(lines)
+
+
+def format_difference(difference: PairedDifference | None) -> str:
+    """``+5.10 [+2.00, +8.30]`` (x100), bold where the interval excludes 0; ``n/a`` where there is none."""
+    if difference is None:
+        return "n/a"
+    text = f"{100 * difference.difference:+.2f} [{100 * difference.low:+.2f}, {100 * difference.high:+.2f}]"
+    return f"**{text}**" if difference.excludes_zero else text
+
+
+def paired_differences(task_objects, prediction_folders: dict[str, Path]) -> dict[str, dict[str, PairedDifference]]:
+    """{model: {task: difference from the first model}} for every model after the first, where the task has one."""
+    (baseline, baseline_folder), *others = prediction_folders.items()
+    paired: dict[str, dict[str, PairedDifference]] = {}
+    for label, folder in others:
+        paired[label] = {}
+        for task in task_objects:
+            difference = paired_difference(task, folder, baseline_folder)
+            if difference is not None:
+                paired[label][task.metadata.name] = difference
+    return paired
 
 
 def evaluate(
@@ -173,10 +206,11 @@ def evaluate(
     task_names = [t.metadata.name for t in task_objects]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    labels = _unique_labels(models)
+    labels = unique_labels(models)
     several = len(models) > 1
 
     summary: dict[str, dict[str, float]] = {}
+    prediction_folders = {label: (output_dir / label if several else output_dir) / "predictions" for label in labels}
     failures: list[str] = []
     for model, label in zip(models, labels):
         logger.info("evaluating %s on %s", model, ", ".join(task_names))
@@ -201,6 +235,7 @@ def evaluate(
                 encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
                 raise_error=False,
                 show_progress_bar=show_progress_bar,
+                prediction_folder=prediction_folders[label],
             )
             for task_result in result.task_results:
                 score = float(task_result.get_score())
@@ -215,7 +250,12 @@ def evaluate(
         # Written after every model, so a crash later loses nothing already scored.
         _write_summary(output_dir, summary, several)
 
-    table = markdown_table(summary, task_names)
+    paired = paired_differences(task_objects, prediction_folders) if several else {}
+    if paired:
+        (output_dir / "paired.json").write_text(
+            json.dumps({m: {t: d.to_dict() for t, d in tasks.items()} for m, tasks in paired.items()}, indent=2) + "\n"
+        )
+    table = markdown_table(summary, task_names, paired)
     (output_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
     print(table, flush=True)
     if failures:

@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral export") -> 
     from ..errors import E5MistralError
 
     parser = CommandParser([ExportArguments], prog=prog, description=DESCRIPTION)
-    # The two folders are positional (as in the issue); --checkpoint_dir/--output_dir work too.
+    # The two folders are positional, as users type them; --checkpoint_dir/--output_dir work too.
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_DIR", help="same as --checkpoint_dir")
     parser.add_argument("output", nargs="?", metavar="OUTPUT_DIR", help="same as --output_dir")
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import E5MistralError, MissingFileError
 from ..evaluation.prompts import task_prompts
 from ..instructions import EVALUATION_INSTRUCTIONS, EVALUATION_TASK_TYPES, query_prompt
+from ..output_folders import check_output_folder
 from ..pooling import ensure_pad_token
 from .checkpoint import (
     ADAPTER_CONFIG,
@@ -115,13 +116,6 @@ def build_prompts(query_instruction: str) -> dict[str, str]:
     return prompts
 
 
-def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.is_file():
-        raise E5MistralError(f"output path {output_dir} is a file")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise E5MistralError(f"output directory {output_dir} is not empty; pass --overwrite to replace it")
-
-
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -144,8 +138,7 @@ def export_checkpoint(args: ExportArguments) -> Path:
         raise E5MistralError("both CHECKPOINT_DIR and OUTPUT_DIR are required")
     checkpoint = resolve_checkpoint(args.checkpoint_dir)
     run = checkpoint.run_config
-    output_dir = Path(args.output_dir).expanduser().resolve()
-    _check_output_dir(output_dir, args.overwrite)
+    output_dir = check_output_folder(args.output_dir, [checkpoint.path], args.overwrite, flag="OUTPUT_DIR")
     # Read the evaluation results before the heavy work, so a typo fails in a second.
     eval_results, eval_source = load_eval_results(args.eval_results) if args.eval_results else (None, None)
     max_seq_length = args.max_seq_length or run.max_seq_length

@@ -209,6 +209,7 @@ def render_model_card(
         pooling=run_config.pooling,
         is_lora=is_lora,
         lora=run_config.lora if is_lora else None,
+        merged=run_config.merged,
         adapter_included=adapter_included,
         temperature=run_config.temperature,
         max_seq_length=max_seq_length,

@@ -26,6 +26,8 @@ from typing import Optional
 from ..errors import E5MistralError, MissingFileError
 from ..families import FAMILY_SPECS
 from ..instructions import format_query
+from ..local_data import fresh_read_options
+from ..output_folders import check_apart
 
 
 logger = logging.getLogger(__name__)
@@ -149,9 +151,9 @@ def load_rows(args: MiningArguments, config: str) -> list[dict]:
 
     source, data_file = _source(args.dataset)
     if data_file is not None:
-        dataset = load_dataset("json", data_files=data_file, split="train")
+        dataset = load_dataset("json", data_files=data_file, split="train", **fresh_read_options(data_file))
     else:
-        dataset = load_dataset(source, config, split=args.split)
+        dataset = load_dataset(source, config, split=args.split, **fresh_read_options(source))
     if args.columns:
         mapping = json.loads(args.columns)
         missing = [c for c in mapping if c not in dataset.column_names]
@@ -229,8 +231,10 @@ def mine_config(
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
+    # Exactly one prompt per text: either the row's own instruction, written into the anchor, or --query-prompt,
+    # given to mine_hard_negatives; never the teacher's stored `query` prompt on top ("" disables that).
     if args.query_prompt is not None:
-        anchors = [args.query_prompt + p["query"] for p in pairs]
+        anchors = [p["query"] for p in pairs]
     else:
         anchors = [format_query(p["instruction"], p["query"]) for p in pairs]
     dataset = Dataset.from_dict({"anchor": anchors, "positive": [p["positive"] for p in pairs]})
@@ -256,6 +260,8 @@ def mine_config(
             relative_margin=args.relative_margin,
             num_negatives=wanted,
             sampling_strategy=args.sampling_strategy,
+            query_prompt=args.query_prompt or "",
+            corpus_prompt=args.corpus_prompt or "",
             output_format="n-tuple",
             output_scores=True,
             batch_size=args.batch_size,
@@ -316,14 +322,17 @@ def _write(rows: list[dict], folder: Path) -> None:
 def mine(args: MiningArguments, judge=None) -> dict:
     """Mine every config (resuming finished ones), let ``judge`` (:class:`.judge.JudgeArguments`, when its
     ``judge_model`` is set) drop false negatives, write the Hub layout and card; returns the report."""
-    from sentence_transformers import CrossEncoder, SentenceTransformer
+    from sentence_transformers import CrossEncoder
 
+    from ..evaluation.evaluate import load_model
     from ..synthesis.lock import OutputLock
     from .judge import check_judge, judge_negatives
 
     if not args.dataset:
         raise E5MistralError("the dataset to mine is required (DATASET, or --dataset)")
-    output = Path(args.output)
+    source, data_file = _source(args.dataset)
+    local_input = data_file or (source if Path(source).exists() else None)
+    output = check_apart(args.output, [local_input] if local_input else [])
     judging = judge is not None and judge.judge_model is not None
     if judge is not None:
         check_judge(judge)
@@ -355,9 +364,13 @@ def mine(args: MiningArguments, judge=None) -> dict:
                 for i, row in enumerate(load_rows(args, config))
             ]
             if model is None:
-                model = SentenceTransformer(teacher, device="cpu" if not _has_cuda() else None)
+                model = load_model(teacher, flag="--teacher")
                 corpus = read_corpus(args.corpus) if args.corpus else None
-                cross_encoder = CrossEncoder(args.cross_encoder) if args.cross_encoder else None
+                cross_encoder = (
+                    load_model(args.cross_encoder, flag="--cross-encoder", loader=CrossEncoder)
+                    if args.cross_encoder
+                    else None
+                )
             rows, counts = mine_config(pairs, model, args, output / ".cache" / config, corpus, cross_encoder)
             if judging:  # a killed or budget-stopped run mines again from the cached embeddings, judges only the rest
                 rows, counts["judge"] = judge_negatives(rows, judge, output / "judge", args.no_progress)
@@ -382,19 +395,15 @@ def mine(args: MiningArguments, judge=None) -> dict:
     if args.push_to_hub:
         from ..synthesis.dataset import push_to_hub
 
-        push_to_hub(output, args.push_to_hub, private=args.private)
+        # The dataset layout and its card only: not the embedding cache, the judge's journal and settings (its
+        # endpoint), the lock or the report's local paths.
+        push_to_hub(output, args.push_to_hub, private=args.private, allow_patterns=["README.md", "*/*.parquet"])
     return report
 
 
 def _judge_settings(judge) -> dict:
     """The judge's settings for the report and card: never its key, only the variable's name."""
     return {f.name: getattr(judge, f.name) for f in fields(judge)}
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _rebuild_all(output: Path, configs: list[str]) -> None:

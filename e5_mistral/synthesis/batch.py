@@ -289,6 +289,11 @@ class BatchBackend:
             raise E5MistralError(f"{self.state_path} is not valid JSON ({err}); fix or remove it") from None
         if not isinstance(state, dict) or not isinstance(state.get("batches"), list):
             raise E5MistralError(f"{self.state_path} has no 'batches' list; fix or remove it")
+        if state.get("version") != STATE_VERSION:
+            raise E5MistralError(
+                f"{self.state_path} has state version {state.get('version')!r}, this e5-mistral reads "
+                f"{STATE_VERSION}: finish that run with the version that started it"
+            )
         return state
 
     def save_state(self, state: dict) -> None:

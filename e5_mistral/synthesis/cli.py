@@ -14,6 +14,7 @@ DESCRIPTION = (
 
 
 def _generate(args) -> int:
+    from ..errors import E5MistralError
     from .dataset import push_to_hub
     from .runner import SynthesisRun
 
@@ -45,6 +46,13 @@ def _generate(args) -> int:
     elif report["failed"]:
         print(f"{report['failed']} examples are not finished: rerun the same command to retry them", file=sys.stderr)
     if args.push_to_hub:
+        unfinished = report["budget_stopped"] or report["failed"]
+        if unfinished and not args.push_partial:
+            raise E5MistralError(
+                f"not pushed to {args.push_to_hub}: the dataset is unfinished ({report['failed']} examples failed"
+                + (", stopped by the budget" if report["budget_stopped"] else "")
+                + "); rerun to finish it, or pass --push-partial to push it as it is"
+            )
         url = push_to_hub(result.output / "dataset", args.push_to_hub, private=args.private)
         print(f"pushed to {url}")
     return 0
@@ -58,7 +66,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral generate") -
     parser = CommandParser([SynthesisArguments], prog=prog, description=DESCRIPTION)
     try:
         (args,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-    except E5MistralError as err:  # raised by SynthesisArguments.__post_init__
+        args.check_runnable()
+    except E5MistralError as err:  # a bad flag: the same exit code as argparse's own usage errors
         return fail(prog, err, code=2)
     logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(message)s")
     return run(prog, _generate, args)

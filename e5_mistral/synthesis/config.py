@@ -146,6 +146,9 @@ class SynthesisArguments:
         default=None,
     )
     push_to_hub: Optional[str] = _help("push the dataset to this Hub repo id", default=None)
+    push_partial: bool = _help(
+        "with --push-to-hub: push even when the run is unfinished (failures, budget)", default=False
+    )
     private: bool = _help("make the Hub repo private", default=False)
     no_progress: bool = _help("hide the progress bar", default=False)
     dry_run: bool = _help(
@@ -200,7 +203,8 @@ class SynthesisArguments:
         if self.azure_api_version and not self.base_url:
             raise E5MistralError("--azure-api-version needs --base-url (the Azure endpoint)")
         counts = family_counts(self.num_examples, resolve_mix(self.families, self.family_mix))
-        if counts.get("bitext") and len(resolve_languages(self.languages)) < 2:
+        languages = resolve_languages(self.languages)  # an unknown language fails here, with the other flags
+        if counts.get("bitext") and len(languages) < 2:
             raise E5MistralError("bitext needs at least two languages (source and target must differ)")
         if self.max_cost is not None and price_for(load_price_table(self.price_table), self.model) is None:
             raise E5MistralError(f"--max-cost needs a price for model {self.model!r} in --price-table")

@@ -16,7 +16,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import MissingFileError
+from ..errors import E5MistralError, MissingFileError
+from ..local_data import write_parquet
+from .diversity import diversity_report
 from .schema import ALL_CONFIG, CONFIG_NAMES, columns, conform, features, output_keys
 from .templates import TEMPLATE_DIR
 
@@ -32,21 +34,11 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)  # readers never see half a file
 
 
-def diversity_of(rows: list[dict]) -> dict | None:
-    try:
-        from .diversity import diversity_report
-    except ImportError:
-        logger.warning("e5_mistral.synthesis.diversity is not available: no diversity.json written")
-        return None
-    return diversity_report(rows)
-
-
 def write_outputs(output: Path, report: dict, rows: list[dict], rejects: list[dict], args) -> Path:
     """report.json, rejected.jsonl, diversity.json and dataset/ under ``output``."""
     output = Path(output)
-    diversity = diversity_of(rows)
-    if diversity is not None:
-        _write_json(output / "diversity.json", diversity)
+    diversity = diversity_report(rows)
+    _write_json(output / "diversity.json", diversity)
     _write_json(output / "report.json", report)
     tmp = output / "rejected.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -60,6 +52,7 @@ def write_outputs(output: Path, report: dict, rows: list[dict], rejects: list[di
         "seed": args.seed,
         "system_prompt": args.system_prompt,
         "accept_text_task_lists": args.accept_text_task_lists,
+        "generator_license": args.generator_license,
     }
     return write_hub_folder(rows, output / "dataset", report, settings, diversity, repo_id=args.push_to_hub)
 
@@ -74,7 +67,6 @@ def write_hub_folder(
 ) -> Path:
     """Write the Hub layout for ``rows`` (accepted rows of the schema) to ``folder``, replacing it."""
     import datasets
-    import pyarrow.parquet as pq
 
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -87,10 +79,7 @@ def write_hub_folder(
         table = datasets.Dataset.from_dict(
             {c: [r[c] for r in subset] for c in columns(config)}, features=features(config)
         ).data.table
-        if table.num_rows:
-            pq.write_table(table, tmp / config / DATA_FILE)  # the schema metadata carries the datasets features
-        else:  # no row group at all: datasets' parquet reader fails on an empty row group
-            pq.ParquetWriter(tmp / config / DATA_FILE, table.schema).close()
+        write_parquet(table, tmp / config / DATA_FILE)
     card = dataset_card(rows, counts, report or {}, settings or {}, diversity, repo_id or str(folder))
     card.save(tmp / "README.md")
     shutil.rmtree(folder, ignore_errors=True)
@@ -157,19 +146,34 @@ def _language_codes() -> dict[str, str]:
     return {entry["name"]: entry["code"] for entry in data["languages"]}
 
 
-def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Upload the Hub-layout ``folder`` as the dataset repo ``repo_id``; returns the commit URL."""
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    allow_patterns: list[str] | None = None,
+) -> str:
+    """Upload the Hub-layout ``folder`` (only ``allow_patterns`` of it, when given) as the dataset repo ``repo_id``;
+    returns the commit URL. A failure is one line; every local file stays."""
     from huggingface_hub import HfApi
 
     folder = Path(folder)
     if not (folder / "README.md").is_file():
-        raise MissingFileError(f"{folder} is not a dataset folder written by e5-mistral generate (no README.md)")
+        raise MissingFileError(f"{folder} is not a dataset folder written by e5-mistral (no README.md)")
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="dataset",
-        commit_message="Upload synthetic embedding data (e5-mistral generate)",
-    )
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="dataset",
+            allow_patterns=allow_patterns,
+            commit_message="Upload synthetic embedding data (e5-mistral)",
+        )
+    except Exception as err:  # noqa: BLE001 - network, auth or Hub refusal: the user's to fix, the data is local
+        message = " ".join(str(err).split())[:300]
+        raise E5MistralError(
+            f"pushing {folder} to the Hub dataset {repo_id} failed ({type(err).__name__}: {message}); "
+            "everything is kept locally, rerun with --push-to-hub to try again"
+        ) from err
     return str(getattr(info, "commit_url", info))

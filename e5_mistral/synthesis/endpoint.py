@@ -141,10 +141,8 @@ def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
     else:
         client = openai.AsyncOpenAI(base_url=args.base_url, **common)
     if args.backend == "batch":
-        try:
-            from .batch import BatchBackend
-        except ImportError as err:
-            raise E5MistralError(f"--backend batch needs e5_mistral.synthesis.batch ({err})") from None
+        from .batch import BatchBackend
+
         return client, BatchBackend(
             client, output, poll_interval=args.batch_poll_interval, wait=not args.batch_no_wait, budget=budget
         )

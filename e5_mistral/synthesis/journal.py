@@ -12,7 +12,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -156,7 +156,3 @@ class Backend(Protocol):
         """Fail fast, with one clear error, when the endpoint cannot be used at all."""
 
     async def run(self, requests: list[Request], journal: Journal) -> None: ...
-
-
-def asdict_request(request: Request) -> dict:
-    return asdict(request)

@@ -11,7 +11,6 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..errors import E5MistralError
 from .config import SynthesisArguments
 from .journal import STATUS_OK, Request
 from .parsing import Rejected, normalize, parse_brainstorm_answer
@@ -146,10 +145,8 @@ class Planner:
             return tasks, 0
         key = (mode, tuple(tasks))
         if key not in self._dedup_cache:
-            try:
-                from . import dedup
-            except ImportError as err:
-                raise E5MistralError(f"--dedup-tasks {mode} needs e5_mistral.synthesis.dedup ({err})") from None
+            from . import dedup
+
             if mode == "minhash":
                 kwargs = {} if self.args.dedup_threshold is None else {"threshold": self.args.dedup_threshold}
                 keep = dedup.near_duplicate_mask(tasks, **kwargs)

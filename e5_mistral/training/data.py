@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import E5MistralError, MissingFileError
 from ..families import FAMILY_SPECS
 from ..instructions import format_query
+from ..local_data import fresh_read_options
 from .e5_config import E5DatasetConfig
 
 
@@ -118,21 +118,10 @@ def batch_group(dataset_id: int, config: E5DatasetConfig, family: str | None, ta
     return int.from_bytes(digest[:7], "big")  # fits int64
 
 
-def _is_local(config: E5DatasetConfig) -> bool:
-    return os.path.exists(config.path) or config.data_files is not None
-
-
 def _load(config: E5DatasetConfig, refresh_local: bool = True):
     from datasets import load_dataset
 
-    # datasets (5.2) keys the cache of a local folder by its path only: a folder rewritten by a new synthesis
-    # run would silently load the old rows. Local data is cheap to re-read, so rebuild it.
-    # The stale split sizes it remembers would then fail verification, hence no_checks.
-    fresh = (
-        {"download_mode": "force_redownload", "verification_mode": "no_checks"}
-        if refresh_local and _is_local(config)
-        else {}
-    )
+    fresh = fresh_read_options(config.path, config.data_files) if refresh_local else {}
     try:
         dataset = load_dataset(
             config.path,
@@ -245,7 +234,8 @@ def same_dataset_order(dataset_ids: Sequence[int], global_batch_size: int, seed:
     """An index order in which every run of ``global_batch_size`` indices comes from one dataset (or batch group:
     any ids work).
 
-    Incomplete tail batches of each group are dropped; batches of different groups are interleaved at random.
+    Incomplete tail batches of each group are dropped, and the count is logged; when that would drop most rows,
+    it is an error with the numbers. Batches of different groups are interleaved at random.
     """
     import numpy as np
 
@@ -258,7 +248,17 @@ def same_dataset_order(dataset_ids: Sequence[int], global_batch_size: int, seed:
         members = rng.permutation(by_dataset[dataset_id]).tolist()
         usable = (len(members) // global_batch_size) * global_batch_size
         batches += [members[i : i + global_batch_size] for i in range(0, usable, global_batch_size)]
-    if not batches:
-        raise E5MistralError(f"same_dataset_batches: no dataset has {global_batch_size} rows for one global batch")
+    dropped = len(dataset_ids) - len(batches) * global_batch_size
+    where = (
+        f"same_dataset_batches: {dropped} of {len(dataset_ids)} rows fall in the incomplete last batches of "
+        f"{len(by_dataset)} batch groups (global batch {global_batch_size})"
+    )
+    if dropped * 2 > len(dataset_ids):
+        raise E5MistralError(
+            f"{where} and would not be trained on; group by family rather than task (group_batches_by), use a "
+            "smaller batch, or turn same_dataset_batches off"
+        )
+    if dropped:
+        logger.warning("%s and are not trained on in this pass", where)
     order = rng.permutation(len(batches))
     return [index for b in order for index in batches[b]]

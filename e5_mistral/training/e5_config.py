@@ -76,6 +76,18 @@ class E5DatasetConfig:
         return self.path + (f" ({self.name})" if self.name else "") + f" [{self.split}]"
 
 
+def _dataset_config(entry, number: int) -> "E5DatasetConfig":
+    if not isinstance(entry, dict):
+        return entry
+    unknown = sorted(set(entry) - set(E5DatasetConfig.__dataclass_fields__))
+    if unknown:
+        raise E5MistralError(
+            f"dataset_mixture entry {number}: unknown key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(E5DatasetConfig.__dataclass_fields__)})"
+        )
+    return E5DatasetConfig(**entry)
+
+
 @dataclass
 class ModelArguments:
     """The backbone to train."""
@@ -106,7 +118,7 @@ class DataArguments:
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
 
     def __post_init__(self):
-        self.dataset_mixture = [E5DatasetConfig(**d) if isinstance(d, dict) else d for d in self.dataset_mixture]
+        self.dataset_mixture = [_dataset_config(d, n) for n, d in enumerate(self.dataset_mixture)]
         if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
             raise E5MistralError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
 
@@ -207,7 +219,7 @@ class E5TrainingConfig(TrainingArguments):
             self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
         checkpointing = self.activation_checkpointing or self.gradient_checkpointing
         if checkpointing and not (self.activation_checkpointing_kwargs or self.gradient_checkpointing_kwargs):
-            # Reentrant checkpointing breaks LoRA gradients and DDP with several forwards per step (lessons 2.3).
+            # Reentrant checkpointing breaks LoRA gradients and DDP with several forwards per step.
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
 

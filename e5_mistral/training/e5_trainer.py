@@ -61,7 +61,7 @@ class E5Trainer(Trainer):
         base_model_name_or_path: recorded in ``e5_mistral_config.json`` (default: from the model config).
     """
 
-    # The loss is a per-batch mean; the Trainer divides it by the accumulation steps (lessons 2.4).
+    # The loss is a per-batch mean; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
     def __init__(

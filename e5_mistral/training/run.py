@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Sequence
 
-from ..errors import MissingFileError
+from ..errors import E5MistralError, MissingFileError
 from .e5_config import DataArguments, E5TrainingConfig, ModelArguments
 
 
@@ -28,11 +28,41 @@ def parse_args(argv: Sequence[str] | None = None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):
-        if not os.path.isfile(argv[0]):
-            raise MissingFileError(f"config file {argv[0]} does not exist")
+        check_config_file(argv[0])
         argv = ["--config", argv[0], *argv[1:]]
     parser = TrlParser((ModelArguments, DataArguments, E5TrainingConfig))
-    return parser.parse_args_and_config(argv)
+    model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    check_model_path(model_args.model_name_or_path, argv[1] if argv[:1] == ["--config"] else "the command line")
+    return model_args, data_args, training_args
+
+
+def check_config_file(path: str) -> None:
+    """One line naming the file and the key for what TRL's parser would turn into a traceback."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise MissingFileError(f"config file {path} does not exist")
+    try:
+        config = yaml.safe_load(open(path, encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise E5MistralError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(config, dict):
+        raise E5MistralError(f"{path} must be a YAML mapping of settings, not a {type(config).__name__}")
+    known = {f for cls in (ModelArguments, DataArguments, E5TrainingConfig) for f in cls.__dataclass_fields__}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise E5MistralError(f"{path}: unknown key(s) {', '.join(unknown)}")
+
+
+def check_model_path(name_or_path: str | None, where: str) -> None:
+    """A missing model is one line, not transformers' repo-id traceback."""
+    if not name_or_path:
+        raise E5MistralError(f"{where}: model_name_or_path is required")
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_local and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise MissingFileError(f"{where}: model_name_or_path {name_or_path} does not exist")
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: E5TrainingConfig):

@@ -1,0 +1,326 @@
+"""What makes generated data teach more: the method at CPU scale, one lever at a time, against the seed spread.
+
+SmolLM2-135M-Instruct is trained with the quickstart's recipe on what a local Qwen2.5-Coder writes, and scored on
+the full STSBenchmark test set and on SICK-R, beside all-MiniLM-L6-v2 on the same items. Each cell changes one
+thing (the amount of data, the generator, the training, the ranking-consistency filter, mined negatives, merging)
+and is trained under two seeds.
+
+    python benchmarks/method_study.py --benchmarks-dir ../shared/benchmarks            # every cell, then the page
+    python benchmarks/method_study.py --benchmarks-dir ../shared/benchmarks --cells base-100 data-300
+    python benchmarks/method_study.py --report-only                                   # the page from saved scores
+
+Every stage is cached under ``--output`` (default ``outputs/study``) and skipped when its result is there, so the
+study runs in pieces. What it needs to go on without that folder is kept in ``benchmarks/study_data/``: each
+generated dataset (the Hub layout, ``report.json``, ``rejected.jsonl``) and ``scores.json``, every score so far.
+A dataset found there is not generated again. The page is ``docs/study.md`` with its plot ``docs/study.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STUDY_DATA = REPO_ROOT / "benchmarks" / "study_data"
+SCORES = STUDY_DATA / "scores.json"
+PAGE = REPO_ROOT / "docs" / "study.md"
+PLOT = REPO_ROOT / "docs" / "study.png"
+SEEDS = (42, 7)
+# (task, rows): STSBenchmark's whole test set; SICK-R's 9,927 pairs would cost about 12 minutes a model on 2 cores,
+# so an evenly spread 1,000 of them, as the quickstart evaluates (a Spearman correlation's standard error is about
+# 0.02 there). all-MiniLM-L6-v2 is scored on the same items.
+TASKS = (("STSBenchmark", None), ("SICK-R", 1000))
+REFERENCE = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One configuration: its data, its training changes, and the question it answers."""
+
+    name: str
+    question: str
+    generator: str = "qwen2.5-coder-0.5b"
+    examples: int = 100
+    filter_top_k: int | None = None
+    mined: bool = False
+    merge: bool = False  # also score the linear merge of the two seeds' adapters
+    recipe: dict = field(default_factory=dict)  # overrides of the quickstart recipe
+
+    @property
+    def data(self) -> str:
+        return f"{self.generator}-{self.examples}"
+
+
+ALL_LAYERS = list(range(30))
+CELLS = (
+    Cell("base-100", "the quickstart's recipe on 100 examples (reference)", merge=True),
+    Cell("filter-100", "ranking-consistency filter (MiniLM, top 3) on the 100", filter_top_k=3),
+    Cell("data-300", "amount: 300 examples", examples=300),
+    Cell("gen-1.5b-100", "generator: Qwen2.5-Coder-1.5B at 100 examples", generator="qwen2.5-coder-1.5b"),
+    Cell("steps-300", "training: 90 steps instead of 45 on the 300", examples=300, recipe={"max_steps": 90}),
+    Cell(
+        "lora-all-300",
+        "training: LoRA on all 30 layers instead of the top 10, on the 300",
+        examples=300,
+        recipe={"lora_layers_to_transform": ALL_LAYERS},
+    ),
+    Cell("mined-300", "3 negatives mined by MiniLM added to the 300", examples=300, mined=True),
+)
+
+
+def run(argv: list[str]) -> None:
+    print("$ " + " ".join(map(str, argv)), flush=True)
+    subprocess.run(list(map(str, argv)), check=True)
+
+
+E5 = [sys.executable, "-m", "e5_mistral.cli"]
+
+
+def dataset(cell: Cell, out: Path) -> Path:
+    """The cell's generated dataset folder: from benchmarks/study_data, else generated and copied there."""
+    from e5_mistral.quickstart import QuickstartArguments, Step, generate
+
+    kept = STUDY_DATA / cell.data
+    if not (kept / "dataset" / "README.md").is_file():
+        target = out / "data" / cell.data
+        generate(QuickstartArguments(generator=cell.generator, num_examples=cell.examples), target, Step({}))
+        kept.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(target / "synthetic" / "dataset", kept / "dataset", dirs_exist_ok=True)
+        for name in ("report.json", "rejected.jsonl"):
+            shutil.copy2(target / "synthetic" / name, kept / name)
+    return kept / "dataset"
+
+
+def training_data(cell: Cell, out: Path) -> Path:
+    data = dataset(cell, out)
+    if cell.filter_top_k:
+        filtered = out / "filtered" / f"{cell.data}-top{cell.filter_top_k}"
+        if not (filtered / "dataset" / "README.md").is_file():
+            run([*E5, "filter", data, "--output", filtered, "--top-k", cell.filter_top_k, "--overwrite"])
+        data = filtered / "dataset"
+    if cell.mined:
+        mined = out / "mined" / cell.data
+        if not (mined / "report.json").is_file():
+            run([*E5, "mine", data, "--output", mined, "--num-negatives", 3, "--no-progress"])
+        data = mined
+    return data
+
+
+def recipe(cell: Cell, data: Path, folder: Path) -> Path:
+    """The quickstart recipe on ``data`` with the cell's overrides (and k negatives when mined)."""
+    import yaml
+
+    from e5_mistral.quickstart import QuickstartArguments, training_config
+
+    path = training_config(QuickstartArguments(), data, folder, "recipe")
+    config = yaml.safe_load(path.read_text())
+    config.update(cell.recipe)
+    if cell.mined:
+        config["num_hard_negatives"] = 4  # the row's own negative, then the mined ones
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def train(cell: Cell, seed: int, out: Path) -> Path:
+    from e5_mistral.local_models import smollm2_path
+    from e5_mistral.quickstart import TRAIN_ON_CPU
+
+    folder = out / "runs" / cell.name / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "model" / "e5_mistral_config.json").is_file():
+        config = recipe(cell, training_data(cell, out), folder)
+        argv = [*TRAIN_ON_CPU, config, "--model_name_or_path", smollm2_path(), "--output_dir", folder / "model"]
+        run(argv + ["--seed", seed])
+    return folder / "model"
+
+
+def export(checkpoint: Path, target: Path) -> Path:
+    if not (target / "modules.json").is_file():
+        run([*E5, "export", checkpoint, target, "--overwrite", "--max-seq-length", 64])
+    return target
+
+
+def score(model: Path, key: str, benchmarks: Path, out: Path, scores: dict, instructions: str = "paper") -> dict:
+    """{task: score} of one model on the study's tasks, cached in scores.json under ``key``."""
+    from e5_mistral.evaluation.evaluate import evaluate
+
+    if key in scores and all(task in scores[key] for task, _ in TASKS):
+        return scores[key]
+    result = {}
+    for task, rows in TASKS:
+        folder = out / "eval" / key / task
+        result.update(
+            evaluate(
+                str(model),
+                [task],
+                folder,
+                benchmarks,
+                instructions=instructions,
+                max_rows=rows,
+                batch_size=32,
+                show_progress_bar=False,
+            )
+        )
+    scores[key] = result
+    STUDY_DATA.mkdir(parents=True, exist_ok=True)
+    SCORES.write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def run_cell(cell: Cell, benchmarks: Path, out: Path, scores: dict) -> None:
+    checkpoints = []
+    for seed in SEEDS:
+        started = time.monotonic()
+        checkpoint = train(cell, seed, out)
+        checkpoints.append(checkpoint)
+        score(export(checkpoint, checkpoint.parent / "export"), f"{cell.name}/seed{seed}", benchmarks, out, scores)
+        print(f"[study] {cell.name} seed {seed}: {time.monotonic() - started:.0f} s", flush=True)
+    if cell.merge:
+        merged = out / "runs" / cell.name / "merged"
+        if not (merged / "model" / "e5_mistral_config.json").is_file():
+            run([*E5, "merge", *checkpoints, "--output", merged / "model", "--overwrite"])
+        score(export(merged / "model", merged / "export"), f"{cell.name}/merged", benchmarks, out, scores)
+
+
+def references(benchmarks: Path, out: Path, scores: dict) -> None:
+    """all-MiniLM-L6-v2 and the raw backbone, on the same items."""
+    from e5_mistral.local_models import minilm_path, smollm2_path
+
+    score(minilm_path(), REFERENCE, benchmarks, out, scores, instructions="none")  # as published, no instruction
+    score(export(smollm2_path(), out / "raw-export"), "raw SmolLM2-135M", benchmarks, out, scores)
+
+
+# -- the page ------------------------------------------------------------------------------------------------------
+def _mean_ratio(values: dict, reference: dict) -> float:
+    return sum(values[t] / reference[t] for t, _ in TASKS) / len(TASKS)
+
+
+def summary_rows(scores: dict) -> list[dict]:
+    """One row per cell (and merged model) with both seeds' scores, their mean, spread and MiniLM ratio."""
+    reference = scores.get(REFERENCE)
+    rows = []
+    for cell in CELLS:
+        seeds = [scores.get(f"{cell.name}/seed{s}") for s in SEEDS]
+        if not all(seeds):
+            continue
+        row = {"cell": cell.name, "question": cell.question, "data": cell.data}
+        for task, _ in TASKS:
+            values = [s[task] for s in seeds]
+            row[task] = (sum(values) / len(values), max(values) - min(values))
+        if reference:
+            ratios = [_mean_ratio(s, reference) for s in seeds]
+            row["ratio"] = (sum(ratios) / len(ratios), max(ratios) - min(ratios))
+        rows.append(row)
+        merged = scores.get(f"{cell.name}/merged")
+        if merged:
+            rows.append(
+                {
+                    "cell": f"{cell.name} merged",
+                    "question": "merging: the linear merge of the two seeds' adapters",
+                    "data": cell.data,
+                    **{task: (merged[task], 0.0) for task, _ in TASKS},
+                    **({"ratio": (_mean_ratio(merged, reference), 0.0)} if reference else {}),
+                }
+            )
+    return rows
+
+
+def write_page(scores: dict) -> None:
+    rows = summary_rows(scores)
+    header = ["cell", "what changes", *[t for t, _ in TASKS], f"ratio to {REFERENCE}"]
+    lines = ["| " + " | ".join(header) + " |", "| --- | --- |" + " ---: |" * (len(header) - 2)]
+
+    def cell_text(value):
+        return "n/a" if value is None else f"{value[0]:.4f} ± {value[1] / 2:.4f}" if value[1] else f"{value[0]:.4f}"
+
+    for row in rows:
+        values = [cell_text(row.get(t)) for t, _ in TASKS] + [cell_text(row.get("ratio"))]
+        lines.append(f"| {row['cell']} | {row['question']} | " + " | ".join(values) + " |")
+    refs = [
+        f"| {name} | reference | " + " | ".join(f"{scores[name][t]:.4f}" for t, _ in TASKS) + " | |"
+        for name in (REFERENCE, "raw SmolLM2-135M")
+        if name in scores
+    ]
+    table = "\n".join(lines + refs)
+    write_between_markers(PAGE, table)
+    plot(scores)
+    print(table)
+
+
+TABLE_START, TABLE_END = "<!-- study table: written by benchmarks/method_study.py -->", "<!-- end of study table -->"
+
+
+def write_between_markers(page: Path, table: str) -> None:
+    """Put ``table`` between the page's markers (the prose around it is written by hand)."""
+    text = (
+        page.read_text(encoding="utf-8") if page.is_file() else f"# The method study\n\n{TABLE_START}\n{TABLE_END}\n"
+    )
+    before, _, rest = text.partition(TABLE_START)
+    _, _, after = rest.partition(TABLE_END)
+    page.write_text(f"{before}{TABLE_START}\n\n{table}\n\n{TABLE_END}{after}", encoding="utf-8")
+
+
+def plot(scores: dict) -> None:
+    """Score against accepted examples, one point per seed, per generator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
+    for ax, (task, _) in zip(axes, TASKS):
+        for cell in CELLS:
+            if cell.filter_top_k or cell.mined or cell.recipe:
+                continue
+            report = STUDY_DATA / cell.data / "report.json"
+            if not report.is_file():
+                continue
+            accepted = json.loads(report.read_text())["accepted"]
+            values = [scores[k][task] for s in SEEDS if (k := f"{cell.name}/seed{s}") in scores]
+            marker = "o" if "0.5b" in cell.generator else "s"
+            ax.scatter([accepted] * len(values), values, marker=marker, label=cell.generator)
+        if REFERENCE in scores:
+            ax.axhline(scores[REFERENCE][task], linestyle="--", color="grey", label=REFERENCE)
+        if "raw SmolLM2-135M" in scores:
+            ax.axhline(scores["raw SmolLM2-135M"][task], linestyle=":", color="grey", label="raw SmolLM2-135M")
+        ax.set_title(task)
+        ax.set_xlabel("accepted generated examples")
+        ax.set_ylabel("Spearman (cosine)")
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--benchmarks-dir", type=Path, default=None, help="MTEB-format tasks (../shared/benchmarks)")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "outputs" / "study")
+    parser.add_argument("--cells", nargs="+", default=None, help=f"cells to run: {', '.join(c.name for c in CELLS)}")
+    parser.add_argument("--report-only", action="store_true", help="write the page from the saved scores")
+    args = parser.parse_args(argv)
+    scores = json.loads(SCORES.read_text()) if SCORES.is_file() else {}
+    if not args.report_only:
+        if args.benchmarks_dir is None:
+            parser.error("--benchmarks-dir is required to run cells")
+        chosen = [c for c in CELLS if args.cells is None or c.name in args.cells]
+        unknown = set(args.cells or []) - {c.name for c in CELLS}
+        if unknown:
+            parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
+        references(args.benchmarks_dir, args.output, scores)
+        for cell in chosen:
+            run_cell(cell, args.benchmarks_dir, args.output, scores)
+    write_page(scores)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

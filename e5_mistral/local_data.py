@@ -1,0 +1,28 @@
+"""Reading local datasets through ``datasets`` without its stale cache (training and mining both read this way)."""
+
+from __future__ import annotations
+
+import os
+
+
+def fresh_read_options(path: str | os.PathLike, data_files=None) -> dict:
+    """``load_dataset`` keyword arguments that re-read a local folder or file instead of its cached copy.
+
+    datasets keys the cache of a local folder by its path only, so a folder rewritten by a new synthesis run would
+    silently load the old rows. Local data is cheap to re-read; the stale split sizes it remembers would then fail
+    verification, hence no_checks. Hub datasets keep their cache.
+    """
+    if os.path.exists(path) or data_files is not None:
+        return {"download_mode": "force_redownload", "verification_mode": "no_checks"}
+    return {}
+
+
+def write_parquet(table, path: str | os.PathLike) -> None:
+    """Write a pyarrow table; an empty one gets no row group at all, since datasets' parquet reader fails on an
+    empty row group. The schema metadata (the datasets features) is kept either way."""
+    import pyarrow.parquet as pq
+
+    if table.num_rows:
+        pq.write_table(table, path)
+    else:
+        pq.ParquetWriter(path, table.schema).close()

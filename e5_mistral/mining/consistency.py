@@ -1,0 +1,197 @@
+"""``e5-mistral filter``: drop generated pairs whose positive a teacher embedder does not rank near the top.
+
+The ranking-consistency filter of KaLM-Embedding: a row is kept when its positive is among the teacher's top k
+documents for its query, the candidates being every document of the row's family in the dataset (positives and
+hard negatives). ``--min-score`` adds Qwen3-Embedding's rule (the pair's cosine above a threshold). Queries of the
+asymmetric families carry their instruction (``Instruct: {task}\\nQuery: {query}``), as in training; the symmetric
+families (STS, bitext) compare their own two texts, bare.
+
+The output mirrors ``e5-mistral generate``'s: ``OUTPUT/dataset/`` in the Hub layout training reads,
+``OUTPUT/report.json`` with what was kept and dropped per family and language, and ``OUTPUT/dropped.jsonl`` with
+every dropped row and its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import E5MistralError, MissingFileError
+from ..families import FAMILY_SPECS
+from ..instructions import format_query
+from ..local_data import fresh_read_options
+from ..output_folders import check_output_folder
+
+
+logger = logging.getLogger(__name__)
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class FilterArguments:
+    dataset: Optional[str] = _help(
+        "a synthesis output folder (or its dataset/ folder) of e5-mistral generate (on the command line also as the "
+        "first argument)",
+        default=None,
+    )
+    output: Optional[str] = _help(
+        "folder for the filtered output (dataset/, report.json, dropped.jsonl)", default=None
+    )
+    teacher: Optional[str] = _help(
+        "sentence-transformers model that ranks the documents (default: the bundled all-MiniLM-L6-v2)", default=None
+    )
+    top_k: int = _help("keep a row when its positive is among the teacher's top k documents for its query", default=3)
+    min_score: Optional[float] = _help("also drop a row whose query-positive cosine is below this", default=None)
+    query_prompt: Optional[str] = _help(
+        "a fixed prefix for queries instead of their instruction (e.g. 'query: ' for multilingual-e5-base)",
+        default=None,
+    )
+    corpus_prompt: Optional[str] = _help("a prefix for documents (e.g. 'passage: ')", default=None)
+    batch_size: int = _help("encoding batch size", default=32)
+    overwrite: bool = _help("replace a non-empty --output folder", default=False)
+
+    def __post_init__(self):
+        if self.output is None:
+            raise E5MistralError("--output is required")
+        if self.top_k < 1 or self.batch_size < 1:
+            raise E5MistralError("--top-k and --batch-size must be at least 1")
+        if self.min_score is not None and not -1 <= self.min_score <= 1:
+            raise E5MistralError(f"--min-score is a cosine, between -1 and 1, got {self.min_score}")
+
+
+def dataset_folder(dataset: str) -> Path:
+    """The Hub-layout folder of a synthesis output (``OUTPUT`` or ``OUTPUT/dataset``)."""
+    path = Path(dataset)
+    folder = path / "dataset" if (path / "dataset" / "README.md").is_file() else path
+    if not (folder / "README.md").is_file() or not (folder / "all").is_dir():
+        raise MissingFileError(f"{dataset} is not a dataset written by e5-mistral generate (no all/ config)")
+    return folder
+
+
+def read_rows(folder: Path) -> list[dict]:
+    """The rows of the ``all`` config, with only the keys of each row's family (others are null there)."""
+    from datasets import load_dataset
+
+    return load_dataset(str(folder), "all", split="train", **fresh_read_options(folder)).to_list()
+
+
+def _pair(row: dict, args: FilterArguments) -> tuple[str, str, list[str]]:
+    """(query text as the teacher sees it, positive, the row's documents) of one row."""
+    spec = FAMILY_SPECS[row["family"]]
+    query_key, positive_key, negative_key = spec.fields
+    query = row[query_key]
+    if spec.brainstorms:
+        query = args.query_prompt + query if args.query_prompt is not None else format_query(row["task"], query)
+    documents = [row[positive_key]] + ([row[negative_key]] if negative_key and row.get(negative_key) else [])
+    return query, row[positive_key], documents
+
+
+def positive_ranks(model, rows: Sequence[dict], args: FilterArguments) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each row's positive among its family's documents, 0 = first; the query-positive cosine)."""
+    pairs = [_pair(row, args) for row in rows]
+    documents = list(dict.fromkeys(d for _, _, docs in pairs for d in docs))
+    index = {d: i for i, d in enumerate(documents)}
+    # prompt="": the texts carry their prompts already, never the teacher's stored default on top
+    encode = dict(batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True, prompt="")
+    queries = model.encode([q for q, _, _ in pairs], **encode)
+    corpus = model.encode([(args.corpus_prompt or "") + d for d in documents], **encode)
+    scores = queries @ corpus.T
+    positive = scores[np.arange(len(pairs)), [index[p] for _, p, _ in pairs]]
+    return (scores > positive[:, None]).sum(axis=1), positive
+
+
+def filter_rows(model, rows: list[dict], args: FilterArguments) -> tuple[list[dict], list[dict]]:
+    """(kept rows, dropped rows with ``filter_reason``), family by family."""
+    kept, dropped = [], []
+    for family in FAMILY_SPECS:
+        group = [r for r in rows if r["family"] == family]
+        if not group:
+            continue
+        ranks, cosines = positive_ranks(model, group, args)
+        for row, rank, cosine in zip(group, ranks, cosines):
+            if rank >= args.top_k:
+                dropped.append({**row, "filter_reason": f"positive ranked {rank + 1} of {family}'s documents"})
+            elif args.min_score is not None and cosine < args.min_score:
+                dropped.append({**row, "filter_reason": f"cosine {cosine:.3f} below {args.min_score}"})
+            else:
+                kept.append(row)
+    return kept, dropped
+
+
+def _counts(kept: list[dict], dropped: list[dict], key: str) -> dict[str, dict[str, int]]:
+    kept_n, dropped_n = Counter(r[key] for r in kept), Counter(r[key] for r in dropped)
+    return {k: {"kept": kept_n[k], "dropped": dropped_n[k]} for k in sorted(set(kept_n) | set(dropped_n))}
+
+
+def consistency_filter(args: FilterArguments) -> dict:
+    """Filter ``args.dataset`` into ``args.output``; returns the report."""
+    from ..evaluation.evaluate import load_model
+    from ..synthesis.dataset import write_hub_folder
+
+    if not args.dataset:
+        raise E5MistralError("the dataset to filter is required (DATASET, or --dataset)")
+    source = dataset_folder(args.dataset)
+    run_folder = source.parent if (source.parent / "report.json").is_file() else source  # a synthesis output
+    output = check_output_folder(args.output, [source, run_folder], args.overwrite)
+    rows = read_rows(source)
+    if args.teacher is None:
+        from ..local_models import minilm_path
+
+        args.teacher = str(minilm_path())
+    kept, dropped = filter_rows(load_model(args.teacher), rows, args)
+    synthesis_report = run_folder / "report.json"
+    report = json.loads(synthesis_report.read_text()) if synthesis_report.is_file() else {}
+    report["filter"] = {
+        "settings": {k: v for k, v in asdict(args).items() if k != "overwrite"},
+        "source": str(source),
+        "kept": len(kept),
+        "dropped": len(dropped),
+        "per_family": _counts(kept, dropped, "family"),
+        "per_language": _counts(kept, dropped, "language"),
+    }
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    with open(output / "dropped.jsonl", "w", encoding="utf-8") as handle:
+        for row in dropped:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (output / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_hub_folder(kept, output / "dataset", report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral filter") -> int:
+    from ..cli import CommandParser, fail, run
+
+    parser = CommandParser([FilterArguments], prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("source", nargs="?", metavar="DATASET", help="the dataset to filter (or --dataset)")
+    try:
+        args, positionals = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+        if (args.dataset is None) == (positionals.source is None):
+            raise E5MistralError("give the dataset to filter once: as DATASET or as --dataset")
+        args.dataset = args.dataset or positionals.source
+    except E5MistralError as err:
+        return fail(prog, err, code=2)
+    logging.basicConfig(level=logging.INFO, format=f"{prog}: %(message)s")
+
+    def _filter() -> int:
+        report = consistency_filter(args)["filter"]
+        for family, counts in report["per_family"].items():
+            print(f"{family}: kept {counts['kept']}, dropped {counts['dropped']}")
+        print(
+            f"kept {report['kept']} of {report['kept'] + report['dropped']} rows; filtered dataset in "
+            f"{Path(args.output) / 'dataset'} (dropped rows and their reasons: {Path(args.output) / 'dropped.jsonl'})"
+        )
+        return 0
+
+    return run(prog, _filter)

@@ -1,0 +1,154 @@
+"""`e5-mistral filter` drops a planted off-topic pair and keeps clean ones; `e5-mistral merge` is the weighted sum
+of the adapters' updates and refuses adapters of different bases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from e5_mistral.errors import E5MistralError
+from e5_mistral.mining.consistency import FilterArguments, consistency_filter
+from e5_mistral.mining.consistency import main as filter_main
+from e5_mistral.synthesis.dataset import write_hub_folder
+from e5_mistral.training.merge import MergeArguments, merge
+from e5_mistral.training.merge import main as merge_main
+from tests.helpers.training import synthetic_row
+
+
+QUERIES = {  # query -> its positive: each pair is clearly about one topic
+    "how long to boil rice": "Cook the rice in boiling salted water for eighteen minutes, then let it rest.",
+    "guitar chords for beginners": "A beginner learns the open chords G, C and D on the acoustic guitar first.",
+    "why did the stock market fall": "Shares fell sharply after the central bank raised interest rates again.",
+    "how do plants make sugar": "Photosynthesis turns light energy into chemical energy stored in glucose.",
+    "best food for an old dog": "Senior dogs need food with fewer calories and more fibre for digestion.",
+}
+PLANTED = "how to repair a flat bicycle tyre"  # its "positive" is about the stock market: off topic
+
+
+def _dataset(folder):
+    rows = []
+    for i, (query, positive) in enumerate(QUERIES.items()):
+        row = synthetic_row("short_long", i)
+        row.update(user_query=query, positive_document=positive, hard_negative_document=f"An unrelated note {i}.")
+        rows.append(row)
+    planted = synthetic_row("short_long", 99)
+    planted.update(
+        user_query=PLANTED,
+        positive_document="Bond yields rose as investors sold technology stocks on Tuesday.",
+        hard_negative_document="Patch the inner tube of a bicycle tyre with glue and a rubber patch.",
+        language="German",
+    )
+    rows.append(planted)
+    rows += [synthetic_row("sts", i) for i in range(3)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps({"accepted": len(rows)}))  # as generate leaves it
+    return write_hub_folder(rows, folder / "dataset", {"per_family": {}})
+
+
+def test_the_planted_off_topic_pair_is_dropped_and_clean_ones_kept(minilm_dir, tmp_path, capsys):
+    from datasets import load_dataset
+
+    source = _dataset(tmp_path / "run")
+    out = tmp_path / "filtered"
+    argv = [str(tmp_path / "run"), "--output", str(out), "--teacher", str(minilm_dir), "--top-k", "1"]
+    assert filter_main(argv) == 0
+    kept = load_dataset(str(out / "dataset"), "short_long", split="train", cache_dir=str(tmp_path / "c"))
+    assert sorted(kept["user_query"]) == sorted(QUERIES)
+    dropped = [json.loads(line) for line in open(out / "dropped.jsonl")]
+    assert [d["user_query"] for d in dropped] == [PLANTED]
+    assert dropped[0]["filter_reason"].startswith("positive ranked ")
+    report = json.loads((out / "report.json").read_text())["filter"]
+    assert report["per_family"]["short_long"] == {"kept": 5, "dropped": 1}
+    assert report["per_family"]["sts"] == {"kept": 3, "dropped": 0}  # S2 of each triple beats the others' texts
+    assert report["per_language"]["German"] == {"kept": 0, "dropped": 1}
+    card = (out / "dataset" / "README.md").read_text()
+    assert "Ranking-consistency filter" in card and "| short_long | 5 | 1 |" in card
+    assert "kept 8 of 9 rows" in capsys.readouterr().out
+    assert source.is_dir()  # the input is untouched
+
+
+def test_filter_refuses_unsafe_outputs_and_keeps_everything(minilm_dir, tmp_path):
+    _dataset(tmp_path / "run")
+    inside = FilterArguments(
+        dataset=str(tmp_path / "run"), output=str(tmp_path / "run" / "f"), teacher=str(minilm_dir)
+    )
+    with pytest.raises(E5MistralError, match="overlaps the input"):
+        consistency_filter(inside)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    busy = FilterArguments(dataset=str(tmp_path / "run"), output=str(tmp_path / "busy"), teacher=str(minilm_dir))
+    with pytest.raises(E5MistralError, match="not empty; pass --overwrite"):
+        consistency_filter(busy)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    with pytest.raises(E5MistralError, match="--top-k and --batch-size must be at least 1"):
+        FilterArguments(dataset="x", output="y", top_k=0)
+
+
+# -- merge ---------------------------------------------------------------------------------------------------------
+def _adapter(base_dir, folder, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from e5_mistral.run_metadata import RunMetadata
+
+    torch.manual_seed(seed)
+    base = AutoModel.from_pretrained(str(base_dir), dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(base, config)
+    model.save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (base_dir / name).is_file():
+            shutil.copy2(base_dir / name, folder / name)
+    RunMetadata(base_model_name_or_path=str(base_dir), max_seq_length=32).save(folder)
+    return folder
+
+
+def _lora_update(folder, module):
+    """scaling x B @ A of one module of a saved adapter."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    a = next(v for k, v in weights.items() if module in k and "lora_A" in k)
+    b = next(v for k, v in weights.items() if module in k and "lora_B" in k)
+    return (config["lora_alpha"] / config["r"]) * (b @ a)
+
+
+def test_merging_two_adapters_is_their_weighted_sum(tiny_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    first = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    second = _adapter(tiny_model_dir, tmp_path / "b", seed=2)
+    out = tmp_path / "merged"
+    assert merge_main([str(first), str(second), "--output", str(out), "--weights", "0.3", "0.7"]) == 0
+    base = AutoModel.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload().state_dict()
+    module = "layers.0.self_attn.q_proj"
+    expected = original[f"{module}.weight"] + 0.3 * _lora_update(first, module) + 0.7 * _lora_update(second, module)
+    assert torch.allclose(merged[f"{module}.weight"], expected, atol=1e-6)
+    assert torch.equal(merged["layers.0.mlp.up_proj.weight"], original["layers.0.mlp.up_proj.weight"])
+    metadata = json.loads((out / "e5_mistral_config.json").read_text())
+    assert metadata["merged"] == {"checkpoints": [str(first), str(second)], "weights": [0.3, 0.7], "method": "linear"}
+    assert metadata["max_seq_length"] == 32  # the rest is the first checkpoint's
+
+
+def test_adapters_of_different_bases_are_refused(tiny_model_dir, tmp_path, capsys):
+    from tests.tiny_models import build_tiny_mistral
+
+    other_base = build_tiny_mistral(tmp_path / "other-base", seed=5)
+    first = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    second = _adapter(other_base, tmp_path / "b", seed=2)
+    with pytest.raises(E5MistralError, match="adapters of different base models"):
+        merge([str(first), str(second)], MergeArguments(output=str(tmp_path / "m")))
+    assert merge_main([str(first), str(second), "--output", str(tmp_path / "m")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "e5-mistral merge: error: the checkpoints are adapters of different" in errors[0]
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(E5MistralError, match="3 weights for 2 checkpoints"):
+        merge([str(first), str(first)], MergeArguments(output=str(tmp_path / "m"), weights=[1, 1, 1]))
