@@ -284,8 +284,14 @@ def plot(scores: dict) -> None:
                 continue
             accepted = json.loads(report.read_text())["accepted"]
             values = [scores[k][task] for s in SEEDS if (k := f"{cell.name}/seed{s}") in scores]
-            marker = "o" if "0.5b" in cell.generator else "s"
-            ax.scatter([accepted] * len(values), values, marker=marker, label=cell.generator)
+            small = "0.5b" in cell.generator
+            ax.scatter(
+                [accepted] * len(values),
+                values,
+                marker="o" if small else "s",
+                color="tab:blue" if small else "tab:green",
+                label=cell.generator,
+            )
         if REFERENCE in scores:
             ax.axhline(scores[REFERENCE][task], linestyle="--", color="grey", label=REFERENCE)
         if "raw SmolLM2-135M" in scores:

@@ -212,9 +212,9 @@ def llama_cpp_pool(
     """``servers`` llama.cpp servers of one slot and one thread each, behind one base URL on 127.0.0.1.
 
     One sequence per server and one thread per sequence keep every answer the same whichever server decodes it
-    and whatever runs beside it (a sampling seed per request does the rest), while the servers together use
-    ``servers`` cores; several slots of one server are faster than one slot, but batch their sequences
-    differently from run to run.
+    and whatever runs beside it, given a sampling seed and ``cache_prompt: false`` in each request (a prompt
+    processed after another request's cached prefix can come out differently); the servers together use
+    ``servers`` cores. Several slots of one server batch their sequences differently from run to run.
     """
     if log_dir:
         Path(log_dir).mkdir(parents=True, exist_ok=True)

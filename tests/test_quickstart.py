@@ -100,10 +100,11 @@ def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchm
     scores, paired = results["scores"], results["paired"]
     assert list(scores) == [BEFORE, AFTER]
     for column in scores.values():
-        assert set(column) == {"STSBenchmark", HELDOUT_RETRIEVAL, HELDOUT_STS}
+        assert set(column) == {"STSBenchmark", HELDOUT_RETRIEVAL}
         assert all(-1.0 <= s <= 1.0 for s in column.values())
     for task, difference in paired[AFTER].items():  # after - before, with its interval over the task's items
-        assert difference["difference"] == pytest.approx(scores[AFTER][task] - scores[BEFORE][task], abs=1e-6)
+        # rebuilt from the items (bf16 embeddings, 8 STS pairs): within 0.01 of the difference of mteb's scores
+        assert difference["difference"] == pytest.approx(scores[AFTER][task] - scores[BEFORE][task], abs=0.01)
         assert difference["low"] <= difference["difference"] <= difference["high"]
     assert paired[AFTER]["STSBenchmark"]["items"] == 8
     assert "| task (items) |" in first.stdout and "after - before (95 % CI)" in first.stdout
@@ -134,7 +135,7 @@ def _rows_of(dataset):
 @pytest.mark.slow
 def test_the_quickstart_recipe_improves_held_out_retrieval(tmp_path, smollm2_dir):
     """The recipe's 45 steps (fewer do not move it: 16 steps gave 0.16 against the raw backbone's 0.18), on the
-    bundled sample, held-out tasks only: the after column must beat the before column."""
+    bundled sample, held-out retrieval only: the after column must beat the before column."""
     from e5_mistral.quickstart import BEFORE, SAMPLE
 
     out = tmp_path / "qs"
@@ -142,7 +143,6 @@ def test_the_quickstart_recipe_improves_held_out_retrieval(tmp_path, smollm2_dir
     assert proc.returncode == 0, proc.stderr[-3000:]
     scores = json.loads((out / "results.json").read_text())["scores"]
     assert scores[SAMPLE][HELDOUT_RETRIEVAL] > scores[BEFORE][HELDOUT_RETRIEVAL] + 0.1, scores
-    assert scores[SAMPLE][HELDOUT_STS] > scores[BEFORE][HELDOUT_STS], scores
 
 
 def test_the_sample_column_trains_on_the_bundled_sample_and_generated_runs_on_their_families(tmp_path):
