@@ -52,13 +52,19 @@ class Cell:
     mined: bool = False
     merge: bool = False  # also score the linear merge of the two seeds' adapters
     recipe: dict = field(default_factory=dict)  # overrides of the quickstart recipe
+    weights: dict = field(default_factory=dict)  # family -> sampling ratio in the training mixture
+    languages: dict | None = None  # generation: language -> weight (default: the quickstart's ten)
+    family_mix: dict | None = None  # generation: family -> weight (default: even)
+    data_tag: str = ""  # names a dataset generated with other languages or family mix
 
     @property
     def data(self) -> str:
-        return f"{self.generator}-{self.examples}"
+        return f"{self.generator}-{self.examples}{self.data_tag}"
 
 
 ALL_LAYERS = list(range(30))
+ENGLISH = {"English": 1.0}
+EVEN_WEIGHTS = {"long_short": 1.0, "bitext": 1.0}  # the recipe weighs these 2x and 3x
 CELLS = (
     Cell("base-100", "the quickstart's recipe on 100 examples (reference)", merge=True),
     Cell("filter-100", "ranking-consistency filter (MiniLM, top 3) on the 100", filter_top_k=3),
@@ -72,6 +78,14 @@ CELLS = (
         recipe={"lora_layers_to_transform": ALL_LAYERS},
     ),
     Cell("mined-300", "3 negatives mined by MiniLM added to the 300", examples=300, mined=True),
+    Cell("tau-0.05-100", "training: temperature 0.05 instead of 0.02", recipe={"temperature": 0.05}),
+    Cell("lora-all-100", "training: LoRA on all 30 layers", recipe={"lora_layers_to_transform": ALL_LAYERS}),
+    Cell("lr-2e-3-100", "training: learning rate 2e-3 instead of 1e-3", recipe={"learning_rate": 2.0e-3}),
+    Cell("steps-90-100", "training: 90 steps instead of 45", recipe={"max_steps": 90}),
+    Cell("even-100", "training: every family weighted 1 (the recipe: bitext 3, long-short 2)", weights=EVEN_WEIGHTS),
+    Cell("bf16-100", "training: bf16 autocast (speed)", recipe={"bf16": True}),
+    Cell("english-100", "generation: English only", languages=ENGLISH, data_tag="-english"),
+    Cell("lr-4e-3-100", "training: learning rate 4e-3", recipe={"learning_rate": 4.0e-3}),
 )
 
 
@@ -90,7 +104,13 @@ def dataset(cell: Cell, out: Path) -> Path:
     kept = STUDY_DATA / cell.data
     if not (kept / "dataset" / "README.md").is_file():
         target = out / "data" / cell.data
-        generate(QuickstartArguments(generator=cell.generator, num_examples=cell.examples), target, Step({}))
+        settings = QuickstartArguments(
+            generator=cell.generator,
+            num_examples=cell.examples,
+            languages=json.dumps(cell.languages) if cell.languages else None,
+            family_mix=json.dumps(cell.family_mix) if cell.family_mix else None,
+        )
+        generate(settings, target, Step({}))
         kept.mkdir(parents=True, exist_ok=True)
         shutil.copytree(target / "synthetic" / "dataset", kept / "dataset", dirs_exist_ok=True)
         for name in ("report.json", "rejected.jsonl"):
@@ -122,6 +142,9 @@ def recipe(cell: Cell, data: Path, folder: Path) -> Path:
     path = training_config(QuickstartArguments(), data, folder, "recipe")
     config = yaml.safe_load(path.read_text())
     config.update(cell.recipe)
+    for entry in config["dataset_mixture"]:
+        if entry["name"] in cell.weights:
+            entry["sampling_ratio"] = cell.weights[entry["name"]]
     if cell.mined:
         config["num_hard_negatives"] = 4  # the row's own negative, then the mined ones
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
@@ -174,15 +197,15 @@ def score(model: Path, key: str, benchmarks: Path, out: Path, scores: dict, inst
     return result
 
 
-def run_cell(cell: Cell, benchmarks: Path, out: Path, scores: dict) -> None:
+def run_cell(cell: Cell, benchmarks: Path, out: Path, scores: dict, seeds=SEEDS) -> None:
     checkpoints = []
-    for seed in SEEDS:
+    for seed in seeds:
         started = time.monotonic()
         checkpoint = train(cell, seed, out)
         checkpoints.append(checkpoint)
         score(export(checkpoint, checkpoint.parent / "export"), f"{cell.name}/seed{seed}", benchmarks, out, scores)
         print(f"[study] {cell.name} seed {seed}: {time.monotonic() - started:.0f} s", flush=True)
-    if cell.merge:
+    if cell.merge and len(checkpoints) > 1:
         merged = out / "runs" / cell.name / "merged"
         if not (merged / "model" / "e5_mistral_config.json").is_file():
             run([*E5, "merge", *checkpoints, "--output", merged / "model", "--overwrite"])
@@ -207,10 +230,10 @@ def summary_rows(scores: dict) -> list[dict]:
     reference = scores.get(REFERENCE)
     rows = []
     for cell in CELLS:
-        seeds = [scores.get(f"{cell.name}/seed{s}") for s in SEEDS]
-        if not all(seeds):
+        seeds = [found for s in SEEDS if (found := scores.get(f"{cell.name}/seed{s}"))]
+        if not seeds:
             continue
-        row = {"cell": cell.name, "question": cell.question, "data": cell.data}
+        row = {"cell": cell.name, "question": cell.question, "data": cell.data, "seeds": len(seeds)}
         for task, _ in TASKS:
             values = [s[task] for s in seeds]
             row[task] = (sum(values) / len(values), max(values) - min(values))
@@ -242,7 +265,8 @@ def write_page(scores: dict) -> None:
 
     for row in rows:
         values = [cell_text(row.get(t)) for t, _ in TASKS] + [cell_text(row.get("ratio"))]
-        lines.append(f"| {row['cell']} | {row['question']} | " + " | ".join(values) + " |")
+        name = row["cell"] + (" (1 seed)" if row.get("seeds") == 1 else "")
+        lines.append(f"| {name} | {row['question']} | " + " | ".join(values) + " |")
     refs = [
         f"| {name} | reference | " + " | ".join(f"{scores[name][t]:.4f}" for t, _ in TASKS) + " | |"
         for name in (REFERENCE, "raw SmolLM2-135M")
@@ -277,8 +301,8 @@ def plot(scores: dict) -> None:
     fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
     for ax, (task, _) in zip(axes, TASKS):
         for cell in CELLS:
-            if cell.filter_top_k or cell.mined or cell.recipe:
-                continue
+            if cell.filter_top_k or cell.mined or cell.recipe or cell.weights or cell.data_tag:
+                continue  # the plot is amount and generator; the other levers are in the table
             report = STUDY_DATA / cell.data / "report.json"
             if not report.is_file():
                 continue
@@ -311,6 +335,7 @@ def main(argv=None) -> int:
     parser.add_argument("--benchmarks-dir", type=Path, default=None, help="MTEB-format tasks (../shared/benchmarks)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "outputs" / "study")
     parser.add_argument("--cells", nargs="+", default=None, help=f"cells to run: {', '.join(c.name for c in CELLS)}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds (a screen: one)")
     parser.add_argument("--report-only", action="store_true", help="write the page from the saved scores")
     args = parser.parse_args(argv)
     scores = json.loads(SCORES.read_text()) if SCORES.is_file() else {}
@@ -323,7 +348,7 @@ def main(argv=None) -> int:
             parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
         references(args.benchmarks_dir, args.output, scores)
         for cell in chosen:
-            run_cell(cell, args.benchmarks_dir, args.output, scores)
+            run_cell(cell, args.benchmarks_dir, args.output, scores, args.seeds)
     write_page(scores)
     return 0
 

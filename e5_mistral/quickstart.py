@@ -102,6 +102,15 @@ class QuickstartArguments:
         default=100,
         metadata={"help": "examples to generate, spread evenly over the six families (sized for 15 minutes)"},
     )
+    languages: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "JSON object language -> weight (default: ten languages, English 0.4; see QUICKSTART_LANGUAGES)"
+        },
+    )
+    family_mix: Optional[str] = field(
+        default=None, metadata={"help": "JSON object family -> weight of the generated examples (default: even)"}
+    )
     max_new_tokens: int = field(
         default=512,
         metadata={"help": "completion cap per generation request (longer answers are rejected as truncated)"},
@@ -186,7 +195,6 @@ def generate(args: QuickstartArguments, out: Path, step: Step) -> Path:
     target = out / "synthetic"
     if step.cached("generate", target / "report.json") and (target / "dataset").is_dir():
         return target / "dataset"
-    uniform_mix = json.dumps({family: 1 for family in FAMILIES})
     argv = [
         "generate",
         "--model",
@@ -196,9 +204,9 @@ def generate(args: QuickstartArguments, out: Path, step: Step) -> Path:
         "--num-examples",
         str(args.num_examples),
         "--family-mix",
-        uniform_mix,
+        args.family_mix or json.dumps({family: 1 for family in FAMILIES}),
         "--languages",
-        json.dumps(QUICKSTART_LANGUAGES),
+        args.languages or json.dumps(QUICKSTART_LANGUAGES),
         "--examples-per-task",
         "2",
         "--max-tokens",
