@@ -24,7 +24,7 @@ which weigh more in a short run: the default 1920 requests (6 s at the ideal rat
 
 The fake server runs in a child process by default (``--server-in-process`` to share this one).
 
-    python benchmarks/generation_throughput.py --concurrency 64 --latency 0.2
+    python -m benchmarks.generation_throughput --concurrency 64 --latency 0.2
 """
 
 from __future__ import annotations
@@ -40,16 +40,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import openai
+
+from e5_mistral.synthesis.online import HTTP_CLIENTS, OnlineBackend, make_http_client
+from e5_mistral.synthesis.parsing import Rejected, parse_example
+from e5_mistral.synthesis.plan import example_request, sample_slots
+from tests.fake_openai import FakeOpenAIServer
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # tests.fake_openai lives in the repository, not the package
-
-import openai  # noqa: E402
-
-from e5_mistral.synthesis.online import HTTP_CLIENTS, OnlineBackend, make_http_client  # noqa: E402
-from e5_mistral.synthesis.parsing import Rejected, parse_example  # noqa: E402
-from e5_mistral.synthesis.plan import example_request, sample_slots  # noqa: E402
-from tests.fake_openai import FakeOpenAIServer  # noqa: E402
 
 
 FAMILY = "short_long"

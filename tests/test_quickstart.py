@@ -107,7 +107,7 @@ def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchm
         assert difference["difference"] == pytest.approx(scores[AFTER][task] - scores[BEFORE][task], abs=0.01)
         assert difference["low"] <= difference["difference"] <= difference["high"]
     assert paired[AFTER]["STSBenchmark"]["items"] == 8
-    assert "| task (items) |" in first.stdout and "after - before (95 % CI)" in first.stdout
+    assert "| STSBenchmark (8 items) |" in first.stdout and "after - before (95 % CI)" in first.stdout
     assert "step times" in first.stdout
     assert "--response-format auto" in first.stdout and "Apache-2.0" in first.stdout  # Qwen's notice is stated
     for step in ("generate", "train", "export", "evaluate"):

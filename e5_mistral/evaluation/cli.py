@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
+
+from ..options import LOAD_DTYPES
 
 
 DESCRIPTION = (
@@ -16,6 +18,11 @@ DESCRIPTION = (
 
 @dataclass
 class EvaluateArguments:
+    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "what to evaluate": ("tasks", "output", "benchmarks_dir", "instructions"),
+        "quick runs": ("max_rows", "corpus_per_query", "subsets"),
+        "encoding": ("batch_size", "dtype", "max_seq_length", "raw_classification_embeddings"),
+    }
     tasks: list[str] = field(
         metadata={"help": "Task names: folders of --benchmarks-dir, else mteb task names (downloaded from the Hub)."}
     )
@@ -62,7 +69,7 @@ class EvaluateArguments:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Model weights dtype.", "choices": ["auto", "float32", "bfloat16", "float16"]},
+        metadata={"help": "Model weights dtype.", "choices": list(LOAD_DTYPES)},
     )
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Truncate inputs to this many tokens."})
 

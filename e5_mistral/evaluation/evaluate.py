@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import E5MistralError, MissingFileError
+from ..options import LOAD_DTYPES
 from .offline_tasks import CORPUS_SAMPLE_PER_QUERY, load_offline_task, pick_subsets
 from .paired import PairedDifference, paired_difference
 from .prompts import model_prompts_for
 
 
 logger = logging.getLogger(__name__)
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_tasks(
@@ -89,8 +88,8 @@ def load_model(model: str, dtype: str = "auto", max_seq_length: int | None = Non
     import torch
     from sentence_transformers import SentenceTransformer
 
-    if dtype not in DTYPES:
-        raise E5MistralError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in LOAD_DTYPES:
+        raise E5MistralError(f"--dtype must be one of {', '.join(LOAD_DTYPES)}, got {dtype!r}")
     model_kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
     try:
         st_model = (loader or SentenceTransformer)(model, model_kwargs=model_kwargs)
@@ -132,16 +131,19 @@ def markdown_table(
     paired: dict[str, dict[str, PairedDifference]] | None = None,
 ) -> str:
     """One row per task, one column per model, scores x100 (mteb main_score); '-' where a run failed. ``paired``
-    adds a column per model: its difference from the first model with the 95 % interval, bold where it excludes 0."""
+    adds a column per model: its difference from the first model with the 95 % interval, bold where it excludes 0,
+    and the task's item count."""
     models = list(summary)
     paired = paired or {}
-    baseline = models[0] if models else ""
-    headers = [*models, *(f"{m} - {baseline} (95 % CI)" for m in paired)]
+    baseline = _short(models[0]) if models else ""
+    headers = [*models, *(f"{_short(m)} - {baseline} (95 % CI)" for m in paired)]
     lines = ["| Task | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
     for task in task_names:
+        differences = [paired[m].get(task) for m in paired]
+        items = next((d.items for d in differences if d is not None), None)
         cells = [f"{summary[m][task] * 100:.2f}" if task in summary[m] else "-" for m in models]
-        cells += [format_difference(paired[m].get(task)) for m in paired]
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        cells += [format_difference(d) for d in differences]
+        lines.append(f"| {task}" + (f" ({items:,} items)" if items else "") + " | " + " | ".join(cells) + " |")
     if len(task_names) > 1:
         means = []
         for m in models:
@@ -149,6 +151,11 @@ def markdown_table(
             means.append(f"{100 * sum(scores) / len(scores):.2f}" if len(scores) == len(task_names) else "-")
         lines.append("| **Average** | " + " | ".join(means + [""] * len(paired)) + " |")
     return "\n".join(lines)
+
+
+def _short(label: str) -> str:
+    """A column's name without its parenthesised gloss: "after (trained on ...)" -> "after"."""
+    return label.split(" (")[0]
 
 
 def format_difference(difference: PairedDifference | None) -> str:

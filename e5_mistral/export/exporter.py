@@ -19,14 +19,15 @@ from pathlib import Path
 from ..errors import E5MistralError, MissingFileError
 from ..evaluation.prompts import task_prompts
 from ..instructions import EVALUATION_INSTRUCTIONS, EVALUATION_TASK_TYPES, query_prompt
+from ..options import WEIGHT_DTYPES
 from ..output_folders import check_output_folder
 from ..pooling import ensure_pad_token
 from .checkpoint import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
-    RUN_CONFIG_NAME,
+    RUN_METADATA_FILE,
     check_architecture,
-    load_backbone,
+    load_merged_backbone,
     resolve_checkpoint,
 )
 from .eos_contract import bake_eos_contract, default_affixes, write_legacy_flags
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 # The paper's MS-MARCO instruction: the default for a plain ``prompt_name="query"``.
 DEFAULT_QUERY_INSTRUCTION = EVALUATION_INSTRUCTIONS["MSMARCO"]
 TEXT_ONLY_MODALITY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
-DTYPES = ("float32", "bfloat16", "float16")
 # What the card's usage example shows for a custom instruction.
 CUSTOM_INSTRUCTION_EXAMPLE = "Given a recipe name, retrieve recipes that match it"
 
@@ -58,7 +58,9 @@ class ExportArguments:
         default=None,
         metadata={"help": "Truncation length in tokens, EOS included (default: the trained length, else 512)."},
     )
-    dtype: str = field(default="float32", metadata={"help": "Weight dtype of the export.", "choices": list(DTYPES)})
+    dtype: str = field(
+        default="float32", metadata={"help": "Weight dtype of the export.", "choices": list(WEIGHT_DTYPES)}
+    )
     query_instruction: str = field(
         default=DEFAULT_QUERY_INSTRUCTION, metadata={"help": "Task instruction of the default 'query' prompt."}
     )
@@ -79,8 +81,8 @@ class ExportArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace OUTPUT_DIR if it already holds files."})
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise E5MistralError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in WEIGHT_DTYPES:
+            raise E5MistralError(f"--dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {self.dtype!r}")
         if self.max_seq_length is not None and self.max_seq_length < 2:
             raise E5MistralError(f"--max-seq-length must be at least 2 (text + EOS), got {self.max_seq_length}")
         if self.private and not self.push_to_hub:
@@ -151,7 +153,7 @@ def export_checkpoint(args: ExportArguments) -> Path:
     affixes = bake_eos_contract(tokenizer, append_eos=run.append_eos)
     tokenizer.model_max_length = max_seq_length
 
-    model = load_backbone(checkpoint)
+    model = load_merged_backbone(checkpoint)
     architecture = ", ".join(model.config.architectures or []) or model.config.model_type
     embedding_dim = model.config.hidden_size
     torch_dtype = getattr(torch, args.dtype)
@@ -192,8 +194,8 @@ def export_checkpoint(args: ExportArguments) -> Path:
 
         if run.normalize is False:
             logger.warning("the run did not normalise embeddings; the export has no Normalize module")
-        if checkpoint.run_config_path is not None:
-            shutil.copy2(checkpoint.run_config_path, staging / RUN_CONFIG_NAME)
+        if checkpoint.metadata_path is not None:
+            shutil.copy2(checkpoint.metadata_path, staging / RUN_METADATA_FILE)
         if args.keep_adapter:
             if not checkpoint.is_adapter:
                 raise E5MistralError(f"--keep-adapter: {checkpoint.path} is a full fine-tune, it has no adapter")

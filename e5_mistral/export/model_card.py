@@ -23,22 +23,6 @@ TEMPLATE_NAME = "model_card_template.md"
 SUMMARY_NAME = "summary.json"
 CARD_TAGS = ["sentence-transformers", "feature-extraction", "e5-mistral", "mteb"]
 # Hyperparameters shown in the card, in this order (keys of the run config's "training" block).
-HYPERPARAMETER_KEYS = (
-    "learning_rate",
-    "per_device_train_batch_size",
-    "global_batch_size",
-    "gradient_accumulation_steps",
-    "gradcache_chunk_size",
-    "num_train_epochs",
-    "max_steps",
-    "warmup_steps",
-    "weight_decay",
-    "lr_scheduler_type",
-    "world_size",
-    "seed",
-    "bf16",
-    "fp16",
-)
 
 
 def template_path() -> Path:
@@ -188,8 +172,7 @@ def render_model_card(
         ]
         or None,
     )
-    training = run_config.training or {}
-    hyperparameters = {key: training[key] for key in HYPERPARAMETER_KEYS if training.get(key) is not None}
+    hyperparameters = run_config.training.recorded()
     if run_config.temperature is not None:
         hyperparameters["temperature"] = run_config.temperature
     hyperparameters["max_seq_length"] = run_config.max_seq_length

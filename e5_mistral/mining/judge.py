@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import re
 import typing
 from pathlib import Path
@@ -92,7 +91,13 @@ def _endpoint(self, folder: Path) -> SynthesisArguments:
 
 
 JudgeArguments = dataclasses.make_dataclass(
-    "JudgeArguments", _fields(), namespace={"endpoint": _endpoint, "__doc__": "The LLM judge of `e5-mistral mine`."}
+    "JudgeArguments",
+    _fields(),
+    namespace={
+        "endpoint": _endpoint,
+        "__doc__": "The LLM judge of `e5-mistral mine`.",
+        "HELP_GROUPS": {"LLM judge": ("judge_model", *(f"judge_{name}" for name in ENDPOINT_FIELDS))},
+    },
 )
 JudgeArguments.__module__ = __name__
 
@@ -130,7 +135,7 @@ async def _judge(rows: list[dict], settings: SynthesisArguments, folder: Path, h
     from tqdm.auto import tqdm
 
     from ..synthesis.cost import Budget, load_price_table, usage_totals
-    from ..synthesis.endpoint import detect_response_format, make_backend, stored_detection
+    from ..synthesis.endpoint import detect_response_format, make_backend, save_settings, stored_detection
     from ..synthesis.runner import ObservedJournal
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,8 +147,7 @@ async def _judge(rows: list[dict], settings: SynthesisArguments, folder: Path, h
         detection = stored_detection(settings, folder)
         if detection is None:
             detection = await detect_response_format(settings, backend, journal)
-            config = {**settings.public_dict(), "response_format_resolved": detection}
-            (folder / "run_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            save_settings(settings, folder, detection)
         params = settings.generation_params(detection["chosen"], detection.get("max_tokens_param"))
         requests: dict[str, Request] = {}
         candidates = []  # (row, negative index, request id) of every mined negative

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+from ..text import match_key
 from .config import SynthesisArguments
 from .cost import price_for, usage_totals
 from .journal import STATUS_OK, STATUS_REFUSED, Journal
-from .parsing import Rejected, normalize, parse_example
+from .parsing import Rejected, parse_example
 from .planner import Planner
 from .templates import DEDUP_KEY
 
@@ -113,7 +114,7 @@ def collect(
                 rejected[err.reason] += 1
                 rejects.append(_reject(rec, "example", err.reason, meta))
                 continue
-            key = normalize(fields[DEDUP_KEY[fp.family]])
+            key = match_key(fields[DEDUP_KEY[fp.family]])
             if key in seen:
                 stats["duplicates_removed"] += 1
                 duplicates += 1

@@ -6,11 +6,12 @@ import ipaddress
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Optional
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Optional
 from urllib.parse import urlparse
 
 from ..errors import E5MistralError
+from ..options import option
 from .plan import BRAINSTORM_REASKS
 from .structured import RESPONSE_FORMATS
 from .templates import FAMILIES
@@ -21,140 +22,177 @@ MAX_TOKENS_PARAMS = ("auto", "max_tokens", "max_completion_tokens")
 REASONING_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
 
 
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
-
-
 @dataclass
 class SynthesisArguments:
-    # Endpoint
-    model: Optional[str] = _help(
-        "model name sent to the endpoint (for `transformers serve`: the served path)", default=None
+    # --help lists the options in these groups, in this order: what a first run needs comes first.
+    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "endpoint": (
+            "model",
+            "base_url",
+            "api_key_env",
+            "azure_api_version",
+            "response_format",
+            "max_tokens_param",
+            "extra_body",
+            "http_client",
+        ),
+        "what to generate": (
+            "output",
+            "num_examples",
+            "families",
+            "family_mix",
+            "languages",
+            "seed",
+            "examples_per_task",
+            "brainstorm_reasks",
+            "system_prompt",
+            "accept_text_task_lists",
+            "dedup_tasks",
+            "dedup_model",
+            "dedup_threshold",
+        ),
+        "sampling": (
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "sampling_seed",
+        ),
+        "limits and budget": (
+            "concurrency",
+            "rpm",
+            "tpm",
+            "price_table",
+            "max_cost",
+            "max_total_tokens",
+            "dry_run",
+            "max_attempts",
+            "retry_refused",
+            "timeout",
+            "retry_initial_wait",
+            "retry_max_wait",
+        ),
+        "output and Hub": (
+            "generator_license",
+            "push_to_hub",
+            "push_partial",
+            "private",
+            "no_progress",
+        ),
+        "batch": (
+            "backend",
+            "batch_no_wait",
+            "batch_poll_interval",
+        ),
+    }
+
+    model: Optional[str] = option("model name sent to the endpoint (for `transformers serve`: the served path)", None)
+    base_url: Optional[str] = option(
+        "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: the OpenAI API)", None
     )
-    base_url: Optional[str] = _help(
-        "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: the OpenAI API)", default=None
+    api_key_env: str = option(
+        "environment variable that holds the API key (loopback endpoints default to 'EMPTY')", "OPENAI_API_KEY"
     )
-    api_key_env: str = _help(
-        "environment variable that holds the API key (loopback endpoints default to 'EMPTY')", default="OPENAI_API_KEY"
+    azure_api_version: Optional[str] = option(
+        "use Azure OpenAI with this api-version; --base-url is the azure_endpoint", None
     )
-    azure_api_version: Optional[str] = _help(
-        "use Azure OpenAI with this api-version; --base-url is the azure_endpoint", default=None
-    )
-    extra_body: Optional[str] = _help(
-        "JSON object merged into every request body (e.g. transformers serve's generation_config)", default=None
-    )
-    # What to generate
-    output: Optional[str] = _help(
-        "output folder: journal, report.json, rejected.jsonl, diversity.json, dataset/", default=None
-    )
-    num_examples: int = _help("number of examples to plan over all families", default=100)
-    families: Optional[list[str]] = _help(f"families to generate (default: all of {' '.join(FAMILIES)})", default=None)
-    family_mix: Optional[str] = _help(
-        "JSON object family -> weight (default: the paper's counts 167/122/99/89/17/13k)", default=None
-    )
-    languages: Optional[list[str]] = _help(
-        "language names (uniform over them) or one JSON object name -> weight (default: the paper's Figure 2 weights over 93 XLM-R languages)",
-        default=None,
-    )
-    seed: int = _help("seed of the plan: the same seed gives the same slots, languages and request ids", default=42)
-    examples_per_task: float = _help(
-        "brainstorm enough ~20-task lists that each task is used about this often", default=3.0
-    )
-    brainstorm_reasks: Optional[int] = _help(
-        "times an unusable task list is asked for again (default: 3, or 0 at --temperature 0, where it would come back the same)",
-        default=None,
-    )
-    # Small local models
-    system_prompt: Optional[str] = _help(
-        "a system message sent before every prompt (e.g. 'You only answer with valid JSON.'); changes the request ids",
-        default=None,
-    )
-    accept_text_task_lists: bool = _help(
-        "also accept a brainstorm answer written as a plain-text list ('- task', '1. task'), not only a JSON list; "
-        "for small local models (the paper's strict parsing is the default)",
-        default=False,
-    )
-    # Structured outputs
-    response_format: str = _help(
+    response_format: str = option(
         "JSON schema enforcement: auto (ask the endpoint once which shape it enforces), json_schema (OpenAI, vLLM, "
         "SGLang, llama.cpp), json_object (llama.cpp's json_object + schema) or none",
-        default="auto",
+        "auto",
     )
-    # Decoding
-    temperature: float = _help("sampling temperature (paper: 1.0)", default=1.0)
-    sampling_seed: Optional[int] = _help(
-        "make sampling repeatable on servers that honour `seed` (OpenAI best-effort, vLLM, llama.cpp): each request "
-        "is sent its own seed, derived from this one and the request; changes the request ids",
-        default=None,
-    )
-    top_p: float = _help("nucleus sampling top_p (paper: 1.0)", default=1.0)
-    max_tokens: int = _help("max completion tokens per request; a cut answer is rejected as `truncated`", default=4096)
-    max_tokens_param: str = _help(
+    max_tokens_param: str = option(
         "how the completion cap is sent: auto (max_completion_tokens for models that require it, e.g. o1/o3/o4/gpt-5, or "
         "after a 400 that names max_tokens), max_tokens or max_completion_tokens",
-        default="auto",
+        "auto",
     )
-    # Reliability
-    concurrency: int = _help("requests in flight at once", default=16)
-    rpm: Optional[float] = _help(
-        "requests per minute limit (the server's x-ratelimit-* headers are honoured with or without it)", default=None
+    extra_body: Optional[str] = option(
+        "JSON object merged into every request body (e.g. transformers serve's generation_config)", None
     )
-    tpm: Optional[float] = _help(
-        "tokens per minute limit: each request counts its prompt estimate when sent, then its real usage", default=None
+    http_client: str = option(
+        "HTTP transport of the online backend: auto (aiohttp when installed, else httpx), aiohttp or httpx", "auto"
     )
-    max_attempts: int = _help(
-        "attempts per request before it is journaled as failed (retried by the next run)", default=6
+    output: Optional[str] = option(
+        "output folder: journal, report.json, rejected.jsonl, diversity.json, dataset/", None
     )
-    retry_refused: bool = _help(
-        "send again the requests the endpoint refused with a non-retryable 4xx (by default a rerun leaves them refused)",
-        default=False,
+    num_examples: int = option("number of examples to plan over all families", 100)
+    families: Optional[list[str]] = option(f"families to generate (default: all of {' '.join(FAMILIES)})", None)
+    family_mix: Optional[str] = option(
+        "JSON object family -> weight (default: the paper's counts 167/122/99/89/17/13k)", None
     )
-    timeout: float = _help("seconds before one attempt times out", default=600.0)
-    retry_initial_wait: float = _help(
-        "first backoff in seconds (exponential with jitter; Retry-After wins)", default=1.0
+    languages: Optional[list[str]] = option(
+        "language names (uniform over them) or one JSON object name -> weight (default: the paper's Figure 2 "
+        "weights over 93 XLM-R languages)",
+        None,
     )
-    retry_max_wait: float = _help("longest backoff in seconds", default=60.0)
-    http_client: str = _help(
-        "HTTP transport of the online backend: auto (aiohttp when installed, else httpx), aiohttp or httpx",
-        default="auto",
+    seed: int = option("seed of the plan: the same seed gives the same slots, languages and request ids", 42)
+    examples_per_task: float = option("brainstorm enough ~20-task lists that each task is used about this often", 3.0)
+    brainstorm_reasks: Optional[int] = option(
+        "times an unusable task list is asked for again (default: 3, or 0 at --temperature 0, where it would come "
+        "back the same)",
+        None,
     )
-    # Cost
-    price_table: Optional[str] = _help(
-        'JSON (or a JSON file) of USD per 1M tokens: {"MODEL": {"input": 0.15, "output": 0.6}}', default=None
+    system_prompt: Optional[str] = option(
+        "a system message sent before every prompt (e.g. 'You only answer with valid JSON.'); changes the request ids",
+        None,
     )
-    max_cost: Optional[float] = _help(
-        "stop sending new requests at this estimated cost in USD (needs --price-table)", default=None
+    accept_text_task_lists: bool = option(
+        "also accept a brainstorm answer written as a plain-text list ('- task', '1. task'), not only a JSON list; "
+        "for small local models (the paper's strict parsing is the default)",
+        False,
     )
-    max_total_tokens: Optional[int] = _help(
-        "stop sending new requests after this many prompt+completion tokens", default=None
+    dedup_tasks: str = option("extra dedup of brainstormed tasks: none, minhash or semantic", "none")
+    dedup_model: Optional[str] = option(
+        "embedding model for --dedup-tasks semantic (default: the bundled all-MiniLM-L6-v2)", None
     )
-    # Backend
-    backend: str = _help("online (concurrent requests) or batch (OpenAI Batch API, 50%% cheaper)", default="online")
-    batch_no_wait: bool = _help("batch backend: submit and return; rerun later to collect", default=False)
-    batch_poll_interval: float = _help("batch backend: seconds between status polls", default=30.0)
-    # Task dedup beyond the paper's exact match
-    dedup_tasks: str = _help("extra dedup of brainstormed tasks: none, minhash or semantic", default="none")
-    dedup_model: Optional[str] = _help(
-        "embedding model for --dedup-tasks semantic (default: the bundled all-MiniLM-L6-v2)", default=None
+    dedup_threshold: Optional[float] = option(
+        "similarity threshold for --dedup-tasks (default: 0.8 minhash, 0.9 semantic)", None
     )
-    dedup_threshold: Optional[float] = _help(
-        "similarity threshold for --dedup-tasks (default: 0.8 minhash, 0.9 semantic)", default=None
+    temperature: float = option("sampling temperature (paper: 1.0)", 1.0)
+    top_p: float = option("nucleus sampling top_p (paper: 1.0)", 1.0)
+    max_tokens: int = option("max completion tokens per request; a cut answer is rejected as `truncated`", 4096)
+    sampling_seed: Optional[int] = option(
+        "make sampling repeatable on servers that honour `seed` (OpenAI best-effort, vLLM, llama.cpp): each request "
+        "is sent its own seed, derived from this one and the request; changes the request ids",
+        None,
     )
-    # Output
-    generator_license: Optional[str] = _help(
-        "the generator model's licence notice, stated on the dataset card (e.g. 'Qwen2.5-Coder: Apache-2.0')",
-        default=None,
+    concurrency: int = option("requests in flight at once", 16)
+    rpm: Optional[float] = option(
+        "requests per minute limit (the server's x-ratelimit-* headers are honoured with or without it)", None
     )
-    push_to_hub: Optional[str] = _help("push the dataset to this Hub repo id", default=None)
-    push_partial: bool = _help(
-        "with --push-to-hub: push even when the run is unfinished (failures, budget)", default=False
+    tpm: Optional[float] = option(
+        "tokens per minute limit: each request counts its prompt estimate when sent, then its real usage", None
     )
-    private: bool = _help("make the Hub repo private", default=False)
-    no_progress: bool = _help("hide the progress bar", default=False)
-    dry_run: bool = _help(
+    price_table: Optional[str] = option(
+        'JSON (or a JSON file) of USD per 1M tokens: {"MODEL": {"input": 0.15, "output": 0.6}}', None
+    )
+    max_cost: Optional[float] = option(
+        "stop sending new requests at this estimated cost in USD (needs --price-table)", None
+    )
+    max_total_tokens: Optional[int] = option(
+        "stop sending new requests after this many prompt+completion tokens", None
+    )
+    dry_run: bool = option(
         "print what the requests still to send can cost at most (tokens, and USD with --price-table) and send none",
-        default=False,
+        False,
     )
+    max_attempts: int = option("attempts per request before it is journaled as failed (retried by the next run)", 6)
+    retry_refused: bool = option(
+        "send again the requests the endpoint refused with a non-retryable 4xx (by default a rerun leaves them refused)",
+        False,
+    )
+    timeout: float = option("seconds before one attempt times out", 600.0)
+    retry_initial_wait: float = option("first backoff in seconds (exponential with jitter; Retry-After wins)", 1.0)
+    retry_max_wait: float = option("longest backoff in seconds", 60.0)
+    generator_license: Optional[str] = option(
+        "the generator model's licence notice, stated on the dataset card (e.g. 'Qwen2.5-Coder: Apache-2.0')", None
+    )
+    push_to_hub: Optional[str] = option("push the dataset to this Hub repo id", None)
+    push_partial: bool = option("with --push-to-hub: push even when the run is unfinished (failures, budget)", False)
+    private: bool = option("make the Hub repo private", False)
+    no_progress: bool = option("hide the progress bar", False)
+    backend: str = option("online (concurrent requests) or batch (OpenAI Batch API, 50%% cheaper)", "online")
+    batch_no_wait: bool = option("batch backend: submit and return; rerun later to collect", False)
+    batch_poll_interval: float = option("batch backend: seconds between status polls", 30.0)
 
     def __post_init__(self):
         if self.families is not None and len(self.families) == 1 and "," in self.families[0]:

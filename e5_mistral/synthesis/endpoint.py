@@ -20,13 +20,21 @@ from .structured import SCHEMA_FORMATS, detect
 
 logger = logging.getLogger(__name__)
 
+RUN_SETTINGS_FILE = "run_config.json"  # an output folder's settings and the format its endpoint settled on
+
+
+def save_settings(args: SynthesisArguments, output: Path, detection: dict) -> None:
+    """Write the run's public settings and its resolved format, which ``stored_detection`` reads back on resume."""
+    settings = {**args.public_dict(), "response_format_resolved": detection}
+    (output / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
 
 def stored_detection(args: SynthesisArguments, output: Path) -> dict | None:
     """The format to send without asking: ``none`` when asked for, else what an earlier run of the same
     endpoint and model settled on (so a resumed run keeps its ids and needs no probe)."""
     if args.response_format == "none":
         return {"chosen": "none", "refused": {}}
-    previous = output / "run_config.json"
+    previous = output / RUN_SETTINGS_FILE
     if not previous.is_file():
         return None
     try:

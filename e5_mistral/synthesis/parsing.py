@@ -12,6 +12,7 @@ import json
 import re
 
 from ..families import family_spec
+from ..text import match_key
 from .structured import BRAINSTORM_KEY
 
 
@@ -27,11 +28,6 @@ class Rejected(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def normalize(text: str) -> str:
-    """The exact-dedup key: case-folded, whitespace collapsed (paper Appendix B style matching)."""
-    return " ".join(text.casefold().split())
 
 
 def _balanced(text: str, opener: str) -> str | None:
@@ -121,9 +117,9 @@ def parse_example(family: str, content: str | None, finish_reason: str | None = 
         if key not in keys:
             raise Rejected(f"extra_key:{key}")
     for a, b, reason in spec.distinct:
-        if normalize(row[a]) == normalize(row[b]):
+        if match_key(row[a]) == match_key(row[b]):
             raise Rejected(reason)
-    if len({normalize(row[k]) for k in spec.all_distinct}) < len(spec.all_distinct):
+    if len({match_key(row[k]) for k in spec.all_distinct}) < len(spec.all_distinct):
         raise Rejected("sentences_not_distinct")
     return row
 
@@ -188,7 +184,7 @@ def _text_list_items(text: str) -> list[str]:
 def _unique(tasks: list[str]) -> list[str]:
     unique, seen = [], set()
     for task in tasks:
-        key = normalize(task)
+        key = match_key(task)
         if key not in seen:
             seen.add(key)
             unique.append(task.strip())

@@ -13,7 +13,6 @@ request ids). A lock on the folder keeps a second run out.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Callable
 from .collect import RunResult, collect
 from .config import SynthesisArguments
 from .cost import Budget, load_price_table
-from .endpoint import detect_response_format, make_backend, stored_detection
+from .endpoint import detect_response_format, make_backend, save_settings, stored_detection
 from .estimate import RunEstimate, estimate
 from .journal import STATUS_OK, Journal, Request, needs_sending
 from .lock import OutputLock
@@ -105,8 +104,7 @@ class SynthesisRun:
         try:
             if self.detection is None:
                 self.detection = asyncio.run(self._detect(journal))
-            run_config = {**self.args.public_dict(), "response_format_resolved": self.detection}
-            (self.output / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n", encoding="utf-8")
+            save_settings(self.args, self.output, self.detection)
             budget = Budget(self.args.max_cost, self.args.max_total_tokens, self.prices).track(journal)
             stopped = asyncio.run(
                 self._execute(journal, budget, self.args.no_progress if progress is None else not progress)
