@@ -50,7 +50,8 @@ ENDPOINT_FIELDS = (
     "max_cost",
     "max_total_tokens",
 )
-JUDGE_DEFAULTS = {"max_tokens": 64}  # a verdict is a few tokens; room for a model that adds a sentence
+# A verdict is a few tokens, but a reasoning model spends its hidden reasoning out of the same cap (billed as used).
+JUDGE_DEFAULTS = {"max_tokens": 1024}
 
 
 def _fields() -> list[tuple]:
@@ -148,7 +149,9 @@ async def _judge(rows: list[dict], settings: SynthesisArguments, folder: Path, h
         if detection is None:
             detection = await detect_response_format(settings, backend, journal)
             save_settings(settings, folder, detection)
-        params = settings.generation_params(detection["chosen"], detection.get("max_tokens_param"))
+        params = settings.generation_params(
+            detection["chosen"], detection.get("max_tokens_param"), detection.get("default_sampling", False)
+        )
         requests: dict[str, Request] = {}
         candidates = []  # (row, negative index, request id) of every mined negative
         for i, row in enumerate(rows):

@@ -253,14 +253,19 @@ class SynthesisArguments:
             return self.brainstorm_reasks
         return 0 if self.temperature == 0 else BRAINSTORM_REASKS
 
-    def generation_params(self, response_format: str = "none", max_tokens_param: str | None = None) -> dict:
+    def generation_params(
+        self, response_format: str = "none", max_tokens_param: str | None = None, default_sampling: bool = False
+    ) -> dict:
         """The request parameters that go into every request id (never the key or the URL).
 
         ``response_format`` and ``max_tokens_param`` are the resolved ones (never ``auto``); a schema and the name
         ``max_completion_tokens`` change the ids only when used, so journals written without them still resume.
+        ``default_sampling``: the model takes only its default temperature and top_p (OpenAI's reasoning models),
+        so neither is sent.
         """
         cap = max_tokens_param or self.default_max_tokens_param()
-        params = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p, cap: self.max_tokens}
+        sampling = {} if default_sampling else {"temperature": self.temperature, "top_p": self.top_p}
+        params = {"model": self.model, **sampling, cap: self.max_tokens}
         if response_format != "none":
             params["response_format"] = response_format
         if self.extra_body:

@@ -20,6 +20,8 @@ from .structured import SCHEMA_FORMATS, detect
 
 logger = logging.getLogger(__name__)
 
+# An endpoint that takes no connection fails the run this fast; --timeout bounds each answer, which may be slow.
+CONNECT_TIMEOUT_S = 10.0
 RUN_SETTINGS_FILE = "run_config.json"  # an output folder's settings and the format its endpoint settled on
 
 
@@ -90,26 +92,31 @@ async def detect_response_format(args: SynthesisArguments, backend, journal: Jou
         )
         return answer
 
-    cap = args.default_max_tokens_param()
+    cap, default_sampling = args.default_max_tokens_param(), False
     await backend.check_endpoint()
     try:
-        try:
-            found = await detect(
-                lambda body: backend.retry_rate_limits(send, body),
-                args.generation_params(max_tokens_param=cap),
-                SCHEMA_FORMATS if requested == "auto" else (requested,),
-            )
-        except openai.BadRequestError as err:
-            if not (args.max_tokens_param == "auto" and cap == "max_tokens" and _names_the_cap(err)):
-                raise
-            # the model takes max_completion_tokens (OpenAI's reasoning models): ask again with it
-            logger.warning("the endpoint refuses max_tokens (%s); sending max_completion_tokens", err.message)
-            cap = "max_completion_tokens"
-            found = await detect(
-                lambda body: backend.retry_rate_limits(send, body),
-                args.generation_params(max_tokens_param=cap),
-                SCHEMA_FORMATS if requested == "auto" else (requested,),
-            )
+        while True:
+            try:
+                found = await detect(
+                    lambda body: backend.retry_rate_limits(send, body),
+                    args.generation_params(max_tokens_param=cap, default_sampling=default_sampling),
+                    SCHEMA_FORMATS if requested == "auto" else (requested,),
+                )
+                break
+            except openai.BadRequestError as err:
+                # OpenAI's reasoning models take max_completion_tokens, and only their default sampling
+                if (
+                    args.max_tokens_param == "auto"
+                    and cap == "max_tokens"
+                    and _names(err, "max_tokens", "max_completion_tokens")
+                ):
+                    logger.warning("the endpoint refuses max_tokens (%s); sending max_completion_tokens", err.message)
+                    cap = "max_completion_tokens"
+                elif not default_sampling and _names(err, "temperature"):
+                    logger.warning("the model takes only its default temperature (%s); sending none", err.message)
+                    default_sampling = True
+                else:
+                    raise
     except openai.APIStatusError as err:
         reason = FATAL_STATUS.get(
             err.status_code, "the endpoint failed while asked which JSON schema shape it enforces"
@@ -127,7 +134,7 @@ async def detect_response_format(args: SynthesisArguments, backend, journal: Jou
             "the endpoint enforces no JSON schema (%s); sending requests without response_format",
             "; ".join(f"{mode}: {why}" for mode, why in found.refused.items()),
         )
-    return {**found.to_dict(), "max_tokens_param": cap}
+    return {**found.to_dict(), "max_tokens_param": cap, **({"default_sampling": True} if default_sampling else {})}
 
 
 def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
@@ -141,7 +148,7 @@ def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
     common = dict(
         api_key=api_key,
         max_retries=0,
-        timeout=args.timeout,
+        timeout=openai.Timeout(args.timeout, connect=min(CONNECT_TIMEOUT_S, args.timeout)),
         http_client=make_http_client(args.http_client) if args.backend == "online" else None,
     )
     if args.azure_api_version:
@@ -169,7 +176,7 @@ def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
     )
 
 
-def _names_the_cap(err) -> bool:
-    """A 400 saying that max_tokens is not supported and max_completion_tokens is (OpenAI's wording)."""
+def _names(err, *words: str) -> bool:
+    """Whether a 400's message names every one of ``words`` (e.g. "temperature": the parameter it refuses)."""
     message = str(getattr(err, "message", err))
-    return "max_tokens" in message and "max_completion_tokens" in message
+    return all(word in message for word in words)

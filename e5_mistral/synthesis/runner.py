@@ -63,7 +63,11 @@ class SynthesisRun:
     def params(self) -> dict:
         """The request parameters, with the resolved response format and token cap (part of every request id)."""
         detection = self.detection or {}
-        return self.args.generation_params(detection.get("chosen", "none"), detection.get("max_tokens_param"))
+        return self.args.generation_params(
+            detection.get("chosen", "none"),
+            detection.get("max_tokens_param"),
+            detection.get("default_sampling", False),
+        )
 
     def plan(self, latest: dict[str, dict]) -> list[FamilyPlan]:
         return self.planner.plan(latest, self.params)

@@ -40,6 +40,8 @@ PROBE_SCHEMA = {
     "additionalProperties": False,
 }
 PROBE_MAX_TOKENS = 16
+# A probe refused for naming one of these is about the parameter, not the format: the caller changes it and asks again.
+CALLER_FIXES = ("max_completion_tokens", "temperature")
 
 
 # The judge of mined negatives (`e5-mistral mine --judge-model`): is the candidate relevant to the query?
@@ -106,18 +108,25 @@ class Detection:
         return {"chosen": self.chosen, "refused": dict(self.refused)}
 
 
-def probe_body(mode: str, params: dict) -> dict:
-    """A tiny request with ``mode``'s schema (none for ``none``), the run's model and extra body, greedy and short."""
+def probe_body(mode: str, params: dict, room: int = PROBE_MAX_TOKENS) -> dict:
+    """A tiny request with ``mode``'s schema (none for ``none``), the run's model and extra body, greedy (unless the
+    model takes only its default sampling) and ``room`` tokens long."""
     cap = "max_completion_tokens" if "max_completion_tokens" in params else "max_tokens"  # as the run sends it
     body = {
         "model": params.get("model"),
         "messages": [{"role": "user", "content": PROBE_PROMPT}],
-        "temperature": 0,
-        cap: PROBE_MAX_TOKENS,
+        **({"temperature": 0} if "temperature" in params else {}),
+        cap: room,
     }
     if mode != "none":
         body["response_format"] = _wrap(mode, "probe", PROBE_SCHEMA)
     return {**body, **(params.get("extra_body") or {})}
+
+
+def _answer(answer) -> tuple[str | None, str | None]:
+    """(content, finish_reason) of a decoded chat completion."""
+    choice = (answer.get("choices") or [{}])[0] if isinstance(answer, dict) else {}
+    return (choice.get("message") or {}).get("content"), choice.get("finish_reason")
 
 
 def follows_probe_schema(content: str | None) -> bool:
@@ -143,16 +152,18 @@ async def detect(post, params: dict, modes: tuple[str, ...] = SCHEMA_FORMATS) ->
     refused: dict[str, str] = {}
     for mode in modes:
         try:
-            answer = await post(probe_body(mode, params))
+            content, finish_reason = _answer(await post(probe_body(mode, params)))
+            if finish_reason == "length" and not follows_probe_schema(content):
+                # a reasoning model spends hidden tokens out of the cap first: give it the run's own room
+                cap = params.get("max_completion_tokens") or params.get("max_tokens") or PROBE_MAX_TOKENS
+                content, finish_reason = _answer(await post(probe_body(mode, params, room=cap)))
         except openai.APIStatusError as err:
-            if err.status_code in (401, 403, 404) or "max_completion_tokens" in str(err.message):
-                raise  # fatal, or about the token cap rather than the format (the caller switches the cap)
+            if err.status_code in (401, 403, 404) or any(p in str(err.message) for p in CALLER_FIXES):
+                raise  # fatal, or about a parameter rather than the format (the caller changes it and asks again)
             if err.status_code >= 500:
                 await post(probe_body("none", params))  # raises when the server fails whatever the format
             refused[mode] = f"HTTP {err.status_code}: {' '.join(str(err.message).split())[:200]}"
             continue
-        choice = (answer.get("choices") or [{}])[0] if isinstance(answer, dict) else {}
-        content = (choice.get("message") or {}).get("content")
         if follows_probe_schema(content):
             return Detection(mode, refused)
         refused[mode] = f"answered without following the schema: {str(content)[:80]!r}"
