@@ -63,7 +63,7 @@ async def send_all(base_url: str, runs: dict[str, list]) -> dict[str, dict]:
     """Alternate the runs' requests one at a time; returns per run: seconds, answers (family, content, finish)."""
     import openai
 
-    from e5_mistral.synthesis.online import OnlineBackend
+    from e5_mistral.llm.online import OnlineBackend
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
     backend = OnlineBackend(client, concurrency=1)

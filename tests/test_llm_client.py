@@ -107,7 +107,7 @@ def test_an_endpoint_that_takes_no_connection_fails_fast_in_one_line(tmp_path, c
 
 
 def test_a_run_whose_every_request_is_refused_stops_early(fake_openai, tmp_path, capsys, monkeypatch):
-    from e5_mistral.synthesis.online import REFUSAL_BREAKER
+    from e5_mistral.llm.online import REFUSAL_BREAKER
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     fake_openai.responder = responder

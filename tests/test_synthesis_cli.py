@@ -103,7 +103,7 @@ def test_missing_key_for_a_remote_endpoint_names_the_variable(tmp_path, capsys, 
         (["--languages", "Klingon"], 2, "unknown language 'Klingon'"),
         (["--extra-body", "{oops"], 2, "--extra-body is not valid JSON"),
         (["--max-cost", "5"], 2, "--max-cost needs a price for model 'fake-llm'"),
-        (["--backend", "carrier-pigeon"], 2, "--backend must be online or batch"),
+        (["--backend", "carrier-pigeon"], 2, "--backend must be one of online, batch, not"),
     ],
 )
 def test_bad_configuration(tmp_path, capsys, extra, code, message):
@@ -129,9 +129,9 @@ def test_secrets_never_reach_disk_or_output(fake_openai, tmp_path, capsys, monke
 def test_azure_uses_the_azure_client(tmp_path, monkeypatch):
     import openai
 
+    from e5_mistral.llm.cost import Budget
+    from e5_mistral.llm.endpoint import make_backend
     from e5_mistral.synthesis.config import SynthesisArguments
-    from e5_mistral.synthesis.cost import Budget
-    from e5_mistral.synthesis.runner import SynthesisRun
 
     monkeypatch.setenv("AZURE_KEY", "k")
     args = SynthesisArguments(
@@ -141,8 +141,7 @@ def test_azure_uses_the_azure_client(tmp_path, monkeypatch):
         azure_api_version="2024-10-21",
         api_key_env="AZURE_KEY",
     )
-    run = SynthesisRun(args)
-    backend = run._backend(Budget())
-    assert isinstance(run._client, openai.AsyncAzureOpenAI)
-    assert str(run._client.base_url).startswith("https://res.openai.azure.com/openai")
+    client, backend = make_backend(args, tmp_path, Budget())
+    assert isinstance(client, openai.AsyncAzureOpenAI)
+    assert str(client.base_url).startswith("https://res.openai.azure.com/openai")
     assert backend.concurrency == args.concurrency

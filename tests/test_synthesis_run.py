@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from e5_mistral.synthesis.cost import worst_case_tokens
-from e5_mistral.synthesis.journal import Journal
+from e5_mistral.llm.cost import worst_case_tokens
+from e5_mistral.llm.journal import Journal
 from e5_mistral.synthesis.runner import SynthesisRun, generate
 from e5_mistral.text import match_key
 from tests.fake_openai import FaultRates
@@ -170,8 +170,8 @@ def test_truncated_answers_are_rejected(fake_openai, tmp_path):
 
 
 def test_backend_batch_is_wired_to_the_batch_backend(fake_openai, tmp_path, monkeypatch):
-    from e5_mistral.synthesis import batch
-    from e5_mistral.synthesis.journal import make_record
+    from e5_mistral.llm import batch
+    from e5_mistral.llm.journal import make_record
 
     created = {}
 

@@ -332,7 +332,7 @@ def mine(args: MiningArguments, judge=None) -> dict:
     from sentence_transformers import CrossEncoder
 
     from ..evaluation.evaluate import load_model
-    from ..synthesis.lock import OutputLock
+    from ..llm.lock import OutputLock
     from .judge import check_judge, judge_negatives
 
     if not args.dataset:

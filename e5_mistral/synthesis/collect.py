@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+from ..llm.cost import price_for, usage_totals
+from ..llm.journal import STATUS_OK, STATUS_REFUSED, Journal
 from ..text import match_key
 from .config import SynthesisArguments
-from .cost import price_for, usage_totals
-from .journal import STATUS_OK, STATUS_REFUSED, Journal
 from .parsing import Rejected, parse_example
 from .planner import Planner
 from .templates import DEDUP_KEY

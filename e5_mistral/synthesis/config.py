@@ -1,29 +1,20 @@
-"""``SynthesisArguments``: every setting of a synthesis run (CLI flags, builder config and library calls)."""
+"""``SynthesisArguments``: every setting of a synthesis run (CLI flags, builder config and library calls): the
+endpoint's (:class:`e5_mistral.llm.settings.EndpointArguments`) and what to generate."""
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import os
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar, Optional
-from urllib.parse import urlparse
 
 from ..errors import E5MistralError
+from ..llm.settings import EndpointArguments, check_json_object
 from ..options import option
 from .plan import BRAINSTORM_REASKS
-from .structured import RESPONSE_FORMATS
 from .templates import FAMILIES
 
 
-MAX_TOKENS_PARAMS = ("auto", "max_tokens", "max_completion_tokens")
-# OpenAI's reasoning models answer 400 to max_tokens and take max_completion_tokens.
-REASONING_MODELS = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
-
-
 @dataclass
-class SynthesisArguments:
+class SynthesisArguments(EndpointArguments):
     # --help lists the options in these groups, in this order: what a first run needs comes first.
     HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "endpoint": (
@@ -85,32 +76,6 @@ class SynthesisArguments:
         ),
     }
 
-    model: Optional[str] = option("model name sent to the endpoint (for `transformers serve`: the served path)", None)
-    base_url: Optional[str] = option(
-        "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: the OpenAI API)", None
-    )
-    api_key_env: str = option(
-        "environment variable that holds the API key (loopback endpoints default to 'EMPTY')", "OPENAI_API_KEY"
-    )
-    azure_api_version: Optional[str] = option(
-        "use Azure OpenAI with this api-version; --base-url is the azure_endpoint", None
-    )
-    response_format: str = option(
-        "JSON schema enforcement: auto (ask the endpoint once which shape it enforces), json_schema (OpenAI, vLLM, "
-        "SGLang, llama.cpp), json_object (llama.cpp's json_object + schema) or none",
-        "auto",
-    )
-    max_tokens_param: str = option(
-        "how the completion cap is sent: auto (max_completion_tokens for models that require it, e.g. o1/o3/o4/gpt-5, or "
-        "after a 400 that names max_tokens), max_tokens or max_completion_tokens",
-        "auto",
-    )
-    extra_body: Optional[str] = option(
-        "JSON object merged into every request body (e.g. transformers serve's generation_config)", None
-    )
-    http_client: str = option(
-        "HTTP transport of the online backend: auto (aiohttp when installed, else httpx), aiohttp or httpx", "auto"
-    )
     output: Optional[str] = option(
         "output folder: journal, report.json, rejected.jsonl, diversity.json, dataset/", None
     )
@@ -149,40 +114,15 @@ class SynthesisArguments:
     )
     temperature: float = option("sampling temperature (paper: 1.0)", 1.0)
     top_p: float = option("nucleus sampling top_p (paper: 1.0)", 1.0)
-    max_tokens: int = option("max completion tokens per request; a cut answer is rejected as `truncated`", 4096)
     sampling_seed: Optional[int] = option(
         "make sampling repeatable on servers that honour `seed` (OpenAI best-effort, vLLM, llama.cpp): each request "
         "is sent its own seed, derived from this one and the request; changes the request ids",
         None,
     )
-    concurrency: int = option("requests in flight at once", 16)
-    rpm: Optional[float] = option(
-        "requests per minute limit (the server's x-ratelimit-* headers are honoured with or without it)", None
-    )
-    tpm: Optional[float] = option(
-        "tokens per minute limit: each request counts its prompt estimate when sent, then its real usage", None
-    )
-    price_table: Optional[str] = option(
-        'JSON (or a JSON file) of USD per 1M tokens: {"MODEL": {"input": 0.15, "output": 0.6}}', None
-    )
-    max_cost: Optional[float] = option(
-        "stop sending new requests at this estimated cost in USD (needs --price-table)", None
-    )
-    max_total_tokens: Optional[int] = option(
-        "stop sending new requests after this many prompt+completion tokens", None
-    )
     dry_run: bool = option(
         "print what the requests still to send can cost at most (tokens, and USD with --price-table) and send none",
         False,
     )
-    max_attempts: int = option("attempts per request before it is journaled as failed (retried by the next run)", 6)
-    retry_refused: bool = option(
-        "send again the requests the endpoint refused with a non-retryable 4xx (by default a rerun leaves them refused)",
-        False,
-    )
-    timeout: float = option("seconds before one attempt times out", 600.0)
-    retry_initial_wait: float = option("first backoff in seconds (exponential with jitter; Retry-After wins)", 1.0)
-    retry_max_wait: float = option("longest backoff in seconds", 60.0)
     generator_license: Optional[str] = option(
         "the generator model's licence notice, stated on the dataset card (e.g. 'Qwen2.5-Coder: Apache-2.0')", None
     )
@@ -190,68 +130,44 @@ class SynthesisArguments:
     push_partial: bool = option("with --push-to-hub: push even when the run is unfinished (failures, budget)", False)
     private: bool = option("make the Hub repo private", False)
     no_progress: bool = option("hide the progress bar", False)
-    backend: str = option("online (concurrent requests) or batch (OpenAI Batch API, 50%% cheaper)", "online")
-    batch_no_wait: bool = option("batch backend: submit and return; rerun later to collect", False)
-    batch_poll_interval: float = option("batch backend: seconds between status polls", 30.0)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.families is not None and len(self.families) == 1 and "," in self.families[0]:
             self.families = [f.strip() for f in self.families[0].split(",") if f.strip()]
         for family in self.families or ():
             if family not in FAMILIES:
                 raise E5MistralError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
-        if self.backend not in ("online", "batch"):
-            raise E5MistralError(f"--backend must be online or batch, not {self.backend!r}")
-        if self.response_format not in RESPONSE_FORMATS:
-            raise E5MistralError(
-                f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, not {self.response_format!r}"
-            )
-        if self.max_tokens_param not in MAX_TOKENS_PARAMS:
-            raise E5MistralError(
-                f"--max-tokens-param must be one of {', '.join(MAX_TOKENS_PARAMS)}, not {self.max_tokens_param!r}"
-            )
-        if self.http_client not in ("auto", "aiohttp", "httpx"):
-            raise E5MistralError(f"--http-client must be auto, aiohttp or httpx, not {self.http_client!r}")
         if self.dedup_tasks not in ("none", "minhash", "semantic"):
             raise E5MistralError(f"--dedup-tasks must be none, minhash or semantic, not {self.dedup_tasks!r}")
         if self.brainstorm_reasks is not None and self.brainstorm_reasks < 0:
             raise E5MistralError(f"--brainstorm-reasks must be >= 0, got {self.brainstorm_reasks}")
-        if self.num_examples < 0 or self.concurrency < 1 or self.max_attempts < 1 or self.max_tokens < 1:
-            raise E5MistralError("--num-examples must be >= 0 and --concurrency, --max-attempts, --max-tokens >= 1")
-        for name in ("extra_body", "family_mix"):
-            value = getattr(self, name)
-            if value is not None:
-                try:
-                    parsed = json.loads(value)
-                except json.JSONDecodeError as err:
-                    raise E5MistralError(f"--{name.replace('_', '-')} is not valid JSON: {err}") from None
-                if not isinstance(parsed, dict):
-                    raise E5MistralError(f"--{name.replace('_', '-')} must be a JSON object")
+        if self.num_examples < 0:
+            raise E5MistralError("--num-examples must be >= 0")
+        if self.family_mix is not None:
+            check_json_object("--family-mix", self.family_mix)
 
     def check_runnable(self) -> None:
         """The checks a run needs beyond each flag's own (``__post_init__``): every argument check lives in this
-        class, so the command line, the builder and library calls refuse the same things."""
-        from .cost import load_price_table, price_for
+        class and its base, so the command line, the builder and library calls refuse the same things."""
         from .plan import family_counts, resolve_languages, resolve_mix
 
         if not self.output:
             raise E5MistralError("--output is required")
-        if not self.model:
-            raise E5MistralError("--model is required")
-        if self.azure_api_version and not self.base_url:
-            raise E5MistralError("--azure-api-version needs --base-url (the Azure endpoint)")
+        self.check_endpoint()
         counts = family_counts(self.num_examples, resolve_mix(self.families, self.family_mix))
         languages = resolve_languages(self.languages)  # an unknown language fails here, with the other flags
         if counts.get("bitext") and len(languages) < 2:
             raise E5MistralError("bitext needs at least two languages (source and target must differ)")
-        if self.max_cost is not None and price_for(load_price_table(self.price_table), self.model) is None:
-            raise E5MistralError(f"--max-cost needs a price for model {self.model!r} in --price-table")
 
     def reask_limit(self) -> int:
         """Re-asks per brainstorm call: greedy decoding answers a re-ask exactly as before, so none by default."""
         if self.brainstorm_reasks is not None:
             return self.brainstorm_reasks
         return 0 if self.temperature == 0 else BRAINSTORM_REASKS
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p}
 
     def generation_params(
         self, response_format: str = "none", max_tokens_param: str | None = None, default_sampling: bool = False
@@ -263,46 +179,10 @@ class SynthesisArguments:
         ``default_sampling``: the model takes only its default temperature and top_p (OpenAI's reasoning models),
         so neither is sent.
         """
-        cap = max_tokens_param or self.default_max_tokens_param()
-        sampling = {} if default_sampling else {"temperature": self.temperature, "top_p": self.top_p}
-        params = {"model": self.model, **sampling, cap: self.max_tokens}
-        if response_format != "none":
-            params["response_format"] = response_format
-        if self.extra_body:
-            params["extra_body"] = json.loads(self.extra_body)
+        sampling = {} if default_sampling else self.sampling()
+        params = self.request_params(sampling, response_format, max_tokens_param)
         if self.sampling_seed is not None:  # only when set, as the system prompt
             params["sampling_seed"] = self.sampling_seed
         if self.system_prompt:  # only when set, so the ids of runs without one stay as they were
             params["system_prompt"] = self.system_prompt
         return params
-
-    def default_max_tokens_param(self) -> str:
-        """The cap's parameter before the endpoint says otherwise: by name for models known to refuse max_tokens."""
-        if self.max_tokens_param != "auto":
-            return self.max_tokens_param
-        return "max_completion_tokens" if REASONING_MODELS.match(self.model or "") else "max_tokens"
-
-    def api_key(self) -> str:
-        """The key from ``api_key_env``; loopback endpoints (vLLM, transformers serve) accept any key."""
-        key = os.environ.get(self.api_key_env)
-        if key:
-            return key
-        if is_loopback(self.base_url):
-            return "EMPTY"
-        raise E5MistralError(
-            f"no API key: set the environment variable {self.api_key_env} (or choose another with --api-key-env)"
-        )
-
-    def public_dict(self) -> dict:
-        """Settings safe to write to disk and cards (the key is never a field, only its variable's name)."""
-        return asdict(self)
-
-
-def is_loopback(url: str | None) -> bool:
-    host = urlparse(url or "").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -11,9 +11,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..llm.journal import STATUS_OK, Request
 from ..text import match_key
 from .config import SynthesisArguments
-from .journal import STATUS_OK, Request
 from .parsing import Rejected, parse_brainstorm_answer
 from .plan import (
     assign_tasks,

@@ -11,11 +11,10 @@ import logging
 from pathlib import Path
 
 from ..errors import E5MistralError
-from .config import SynthesisArguments
 from .cost import Budget
-from .journal import STATUS_FAILED, STATUS_OK, Journal, Request, make_record
-from .plan import request_id
-from .structured import SCHEMA_FORMATS, detect
+from .formats import SCHEMA_FORMATS, detect
+from .journal import STATUS_FAILED, STATUS_OK, Journal, Request, make_record, request_id
+from .settings import EndpointArguments
 
 
 logger = logging.getLogger(__name__)
@@ -25,13 +24,13 @@ CONNECT_TIMEOUT_S = 10.0
 RUN_SETTINGS_FILE = "run_config.json"  # an output folder's settings and the format its endpoint settled on
 
 
-def save_settings(args: SynthesisArguments, output: Path, detection: dict) -> None:
+def save_settings(args: EndpointArguments, output: Path, detection: dict) -> None:
     """Write the run's public settings and its resolved format, which ``stored_detection`` reads back on resume."""
     settings = {**args.public_dict(), "response_format_resolved": detection}
     (output / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
-def stored_detection(args: SynthesisArguments, output: Path) -> dict | None:
+def stored_detection(args: EndpointArguments, output: Path) -> dict | None:
     """The format to send without asking: ``none`` when asked for, else what an earlier run of the same
     endpoint and model settled on (so a resumed run keeps its ids and needs no probe)."""
     if args.response_format == "none":
@@ -50,10 +49,11 @@ def stored_detection(args: SynthesisArguments, output: Path) -> dict | None:
     return resolved if same and resolved.get("chosen") in ("none",) + SCHEMA_FORMATS else None
 
 
-async def detect_response_format(args: SynthesisArguments, backend, journal: Journal) -> dict:
-    """``{"chosen", "refused", "max_tokens_param"}``: ask the endpoint once which schema shape it enforces
-    (``auto``), or check the one asked for, through ``backend`` (its client is the caller's to close). Every probe
-    attempt is journaled like any request, so the report counts its requests and tokens."""
+async def detect_response_format(args: EndpointArguments, backend, journal: Journal, sampling: dict) -> dict:
+    """``{"chosen", "refused", "max_tokens_param"[, "default_sampling"]}``: ask the endpoint once which schema
+    shape it enforces (``auto``), or check the one asked for, through ``backend`` (its client is the caller's to
+    close), with the stage's ``sampling``. Every probe attempt is journaled like any request, so the report counts
+    its requests and tokens."""
     import openai
 
     from .online import FATAL_STATUS, EndpointError
@@ -99,7 +99,7 @@ async def detect_response_format(args: SynthesisArguments, backend, journal: Jou
             try:
                 found = await detect(
                     lambda body: backend.retry_rate_limits(send, body),
-                    args.generation_params(max_tokens_param=cap, default_sampling=default_sampling),
+                    args.request_params({} if default_sampling else sampling, max_tokens_param=cap),
                     SCHEMA_FORMATS if requested == "auto" else (requested,),
                 )
                 break
@@ -137,7 +137,7 @@ async def detect_response_format(args: SynthesisArguments, backend, journal: Jou
     return {**found.to_dict(), "max_tokens_param": cap, **({"default_sampling": True} if default_sampling else {})}
 
 
-def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
+def make_backend(args: EndpointArguments, output: Path, budget: Budget):
     """The client (AsyncOpenAI or AsyncAzureOpenAI, retries off: the backend retries) and the backend."""
     import openai
 

@@ -40,11 +40,11 @@ from ..compat import (
 from ..errors import E5MistralError
 from .cost import Budget, worst_case_cost
 from .journal import STATUS_FAILED, STATUS_OK, STATUS_REFUSED, Journal, Request, make_record
+from .settings import HTTP_CLIENTS
 
 
 logger = logging.getLogger(__name__)
 
-HTTP_CLIENTS = ("auto", "aiohttp", "httpx")
 FATAL_STATUS = {
     401: "the endpoint rejected the API key",
     403: "the endpoint refused access",
