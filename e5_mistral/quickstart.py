@@ -373,13 +373,12 @@ def evaluation_runs(args: QuickstartArguments, heldout: Path) -> list[tuple[str,
         by_rows.setdefault(rows, []).append(task)
     for rows, group in by_rows.items():
         budget = ["--max-rows", str(rows)] if rows else []
-        # Classification on the embeddings before the final Normalize, as the paper evaluates it.
         runs.append(
             (
                 f"benchmarks-{group[0]}",
                 Path(benchmarks_dir),
                 group,
-                ["--instructions", "paper", *budget, "--raw-classification-embeddings"],
+                ["--instructions", "paper", *budget],
             )
         )
     return runs

@@ -9,31 +9,8 @@ import time
 
 from e5_mistral.synthesis.cli import main as generate_main
 from tests.fake_openai import FakeOpenAIServer
+from tests.helpers import generate_argv, one_line
 from tests.helpers.synthesis_fakes import responder
-
-
-def _argv(base_url: str, output, *extra: str) -> list[str]:
-    return [
-        "--model",
-        "fake-llm",
-        "--base-url",
-        base_url,
-        "--output",
-        str(output),
-        "--languages",
-        "English",
-        "German",
-        "--retry-initial-wait",
-        "0.01",
-        "--no-progress",
-        *extra,
-    ]
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_a_reasoning_model_gets_json_schema_and_answers(tmp_path, monkeypatch):
@@ -42,7 +19,7 @@ def test_a_reasoning_model_gets_json_schema_and_answers(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeOpenAIServer(responder=responder, structured="openai", reasoning_tokens=200) as server:
         # the two families for which the fake responder plants no bad answer
-        argv = _argv(
+        argv = generate_argv(
             server.base_url, tmp_path / "out", "--num-examples", "20", "--families", "short_short", "long_long"
         )
         code = generate_main(argv)
@@ -80,7 +57,7 @@ def test_the_judge_gets_answers_from_a_reasoning_model(tmp_path):
     assert counts["dropped"] == 6 and [r["negative"] for r in kept] == [[f"An unrelated text {i}."] for i in range(6)]
 
 
-def test_an_endpoint_that_takes_no_connection_fails_fast_in_one_line(tmp_path, capsys, monkeypatch):
+def test_an_endpoint_that_takes_no_connection_fails_fast_inone_line(tmp_path, capsys, monkeypatch):
     """A loopback port whose listen queue is full: connecting hangs, as with a firewalled host."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     listener = socket.socket()
@@ -96,12 +73,12 @@ def test_an_endpoint_that_takes_no_connection_fails_fast_in_one_line(tmp_path, c
     time.sleep(0.2)
     started = time.monotonic()
     try:
-        code = generate_main(_argv(f"http://127.0.0.1:{port}/v1", tmp_path / "out", "--num-examples", "4"))
+        code = generate_main(generate_argv(f"http://127.0.0.1:{port}/v1", tmp_path / "out", "--num-examples", "4"))
     finally:
         for s in [listener, *fillers]:
             s.close()
     elapsed = time.monotonic() - started
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert code == 1 and elapsed <= 30, elapsed
     assert "cannot reach the endpoint" in line and str(port) in line
 
@@ -112,9 +89,9 @@ def test_a_run_whose_every_request_is_refused_stops_early(fake_openai, tmp_path,
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     fake_openai.responder = responder
     fake_openai.force("400", 500)
-    argv = _argv(fake_openai.base_url, tmp_path / "out", "--num-examples", "200", "--response-format", "none")
+    argv = generate_argv(fake_openai.base_url, tmp_path / "out", "--num-examples", "200", "--response-format", "none")
     code = generate_main([*argv, "--concurrency", "4"])
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert code == 1
     assert f"refused the first {REFUSAL_BREAKER} requests" in line and "HTTP 400" in line and "--retry-refused" in line
     assert REFUSAL_BREAKER <= fake_openai.stats.requests <= REFUSAL_BREAKER + 4
@@ -123,7 +100,7 @@ def test_a_run_whose_every_request_is_refused_stops_early(fake_openai, tmp_path,
 def test_refused_examples_are_reported_apart_from_unfinished(fake_openai, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     fake_openai.responder = responder
-    argv = _argv(fake_openai.base_url, tmp_path / "out", "--num-examples", "12", "--response-format", "none")
+    argv = generate_argv(fake_openai.base_url, tmp_path / "out", "--num-examples", "12", "--response-format", "none")
     fake_openai.force("ok", 4)  # the brainstorm answers (one a family of the two below)
     fake_openai.force("400", 2)
     code = generate_main([*argv, "--families", "short_long", "sts", "--concurrency", "1"])

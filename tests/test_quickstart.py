@@ -43,8 +43,8 @@ def test_benchmarks_are_whole_test_sets_or_large_spread_samples(benchmarks_dir, 
 
     runs = evaluation_runs(QuickstartArguments(benchmarks_dir=str(benchmarks_dir)), tmp_path)
     groups = {tuple(tasks): extra for _, _, tasks, extra in runs}
-    assert groups[("STSBenchmark",)] == ["--instructions", "paper", "--raw-classification-embeddings"]  # whole
-    assert groups[("SICK-R",)] == ["--instructions", "paper", "--max-rows", "1000", "--raw-classification-embeddings"]
+    assert groups[("STSBenchmark",)] == ["--instructions", "paper"]  # whole
+    assert groups[("SICK-R",)] == ["--instructions", "paper", "--max-rows", "1000"]
     quick = evaluation_runs(QuickstartArguments(benchmarks_dir=str(benchmarks_dir), eval_max_rows=8), tmp_path)
     assert {tuple(tasks): extra[2:4] for _, _, tasks, extra in quick}[("STSBenchmark", "SICK-R")] == [
         "--max-rows",

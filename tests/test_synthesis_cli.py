@@ -8,34 +8,12 @@ import pytest
 
 from e5_mistral.synthesis.cli import main
 from tests.fake_openai import FakeOpenAIServer
+from tests.helpers import generate_argv, one_line
 from tests.helpers.synthesis_fakes import responder
 
 
 def _argv(base_url, output, *extra, languages=("English", "German")):
-    return [
-        "--model",
-        "fake-llm",
-        "--base-url",
-        base_url,
-        "--output",
-        str(output),
-        "--num-examples",
-        "12",
-        "--timeout",
-        "2",
-        "--retry-initial-wait",
-        "0.01",
-        "--no-progress",
-        *extra,
-        *(["--languages", *languages] if languages else []),
-    ]
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+    return generate_argv(base_url, output, "--num-examples", "12", "--timeout", "2", *extra, languages=languages)
 
 
 def test_generate_writes_the_dataset_and_loads_back(fake_openai, tmp_path, capsys, monkeypatch):
@@ -74,7 +52,7 @@ def test_generate_writes_the_dataset_and_loads_back(fake_openai, tmp_path, capsy
 def test_unreachable_endpoint_is_one_line_and_exit_1(tmp_path, capsys):
     code = main(_argv("http://127.0.0.1:9/v1", tmp_path / "out"), prog="e5-mistral generate")
     assert code == 1
-    assert "cannot reach the endpoint http://127.0.0.1:9/v1" in _one_line(capsys.readouterr().err)
+    assert "cannot reach the endpoint http://127.0.0.1:9/v1" in one_line(capsys.readouterr().err)
 
 
 def test_rejected_key_stops_the_run(tmp_path, capsys, monkeypatch):
@@ -82,7 +60,7 @@ def test_rejected_key_stops_the_run(tmp_path, capsys, monkeypatch):
     with FakeOpenAIServer(responder=responder, api_key="right-key") as server:
         code = main(_argv(server.base_url, tmp_path / "out", "--api-key-env", "MY_KEY"), prog="e5-mistral generate")
     assert code == 1
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert "rejected the API key (HTTP 401" in line and "wrong-key" not in line
 
 
@@ -93,7 +71,7 @@ def test_missing_key_for_a_remote_endpoint_names_the_variable(tmp_path, capsys, 
         prog="e5-mistral generate",
     )
     assert code == 1
-    assert "set the environment variable NO_SUCH_KEY_VAR" in _one_line(capsys.readouterr().err)
+    assert "set the environment variable NO_SUCH_KEY_VAR" in one_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(
@@ -109,7 +87,7 @@ def test_missing_key_for_a_remote_endpoint_names_the_variable(tmp_path, capsys, 
 def test_bad_configuration(tmp_path, capsys, extra, code, message):
     argv = _argv("http://127.0.0.1:9/v1", tmp_path / "out", *extra, languages=None)
     assert main(argv, prog="e5-mistral generate") == code
-    assert message in _one_line(capsys.readouterr().err)
+    assert message in one_line(capsys.readouterr().err)
 
 
 def test_secrets_never_reach_disk_or_output(fake_openai, tmp_path, capsys, monkeypatch):

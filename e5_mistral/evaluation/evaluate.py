@@ -22,6 +22,11 @@ from .prompts import model_prompts_for
 
 logger = logging.getLogger(__name__)
 
+# What classification tasks are scored on: the embeddings before the model's final Normalize (the paper's
+# evaluation, its default here) or the model's own output (mteb's).
+CLASSIFICATION_EMBEDDINGS = ("unnormalized", "normalized")
+SETTINGS_NAME = "evaluation.json"  # beside summary.json: the settings that decide its scores
+
 
 def resolve_tasks(
     names: Sequence[str],
@@ -192,14 +197,16 @@ def evaluate(
     show_progress_bar: bool = True,
     subsets: Sequence[str] | None = None,
     corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY,
-    raw_classification_embeddings: bool = False,
+    classification_embeddings: str = "unnormalized",
 ) -> dict:
     """Evaluate one or more models on ``tasks`` with mteb and write ``output_dir/summary.json``.
 
     Returns ``{task: main_score}`` for one model, ``{model: {task: main_score}}`` for several (the same shape
     as ``summary.json``). Scores are mteb's ``main_score`` on its 0-1 scale. A task that fails is logged and left
-    out, the others are kept; a RuntimeError at the end names the failures. ``raw_classification_embeddings``
-    gives classification tasks the embeddings before the model's final Normalize, as the paper's evaluation does.
+    out, the others are kept; a RuntimeError at the end names the failures. ``classification_embeddings``
+    "unnormalized" (default) gives classification tasks the embeddings before the model's final Normalize, as the
+    paper's evaluation does; "normalized" gives them the model's own output, as mteb does. The settings that
+    decide the scores go to ``output_dir/evaluation.json`` (the model card says which was used).
     """
     import mteb
 
@@ -209,10 +216,18 @@ def evaluate(
     if batch_size < 1:
         raise E5MistralError(f"--batch-size must be at least 1, got {batch_size}")
     model_prompts_for([], instructions)  # validates the mode before any loading
+    if classification_embeddings not in CLASSIFICATION_EMBEDDINGS:
+        raise E5MistralError(
+            f"--classification-embeddings must be one of {', '.join(CLASSIFICATION_EMBEDDINGS)}, "
+            f"not {classification_embeddings!r}"
+        )
     task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows, subsets, corpus_per_query)
     task_names = [t.metadata.name for t in task_objects]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"instructions": instructions, "classification_embeddings": classification_embeddings}
+    settings.update({"max_rows": max_rows, "dtype": dtype, "max_seq_length": max_seq_length})
+    (output_dir / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     labels = unique_labels(models)
     several = len(models) > 1
 
@@ -225,9 +240,8 @@ def evaluate(
         own_prompts = {k: v for k, v in (getattr(st_model, "prompts", None) or {}).items() if v}
         prompts = model_prompts_for(task_objects, instructions, own_prompts)
         cache = mteb.ResultCache(cache_path=output_dir / label if several else output_dir)
-        classification = [
-            t for t in task_objects if t.metadata.type == "Classification" and raw_classification_embeddings
-        ]
+        unnormalized = classification_embeddings == "unnormalized"
+        classification = [t for t in task_objects if t.metadata.type == "Classification" and unnormalized]
         others = [t for t in task_objects if t not in classification]
         scores = {}
         for group, raw in ((others, False), (classification, True)):

@@ -39,6 +39,15 @@ class EvalScore:
     dataset: str | None = None
 
 
+def load_eval_settings(summary: Path) -> dict:
+    """The settings ``e5-mistral evaluate`` wrote beside ``summary`` (``evaluation.json``); {} for other sources."""
+    settings = summary.with_name("evaluation.json")
+    try:
+        return json.loads(settings.read_text(encoding="utf-8")) if settings.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
 def load_eval_results(path: str | Path) -> tuple[list[EvalScore], Path]:
     """Read ``summary.json`` (or a folder holding it): ``{task: main_score}`` with scores in 0-1."""
     path = Path(path).expanduser()
@@ -140,6 +149,7 @@ def render_model_card(
     is_lora: bool = False,
     eval_results: list[EvalScore] | None = None,
     eval_source: str | None = None,
+    eval_settings: dict | None = None,
     license: str | None = None,
     version: str = "",
 ) -> str:
@@ -208,6 +218,8 @@ def render_model_card(
         versions=run_config.versions or {},
         eval_results=eval_results or [],
         eval_source=eval_source,
+        classification_embeddings=(eval_settings or {}).get("classification_embeddings"),
+        has_classification=any(r.type == "Classification" for r in eval_results or []),
         eval_average=(sum(r.score for r in eval_results) / len(eval_results)) if eval_results else None,
         extra_limitations=[],
     )
