@@ -103,6 +103,7 @@ class _FakeRun:
             "rejected": {},
             "duplicates_removed": 0,
             "failed": self.failed,
+            "failed_reasons": {"RateLimitError": self.failed},
             "planned": 10,
             "prompt_tokens": 1,
             "completion_tokens": 1,
