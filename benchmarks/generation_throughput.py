@@ -7,7 +7,7 @@ requests per second (64 / 0.2 s = 320/s); the script prints each mode's examples
 * ``raw gather``: plain ``asyncio.gather`` of ``AsyncOpenAI().chat.completions.create`` calls under a
   semaphore, with the client's default httpx transport (the baseline: what a hand-written loop gets);
 * ``raw gather, aiohttp``: the same over ``openai.DefaultAioHttpClient``;
-* ``OnlineBackend``: ``e5_mistral.synthesis.online.OnlineBackend.run`` with a real (fsynced) journal, over the
+* ``OnlineBackend``: ``e5_mistral.llm.online.OnlineBackend.run`` with a real (fsynced) journal, over the
   transport ``--http-client`` picks (default ``auto``: aiohttp when installed), and ``OnlineBackend, httpx``;
 * ``OnlineBackend, no fsync``: the same with the journal's per-record ``os.fsync`` patched out (diagnostic
   only: it shows what the durability guarantee costs on this disk, whose fsync latency is printed too);
@@ -24,7 +24,7 @@ which weigh more in a short run: the default 1920 requests (6 s at the ideal rat
 
 The fake server runs in a child process by default (``--server-in-process`` to share this one).
 
-    python benchmarks/generation_throughput.py --concurrency 64 --latency 0.2
+    python -m benchmarks.generation_throughput --concurrency 64 --latency 0.2
 """
 
 from __future__ import annotations
@@ -40,16 +40,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import openai
+
+from e5_mistral.llm.online import HTTP_CLIENTS, OnlineBackend, make_http_client
+from e5_mistral.synthesis.parsing import Rejected, parse_example
+from e5_mistral.synthesis.plan import example_request, sample_slots
+from tests.fake_openai import FakeOpenAIServer
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # tests.fake_openai lives in the repository, not the package
-
-import openai  # noqa: E402
-
-from e5_mistral.synthesis.online import HTTP_CLIENTS, OnlineBackend, make_http_client  # noqa: E402
-from e5_mistral.synthesis.parsing import Rejected, parse_example  # noqa: E402
-from e5_mistral.synthesis.plan import example_request, sample_slots  # noqa: E402
-from tests.fake_openai import FakeOpenAIServer  # noqa: E402
 
 
 FAMILY = "short_long"
@@ -126,7 +125,7 @@ def online_backend_without_fsync(
 ) -> int:
     from unittest import mock
 
-    from e5_mistral.synthesis import journal
+    from e5_mistral.llm import journal
 
     with mock.patch.object(journal.os, "fsync", lambda fd: None):
         return asyncio.run(online_backend(base_url, requests, concurrency, directory / "nofsync", http_client))
@@ -148,8 +147,8 @@ async def online_backend(
 ) -> int:
     """``limits``: a budget (each request's worst case reserved, then reconciled) and --rpm/--tpm buckets, all set
     far above what the run needs, so that only their bookkeeping is measured."""
-    from e5_mistral.synthesis.cost import Budget
-    from e5_mistral.synthesis.runner import ObservedJournal
+    from e5_mistral.llm.cost import Budget
+    from e5_mistral.llm.journal import ObservedJournal
 
     client = openai.AsyncOpenAI(
         base_url=base_url, api_key="EMPTY", max_retries=0, http_client=make_http_client(http_client)

@@ -1,7 +1,7 @@
 """GPU check of the training stage: throughput and MFU, GradCache, ZeRO-3 and FSDP save-and-reload, in one command.
 
-    python benchmarks/gpu_check.py --json gpu_check.json             # one H100/H200: Mistral-7B shape, bf16
-    python benchmarks/gpu_check.py --device cpu --tiny --json x.json  # every code path but the CUDA kernels (CI)
+    python -m benchmarks.gpu_check --json gpu_check.json             # one H100/H200: Mistral-7B shape, bf16
+    python -m benchmarks.gpu_check --device cpu --tiny --json x.json  # every code path but the CUDA kernels (CI)
 
 No download: the backbone is a Mistral-7B-shaped configuration (hidden 4096, MLP 14336, 32 layers, 32 heads with 8
 key/value heads, vocabulary 32000; ``--layers`` for fewer) with random bf16 weights built on the device, and the
@@ -39,12 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.train_throughput import make_rows, peak_bytes, step_callbacks
+
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from train_throughput import make_rows, peak_bytes, step_callbacks  # noqa: E402
 
 
 MISTRAL_7B = dict(

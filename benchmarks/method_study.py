@@ -5,9 +5,9 @@ the full STSBenchmark test set and on SICK-R, beside all-MiniLM-L6-v2 on the sam
 thing (the amount of data, the generator, the training, the ranking-consistency filter, mined negatives, merging)
 and is trained under two seeds.
 
-    python benchmarks/method_study.py --benchmarks-dir ../shared/benchmarks            # every cell, then the page
-    python benchmarks/method_study.py --benchmarks-dir ../shared/benchmarks --cells base-100 data-300
-    python benchmarks/method_study.py --report-only                                   # the page from saved scores
+    python -m benchmarks.method_study --benchmarks-dir ../shared/benchmarks            # every cell, then the page
+    python -m benchmarks.method_study --benchmarks-dir ../shared/benchmarks --cells base-100 data-300
+    python -m benchmarks.method_study --report-only                                   # the page from saved scores
 
 Every stage is cached under ``--output`` (default ``outputs/study``) and skipped when its result is there, so the
 study runs in pieces. What it needs to go on without that folder is kept in ``benchmarks/study_data/``: each

@@ -9,7 +9,7 @@ Rows: the (query, relevant document) pairs of a BEIR folder, with its whole corp
 e.g. ../shared/benchmarks/SciFact: 339 pairs, 5,183 documents), or by default the bundled hand-written sample's
 training rows (every family), with their positives as candidates.
 
-    python benchmarks/mine_throughput.py --beir ../shared/benchmarks/SciFact
+    python -m benchmarks.mine_throughput --beir ../shared/benchmarks/SciFact
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from e5_mistral.mining.hard_negatives import MiningArguments, mine_config, training_pair  # noqa: E402
+from e5_mistral.mining.hard_negatives import MiningArguments, mine_config, training_pair
 
 
 def beir_rows(folder: Path) -> tuple[list[dict], list[str]]:

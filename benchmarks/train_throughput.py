@@ -1,8 +1,8 @@
 """Training throughput and GradCache memory: E5Trainer vs sentence-transformers, same backbone, data, batch, length.
 
-    python benchmarks/train_throughput.py                       # tiny random Mistral (hidden 256, 4 layers), CPU
-    python benchmarks/train_throughput.py --model smollm2 --batch-size 32 --seq-len 128 --measure speed
-    python benchmarks/train_throughput.py --model PATH --device cuda --big-batch 2048 --chunk 64
+    python -m benchmarks.train_throughput                       # tiny random Mistral (hidden 256, 4 layers), CPU
+    python -m benchmarks.train_throughput --model smollm2 --batch-size 32 --seq-len 128 --measure speed
+    python -m benchmarks.train_throughput --model PATH --device cuda --big-batch 2048 --chunk 64
 
 Measured (each in its own process, LoRA r16 on the same backbone, 1 hard negative, tau 0.02 / scale 50):
   * samples/s of E5Trainer vs SentenceTransformerTrainer + MultipleNegativesRankingLoss (batch --batch-size);
@@ -15,7 +15,7 @@ Texts vary in length as in real data (queries short, documents from short to lon
 --fixed-length makes every text longer than --seq-len, so nothing is padded. samples/s is the batch over the
 fastest timed step, and runs are interleaved --repeats times with the best kept: other processes on the
 machine only ever slow a step down.
-Targets (issue 4): E5Trainer >= 1.2x MNRL; GradCache peak at the big batch <= 1.3x the small uncached batch.
+Targets: E5Trainer >= 1.2x MNRL; GradCache peak at the big batch <= 1.3x the small uncached batch.
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ def make_rows(n: int, seq_len: int, fixed_length: bool = False) -> list[dict]:
 
 def model_path(name: str, workdir: Path) -> str:
     if name == "tiny":
-        sys.path.insert(0, str(REPO))
         from tests.tiny_models import build_tiny_mistral
 
         return str(build_tiny_mistral(workdir / "tiny", hidden_size=256, num_layers=4))

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from transformers import HfArgumentParser
 
+from .compat import DefaultOnceHelpFormatter, move_to_group
 from .errors import E5MistralError
 
 
@@ -48,7 +49,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class CommandParser(HfArgumentParser):
-    """``HfArgumentParser`` whose usage errors are one clear line and exit code 2."""
+    """``HfArgumentParser`` whose usage errors are one clear line and exit code 2, whose ``--help`` lists the
+    options in the groups of each dataclass's ``HELP_GROUPS`` and shows a default once."""
+
+    def __init__(self, dataclass_types, **kwargs):
+        super().__init__(dataclass_types, formatter_class=DefaultOnceHelpFormatter, **kwargs)
+        by_dest = {action.dest: action for action in self._actions}
+        for dtype in dataclass_types:
+            for title, names in getattr(dtype, "HELP_GROUPS", {}).items():
+                group = self.add_argument_group(title)
+                for name in names:
+                    move_to_group(self, by_dest[name], group)
 
     def error(self, message: str):  # noqa: D401 - argparse hook
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -307,6 +307,7 @@ def _rows(dataset: Path, config: str) -> int:
 def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
     """The sample's test split as offline tasks: retrieval over every family (BEIR layout) and STS."""
     from .instructions import format_query
+    from .text import match_key
 
     rows = {
         family: [json.loads(line) for line in open(sample_dir / family / "test.jsonl", encoding="utf-8")]
@@ -316,7 +317,7 @@ def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
     documents, queries, qrels = {}, [], []
 
     def add_document(text: str) -> str:
-        doc = ids.setdefault(" ".join(text.casefold().split()), f"d{len(ids)}")
+        doc = ids.setdefault(match_key(text), f"d{len(ids)}")
         documents[doc] = text
         return doc
 
@@ -380,13 +381,12 @@ def evaluation_runs(args: QuickstartArguments, heldout: Path) -> list[tuple[str,
         by_rows.setdefault(rows, []).append(task)
     for rows, group in by_rows.items():
         budget = ["--max-rows", str(rows)] if rows else []
-        # Classification on the embeddings before the final Normalize, as the paper evaluates it.
         runs.append(
             (
                 f"benchmarks-{group[0]}",
                 Path(benchmarks_dir),
                 group,
-                ["--instructions", "paper", *budget, "--raw-classification-embeddings"],
+                ["--instructions", "paper", *budget],
             )
         )
     return runs
@@ -421,17 +421,18 @@ def collect_scores(commands, models: dict[str, Path]) -> tuple[dict[str, dict[st
     """(column -> task -> score, column -> task -> its paired difference from the first column), from the
     summaries and ``paired.json`` files of the evaluate calls (keyed by each model's label)."""
     from .evaluation.evaluate import unique_labels
+    from .evaluation.paired import PairedDifference
 
     labels = dict(zip(models, unique_labels([str(m) for m in models.values()])))
     table: dict[str, dict[str, float]] = {column: {} for column in models}
-    paired: dict[str, dict] = {column: {} for column in list(models)[1:]}
+    paired: dict[str, dict[str, PairedDifference]] = {column: {} for column in list(models)[1:]}
     for summary, _ in commands:
         scores = json.loads(summary.read_text())
         differences = json.loads(summary.with_name("paired.json").read_text())
         for column, label in labels.items():
             table[column].update(scores[label])
             if column in paired:
-                paired[column].update(differences.get(label, {}))
+                paired[column].update({t: PairedDifference(**d) for t, d in differences.get(label, {}).items()})
     return table, paired
 
 
@@ -441,25 +442,6 @@ def _has_every_model(summary: Path, models: dict[str, Path]) -> bool:
     if not summary.is_file() or not summary.with_name("paired.json").is_file():
         return False
     return set(unique_labels([str(m) for m in models.values()])) <= set(json.loads(summary.read_text()))
-
-
-def results_table(table: dict[str, dict[str, float]], paired: dict[str, dict]) -> str:
-    """Scores per column, then each later column minus the first with its paired 95 % bootstrap interval over the
-    task's items, bold where the interval excludes 0."""
-    from .evaluation.evaluate import format_difference
-    from .evaluation.paired import PairedDifference
-
-    columns = list(table)
-    tasks = sorted({task for scores in table.values() for task in scores})
-    headers = [*columns, *(f"{c.split(' (')[0]} - before (95 % CI)" for c in paired)]
-    lines = ["| task (items) | " + " | ".join(headers) + " |", "| --- |" + " ---: |" * len(headers)]
-    for task in tasks:
-        differences = {c: PairedDifference(**paired[c][task]) if task in paired[c] else None for c in paired}
-        items = next((d.items for d in differences.values() if d is not None), None)
-        cells = [f"{table[c].get(task, float('nan')):.4f}" for c in columns]
-        cells += [format_difference(d) for d in differences.values()]
-        lines.append(f"| {task}" + (f" ({items:,})" if items else "") + " | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 BEFORE = "before (raw SmolLM2, last token)"
@@ -577,7 +559,9 @@ def quickstart(args: QuickstartArguments) -> int:
             step.call("evaluate", argv, evaluate_main)
     table, paired = collect_scores(commands, models)
 
-    text = results_table(table, paired)
+    from .evaluation.evaluate import markdown_table
+
+    text = markdown_table(table, sorted({task for scores in table.values() for task in scores}), paired)
     print("\n" + text)
     print(
         "\nstep times (s): "
@@ -585,7 +569,16 @@ def quickstart(args: QuickstartArguments) -> int:
         + f"; total {time.monotonic() - began:.0f}"
     )
     (out / "results.md").write_text(text + "\n")
-    (out / "results.json").write_text(json.dumps({"scores": table, "paired": paired, "seconds": timings}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "scores": table,
+                "paired": {c: {t: d.to_dict() for t, d in diffs.items()} for c, diffs in paired.items()},
+                "seconds": timings,
+            },
+            indent=2,
+        )
+    )
     print(f"\nresults: {out / 'results.md'}; the exported model: {models[after]}")
     return 0
 

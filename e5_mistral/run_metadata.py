@@ -7,7 +7,7 @@ validates it (:meth:`RunMetadata.from_file`), and the model card iterates its fi
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,57 @@ from .errors import E5MistralError
 from .pooling import POOLING_MODES
 
 
-RUN_CONFIG_NAME = "e5_mistral_config.json"
+RUN_METADATA_FILE = "e5_mistral_config.json"
+
+
+@dataclass
+class TrainingHyperparameters:
+    """The training run's hyper-parameters, as the model card lists them (None: not recorded)."""
+
+    learning_rate: float | None = None
+    per_device_train_batch_size: int | None = None
+    # The contrastive batch: every process's documents are negatives; gradient accumulation adds none.
+    global_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    gradcache_chunk_size: int | None = None
+    num_train_epochs: float | None = None
+    max_steps: int | None = None
+    warmup_steps: int | None = None
+    weight_decay: float | None = None
+    lr_scheduler_type: str | None = None
+    world_size: int | None = None
+    seed: int | None = None
+    bf16: bool | None = None
+    fp16: bool | None = None
+
+    @classmethod
+    def from_training_args(cls, args) -> "TrainingHyperparameters":
+        """From a ``TrainingArguments`` (or the project's subclass)."""
+        return cls(
+            learning_rate=args.learning_rate,
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            global_batch_size=args.per_device_train_batch_size * args.world_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            gradcache_chunk_size=getattr(args, "gradcache_chunk_size", None),
+            num_train_epochs=args.num_train_epochs,
+            max_steps=args.max_steps,
+            warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay,
+            lr_scheduler_type=str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            world_size=args.world_size,
+            seed=args.seed,
+            bf16=bool(args.bf16),
+            fp16=bool(args.fp16),
+        )
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TrainingHyperparameters":
+        known = {spec.name for spec in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def recorded(self) -> dict[str, Any]:
+        """The hyper-parameters that were recorded, in declaration order."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -31,7 +81,7 @@ class RunMetadata:
     temperature: float | None = None
     lora: dict[str, Any] | None = None
     datasets: list[dict[str, Any]] = field(default_factory=list)
-    training: dict[str, Any] = field(default_factory=dict)  # hyper-parameters, for the card
+    training: TrainingHyperparameters = field(default_factory=TrainingHyperparameters)
     versions: dict[str, Any] = field(default_factory=dict)
     merged: dict[str, Any] | None = None  # set by `e5-mistral merge`: the checkpoints, weights and method
 
@@ -42,12 +92,14 @@ class RunMetadata:
             raise E5MistralError(f"field 'max_seq_length' must be an integer >= 2, got {self.max_seq_length!r}")
         if not isinstance(self.datasets, list):
             raise E5MistralError("field 'datasets' must be a list")
+        if isinstance(self.training, dict):  # as read from the file
+            self.training = TrainingHyperparameters.from_dict(self.training)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / RUN_CONFIG_NAME
+        path = Path(folder) / RUN_METADATA_FILE
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         return path
 

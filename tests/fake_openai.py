@@ -94,11 +94,16 @@ class FakeOpenAIServer:
         structured: str | None = None,
         refuse_max_tokens: bool = False,
         headers: Callable[[str, int], dict] | None = None,
+        reasoning_tokens: int | None = None,
     ):
+        # As OpenAI's reasoning models (o-series, gpt-5): 400 to max_tokens and to any temperature but 1, and this
+        # many hidden reasoning tokens spent out of max_completion_tokens before the answer (an empty answer with
+        # finish_reason "length" when the cap leaves no room).
+        self.reasoning_tokens = reasoning_tokens
         # extra response headers: (answer kind, 0-based number of the chat request) -> {name: value}; they replace
         # the default Retry-After of a 429 when they name it
         self.headers = headers
-        self.refuse_max_tokens = refuse_max_tokens  # as OpenAI's reasoning models: 400 to max_tokens
+        self.refuse_max_tokens = refuse_max_tokens or reasoning_tokens is not None  # 400 to max_tokens
         if structured not in STRUCTURED_BEHAVIOURS:
             raise ValueError(f"structured must be one of {STRUCTURED_BEHAVIOURS}")
         self.structured = structured
@@ -198,6 +203,10 @@ class FakeOpenAIServer:
             content, finish_reason = content[: max(1, len(content) // 2)], "length"
         prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
         prompt_tokens, completion_tokens = max(1, prompt_chars // 4), max(1, len(content) // 4)
+        if self.reasoning_tokens is not None:
+            completion_tokens += self.reasoning_tokens
+            if completion_tokens > body.get("max_completion_tokens", completion_tokens):
+                content, finish_reason, completion_tokens = "", "length", body["max_completion_tokens"]
         return {
             "id": "chatcmpl-" + prompt_hash(body),
             "object": "chat.completion",
@@ -270,6 +279,12 @@ class FakeOpenAIServer:
                         400,
                         "Unsupported parameter: 'max_tokens' is not supported with this model. "
                         "Use 'max_completion_tokens' instead.",
+                    )
+                if server.reasoning_tokens is not None and body.get("temperature", 1) != 1:
+                    refusal = (
+                        400,
+                        f"Unsupported value: 'temperature' does not support {body['temperature']} with this model. "
+                        "Only the default (1) value is supported.",
                     )
                 if refusal is not None:
                     with server._lock:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from e5_mistral.evaluation.decontamination import TestIndex, normalize, read_training_data
+from e5_mistral.evaluation.decontamination import TestIndex, read_training_data
 from e5_mistral.evaluation.decontamination_cli import main as decontaminate_main
+from e5_mistral.text import match_key
 
 
 PROG = "e5-mistral decontaminate"
@@ -55,7 +56,7 @@ class TestMatching:
     def test_case_and_whitespace_are_ignored_short_texts_are_not_contamination(self):
         index = TestIndex(min_words=5)
         index.add("T", [LEAKED, "i need a coffee"])
-        assert normalize("  A  man\tis\nPLAYING ") == "a man is playing"
+        assert match_key("  A  man\tis\nPLAYING ") == "a man is playing"
         assert index.match("a MAN is   playing a large flute\nin the park today.") == [("T", "exact")]
         assert index.match("I need a COFFEE") == []  # 4 words: low entropy, as the paper
         assert index.match("A man is playing a large flute in the park") == []  # not the same text

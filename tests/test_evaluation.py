@@ -158,7 +158,7 @@ class TestEvaluateCLI:
         table = capsys.readouterr().out
         assert "| STSBenchmark | 82.03 |" in table and "| SICK-R | 77.58 |" in table
 
-    def test_raw_classification_embeddings_skip_only_the_final_normalize(
+    def test_classification_on_unnormalized_embeddings_by_default_skips_only_the_final_normalize(
         self, minilm_dir, tiny_tasks, tmp_path, monkeypatch
     ):
         import numpy as np
@@ -189,10 +189,22 @@ class TestEvaluateCLI:
             tmp_path / "out",
             benchmarks_dir=tiny_tasks,
             max_rows=10,
-            raw_classification_embeddings=True,
             show_progress_bar=False,
         )
         assert set(scores) == set(tasks) and sorted(seen.values()) == ["Normalize", "Pooling"]
+        settings = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+        assert settings["classification_embeddings"] == "unnormalized" and settings["max_rows"] == 10
+        seen.clear()
+        evaluate_module.evaluate(
+            str(minilm_dir),
+            ["TinyClassification"],
+            tmp_path / "normalized",
+            benchmarks_dir=tiny_tasks,
+            max_rows=10,
+            classification_embeddings="normalized",
+            show_progress_bar=False,
+        )
+        assert list(seen.values()) == ["Normalize"]  # mteb's way: the model's own output
 
     @pytest.mark.slow
     def test_several_models_one_table(self, minilm_dir, tiny_tasks, tmp_path, capsys):

@@ -133,7 +133,9 @@ def lora_run(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def eval_summary(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
-    (folder / "summary.json").write_text(json.dumps({"STSBenchmark": 0.8203, "SciFact": 0.4567}))
+    scores = {"STSBenchmark": 0.8203, "SciFact": 0.4567, "Banking77Classification": 0.7012}
+    (folder / "summary.json").write_text(json.dumps(scores))
+    (folder / "evaluation.json").write_text(json.dumps({"classification_embeddings": "unnormalized"}))
     return folder
 
 
@@ -274,6 +276,9 @@ def test_model_card_is_rendered_from_template(lora_export, tiny_model_dir):
     assert results["SciFact"].task_type == "Retrieval" and results["SciFact"].metric_type == "ndcg_at_10"
     text = card.text
     assert "82.03" in text and "45.67" in text and "2401.00368" in text and "@inproceedings{wang2024improving" in text
+    assert "Classification tasks were scored on the embeddings before the final L2 normalisation" in " ".join(
+        text.split()
+    )
     assert "LoRA (r=4" in text and "| learning_rate | 0.0001 |" in text and "temperature" in text
     assert "Synthetic retrieval triples generated for the export test." in text
     assert "model.encode_query(" in text and "model.encode_document(" in text and "AutoModel.from_pretrained" in text

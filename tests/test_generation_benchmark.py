@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-
-REPO = Path(__file__).resolve().parents[1]
+import importlib
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "generation_throughput", REPO / "benchmarks" / "generation_throughput.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.generation_throughput")
 
 
 def test_every_mode_is_reported_against_the_ideal(capsys):

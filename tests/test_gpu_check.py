@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -17,10 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.gpu_check")
 
 
 def test_flops_are_counted_as_documented():
@@ -42,7 +39,7 @@ def test_gpu_check_runs_every_check_on_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true"}
     proc = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--tiny", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny", "--json", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,

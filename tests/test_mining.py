@@ -141,8 +141,8 @@ def test_a_judged_run_killed_and_resumed_pays_no_answer_twice_and_drops_the_rele
     from collections import Counter
     from pathlib import Path
 
+    from e5_mistral.llm.journal import Journal
     from e5_mistral.mining.judge import verdict
-    from e5_mistral.synthesis.journal import Journal
     from tests.fake_openai import FaultRates
 
     fake_openai.responder = _judge_responder
@@ -192,10 +192,10 @@ def test_a_judged_run_killed_and_resumed_pays_no_answer_twice_and_drops_the_rele
     assert judged["unjudged"] == sum(1 for v in by_pair.values() if v is None)  # the malformed answers
     import pyarrow.parquet as pq
 
-    from e5_mistral.mining.judge import JudgeArguments, judge_request
+    from e5_mistral.mining.judge import SAMPLING, JudgeArguments, judge_request
 
     settings = JudgeArguments(judge_model="judge", judge_base_url=fake_openai.base_url, judge_response_format="none")
-    params = settings.endpoint(out / "judge").generation_params("none", "max_tokens")
+    params = settings.endpoint().request_params(SAMPLING, "none", "max_tokens")
     kept = 0
     for row in pq.read_table(out / "default" / mining.DATA_FILE).to_pylist():
         for negative, score in zip(row["negative"], row["negative_scores"]):

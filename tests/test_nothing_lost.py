@@ -103,6 +103,7 @@ class _FakeRun:
             "rejected": {},
             "duplicates_removed": 0,
             "failed": self.failed,
+            "failed_reasons": {"RateLimitError": self.failed},
             "planned": 10,
             "prompt_tokens": 1,
             "completion_tokens": 1,
@@ -279,7 +280,7 @@ def test_mine_names_a_teacher_it_cannot_load(tmp_path, capsys):
     [
         (["--languages", "Klingon"], "unknown language 'Klingon'"),
         (["--max-cost", "1"], "--max-cost needs a price for model 'no-price-model'"),
-        (["--backend", "carrier-pigeon"], "--backend must be online or batch"),
+        (["--backend", "carrier-pigeon"], "--backend must be one of online, batch"),
     ],
 )
 def test_generate_argument_errors_exit_2(tmp_path, capsys, flags, message):

@@ -43,8 +43,8 @@ def test_benchmarks_are_whole_test_sets_or_large_spread_samples(benchmarks_dir, 
 
     runs = evaluation_runs(QuickstartArguments(benchmarks_dir=str(benchmarks_dir)), tmp_path)
     groups = {tuple(tasks): extra for _, _, tasks, extra in runs}
-    assert groups[("STSBenchmark",)] == ["--instructions", "paper", "--raw-classification-embeddings"]  # whole
-    assert groups[("SICK-R",)] == ["--instructions", "paper", "--max-rows", "1000", "--raw-classification-embeddings"]
+    assert groups[("STSBenchmark",)] == ["--instructions", "paper"]  # whole
+    assert groups[("SICK-R",)] == ["--instructions", "paper", "--max-rows", "1000"]
     quick = evaluation_runs(QuickstartArguments(benchmarks_dir=str(benchmarks_dir), eval_max_rows=8), tmp_path)
     assert {tuple(tasks): extra[2:4] for _, _, tasks, extra in quick}[("STSBenchmark", "SICK-R")] == [
         "--max-rows",
@@ -107,7 +107,7 @@ def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchm
         assert difference["difference"] == pytest.approx(scores[AFTER][task] - scores[BEFORE][task], abs=0.01)
         assert difference["low"] <= difference["difference"] <= difference["high"]
     assert paired[AFTER]["STSBenchmark"]["items"] == 8
-    assert "| task (items) |" in first.stdout and "after - before (95 % CI)" in first.stdout
+    assert "| STSBenchmark (8 items) |" in first.stdout and "after - before (95 % CI)" in first.stdout
     assert "step times" in first.stdout
     assert "--response-format auto" in first.stdout and "Apache-2.0" in first.stdout  # Qwen's notice is stated
     for step in ("generate", "train", "export", "evaluate"):

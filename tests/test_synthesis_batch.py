@@ -8,13 +8,13 @@ import json
 import openai
 import pytest
 
-from e5_mistral.synthesis.batch import (
+from e5_mistral.llm.batch import (
     BatchBackend,
     import_results,
     split_batch_lines,
     write_batch_files,
 )
-from e5_mistral.synthesis.journal import Journal, Request
+from e5_mistral.llm.journal import Journal, Request
 from tests.fake_openai_batch import FakeBatchServer
 
 
@@ -94,7 +94,7 @@ class TestBatchFiles:
             split_batch_lines(make_requests(1, size=500), max_bytes=100)
 
     def test_batch_answers_are_priced_at_half(self):
-        from e5_mistral.synthesis.cost import load_price_table, record_cost
+        from e5_mistral.llm.cost import load_price_table, record_cost
 
         prices = load_price_table('{"m": {"input": 1.0, "output": 2.0}}')
         online = {"model": "m", "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}, "source": "online"}

@@ -8,34 +8,12 @@ import pytest
 
 from e5_mistral.synthesis.cli import main
 from tests.fake_openai import FakeOpenAIServer
+from tests.helpers import generate_argv, one_line
 from tests.helpers.synthesis_fakes import responder
 
 
 def _argv(base_url, output, *extra, languages=("English", "German")):
-    return [
-        "--model",
-        "fake-llm",
-        "--base-url",
-        base_url,
-        "--output",
-        str(output),
-        "--num-examples",
-        "12",
-        "--timeout",
-        "2",
-        "--retry-initial-wait",
-        "0.01",
-        "--no-progress",
-        *extra,
-        *(["--languages", *languages] if languages else []),
-    ]
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+    return generate_argv(base_url, output, "--num-examples", "12", "--timeout", "2", *extra, languages=languages)
 
 
 def test_generate_writes_the_dataset_and_loads_back(fake_openai, tmp_path, capsys, monkeypatch):
@@ -74,7 +52,7 @@ def test_generate_writes_the_dataset_and_loads_back(fake_openai, tmp_path, capsy
 def test_unreachable_endpoint_is_one_line_and_exit_1(tmp_path, capsys):
     code = main(_argv("http://127.0.0.1:9/v1", tmp_path / "out"), prog="e5-mistral generate")
     assert code == 1
-    assert "cannot reach the endpoint http://127.0.0.1:9/v1" in _one_line(capsys.readouterr().err)
+    assert "cannot reach the endpoint http://127.0.0.1:9/v1" in one_line(capsys.readouterr().err)
 
 
 def test_rejected_key_stops_the_run(tmp_path, capsys, monkeypatch):
@@ -82,7 +60,7 @@ def test_rejected_key_stops_the_run(tmp_path, capsys, monkeypatch):
     with FakeOpenAIServer(responder=responder, api_key="right-key") as server:
         code = main(_argv(server.base_url, tmp_path / "out", "--api-key-env", "MY_KEY"), prog="e5-mistral generate")
     assert code == 1
-    line = _one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
     assert "rejected the API key (HTTP 401" in line and "wrong-key" not in line
 
 
@@ -93,7 +71,7 @@ def test_missing_key_for_a_remote_endpoint_names_the_variable(tmp_path, capsys, 
         prog="e5-mistral generate",
     )
     assert code == 1
-    assert "set the environment variable NO_SUCH_KEY_VAR" in _one_line(capsys.readouterr().err)
+    assert "set the environment variable NO_SUCH_KEY_VAR" in one_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(
@@ -103,13 +81,13 @@ def test_missing_key_for_a_remote_endpoint_names_the_variable(tmp_path, capsys, 
         (["--languages", "Klingon"], 2, "unknown language 'Klingon'"),
         (["--extra-body", "{oops"], 2, "--extra-body is not valid JSON"),
         (["--max-cost", "5"], 2, "--max-cost needs a price for model 'fake-llm'"),
-        (["--backend", "carrier-pigeon"], 2, "--backend must be online or batch"),
+        (["--backend", "carrier-pigeon"], 2, "--backend must be one of online, batch, not"),
     ],
 )
 def test_bad_configuration(tmp_path, capsys, extra, code, message):
     argv = _argv("http://127.0.0.1:9/v1", tmp_path / "out", *extra, languages=None)
     assert main(argv, prog="e5-mistral generate") == code
-    assert message in _one_line(capsys.readouterr().err)
+    assert message in one_line(capsys.readouterr().err)
 
 
 def test_secrets_never_reach_disk_or_output(fake_openai, tmp_path, capsys, monkeypatch):
@@ -129,9 +107,9 @@ def test_secrets_never_reach_disk_or_output(fake_openai, tmp_path, capsys, monke
 def test_azure_uses_the_azure_client(tmp_path, monkeypatch):
     import openai
 
+    from e5_mistral.llm.cost import Budget
+    from e5_mistral.llm.endpoint import make_backend
     from e5_mistral.synthesis.config import SynthesisArguments
-    from e5_mistral.synthesis.cost import Budget
-    from e5_mistral.synthesis.runner import SynthesisRun
 
     monkeypatch.setenv("AZURE_KEY", "k")
     args = SynthesisArguments(
@@ -141,8 +119,7 @@ def test_azure_uses_the_azure_client(tmp_path, monkeypatch):
         azure_api_version="2024-10-21",
         api_key_env="AZURE_KEY",
     )
-    run = SynthesisRun(args)
-    backend = run._backend(Budget())
-    assert isinstance(run._client, openai.AsyncAzureOpenAI)
-    assert str(run._client.base_url).startswith("https://res.openai.azure.com/openai")
+    client, backend = make_backend(args, tmp_path, Budget())
+    assert isinstance(client, openai.AsyncAzureOpenAI)
+    assert str(client.base_url).startswith("https://res.openai.azure.com/openai")
     assert backend.concurrency == args.concurrency

@@ -11,14 +11,14 @@ import time
 import openai
 import pytest
 
-from e5_mistral.synthesis.batch import BatchBackend
+from e5_mistral.llm.batch import BatchBackend
+from e5_mistral.llm.cost import Budget, worst_case_tokens
+from e5_mistral.llm.journal import Journal, ObservedJournal, Request
+from e5_mistral.llm.online import OnlineBackend, parse_duration
 from e5_mistral.synthesis.cli import main as generate_main
 from e5_mistral.synthesis.config import SynthesisArguments
-from e5_mistral.synthesis.cost import Budget, worst_case_tokens
-from e5_mistral.synthesis.journal import Journal, Request
-from e5_mistral.synthesis.online import OnlineBackend, parse_duration
 from e5_mistral.synthesis.plan import family_counts, resolve_mix
-from e5_mistral.synthesis.runner import ObservedJournal, SynthesisRun
+from e5_mistral.synthesis.runner import SynthesisRun
 from tests.fake_openai_batch import FakeBatchServer
 from tests.helpers.synthesis_fakes import responder
 

@@ -10,9 +10,9 @@ import httpx2
 import openai
 import pytest
 
+from e5_mistral.llm.journal import Journal, Request
+from e5_mistral.llm.online import EndpointError, OnlineBackend, make_http_client
 from e5_mistral.synthesis import planner as planner_module
-from e5_mistral.synthesis.journal import Journal, Request
-from e5_mistral.synthesis.online import EndpointError, OnlineBackend, make_http_client
 from e5_mistral.synthesis.runner import generate
 from tests.fake_openai import FaultRates
 from tests.helpers.synthesis_fakes import responder, run_args
@@ -214,5 +214,5 @@ def test_the_example_plan_is_built_once_per_run(fake_openai, tmp_path, monkeypat
 def test_http_client_is_checked_with_the_other_settings():
     from e5_mistral.synthesis.config import SynthesisArguments
 
-    with pytest.raises(ValueError, match="--http-client must be auto, aiohttp or httpx"):
+    with pytest.raises(ValueError, match="--http-client must be one of auto, aiohttp, httpx"):
         SynthesisArguments(model="m", output="o", http_client="requests")

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from e5_mistral.synthesis.parsing import Rejected, normalize, parse_brainstorm, parse_brainstorm_answer, parse_example
+from e5_mistral.synthesis.parsing import Rejected, parse_brainstorm, parse_brainstorm_answer, parse_example
+from e5_mistral.text import match_key
 
 
 SL = {
@@ -118,7 +119,7 @@ def test_brainstorm_rejects(content, reason):
 
 
 def test_normalize_folds_case_and_whitespace():
-    assert normalize("  Hello\n  WORLD\t") == "hello world"
+    assert match_key("  Hello\n  WORLD\t") == "hello world"
 
 
 # Greedy SmolLM2-135M-Instruct brainstorm answers (shortened), as measured with a JSON-only system message.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from e5_mistral.synthesis.journal import Journal
+from e5_mistral.llm.journal import Journal
 from e5_mistral.synthesis.runner import SynthesisRun, generate
 from tests.fake_openai import prompt_hash
 from tests.helpers.synthesis_fakes import _family, prompt_of, responder, run_args

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from e5_mistral.synthesis.cost import worst_case_tokens
-from e5_mistral.synthesis.journal import Journal
-from e5_mistral.synthesis.parsing import normalize
+from e5_mistral.llm.cost import worst_case_tokens
+from e5_mistral.llm.journal import Journal
 from e5_mistral.synthesis.runner import SynthesisRun, generate
+from e5_mistral.text import match_key
 from tests.fake_openai import FaultRates
 from tests.helpers.synthesis_fakes import intended_outcome, responder, run_args
 
@@ -76,7 +76,7 @@ def test_faulty_endpoint_run_keeps_invariant_and_resumes_without_resending(fake_
         key = {"short_long": "user_query", "long_short": "input_text", "sts": "S1", "bitext": "S1"}.get(
             family, "input"
         )
-        keys = [normalize(r[key]) for r in rows if r["family"] == family]
+        keys = [match_key(r[key]) for r in rows if r["family"] == family]
         assert len(keys) == len(set(keys)), family
     assert sum(r["user_query"] == "What is the weather in Paris" for r in rows) == 1
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
@@ -170,8 +170,8 @@ def test_truncated_answers_are_rejected(fake_openai, tmp_path):
 
 
 def test_backend_batch_is_wired_to_the_batch_backend(fake_openai, tmp_path, monkeypatch):
-    from e5_mistral.synthesis import batch
-    from e5_mistral.synthesis.journal import make_record
+    from e5_mistral.llm import batch
+    from e5_mistral.llm.journal import make_record
 
     created = {}
 

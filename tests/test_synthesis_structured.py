@@ -8,8 +8,8 @@ import jsonschema
 import pytest
 
 from e5_mistral.families import FAMILIES, family_spec
+from e5_mistral.llm.journal import Journal
 from e5_mistral.synthesis.cli import main
-from e5_mistral.synthesis.journal import Journal
 from e5_mistral.synthesis.parsing import Rejected, parse_brainstorm, parse_example
 from e5_mistral.synthesis.runner import SynthesisRun, generate
 from e5_mistral.synthesis.structured import brainstorm_schema, example_schema, response_format
@@ -207,7 +207,7 @@ def test_a_second_run_on_the_same_folder_stops_naming_the_first_and_a_killed_hol
         [
             sys.executable,
             "-c",
-            "import sys, time; from e5_mistral.synthesis.lock import OutputLock; "
+            "import sys, time; from e5_mistral.llm.lock import OutputLock; "
             f"lock = OutputLock({str(tmp_path / 'out')!r}).__enter__(); print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,

@@ -249,3 +249,28 @@ def test_a_bad_in_batch_negatives_policy_names_the_dataset():
         E5DatasetConfig(path="d", in_batch_negatives={"long_short": "no"})
     with pytest.raises(ValueError, match="group_batches_by must be family or task"):
         E5DatasetConfig(path="d", group_batches_by="language")
+
+
+def test_two_table_14_instructions_are_picked_per_row_seeded(tmp_path):
+    """instruction: [nli, nli_symmetric] resolves both keys of TRAINING_INSTRUCTIONS and gives each row one of them,
+    the same one on every build with the same seed."""
+    from e5_mistral.instructions import TRAINING_INSTRUCTIONS
+
+    data = write_labeled(tmp_path / "nli.jsonl", [{"query": f"premise {i}", "positive": f"h{i}"} for i in range(40)])
+    config = E5DatasetConfig(path="json", data_files=str(data), instruction=["nli", "nli_symmetric"])
+    assert config.instruction == [TRAINING_INSTRUCTIONS["nli"], TRAINING_INSTRUCTIONS["nli_symmetric"]]
+    first, infos = build_mixture([config], seed=3)
+    again, _ = build_mixture([config], seed=3)
+    other, _ = build_mixture([config], seed=4)
+    expected = {
+        format_query(TRAINING_INSTRUCTIONS[k], f"premise {i}") for k in ("nli", "nli_symmetric") for i in range(40)
+    }
+    assert set(first["query"]) <= expected
+    used = Counter(TRAINING_INSTRUCTIONS["nli"] in q for q in first["query"])
+    assert used[True] >= 10 and used[False] >= 10  # both instructions, about half each
+    assert first["query"] == again["query"] and first["query"] != other["query"]
+    assert infos[0].instruction == config.instruction
+    single = E5DatasetConfig(path="json", data_files=str(data), instruction="quora_duplicates")
+    assert single.instruction == TRAINING_INSTRUCTIONS["quora_duplicates"]
+    with pytest.raises(ValueError, match="instruction must be a non-empty text or a list"):
+        E5DatasetConfig(path="x", instruction=["nli", ""])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from e5_mistral.run_metadata import TrainingHyperparameters
 from e5_mistral.training.e5_config import DataArguments, E5TrainingConfig, ModelArguments
 from e5_mistral.training.gradcache import RandContext
 from e5_mistral.training.run import parse_args, train
@@ -117,22 +119,7 @@ CONTRACT_KEYS = {
     "training",
     "versions",
 }
-TRAINING_KEYS = {
-    "learning_rate",
-    "per_device_train_batch_size",
-    "global_batch_size",
-    "gradient_accumulation_steps",
-    "gradcache_chunk_size",
-    "num_train_epochs",
-    "max_steps",
-    "warmup_steps",
-    "weight_decay",
-    "lr_scheduler_type",
-    "world_size",
-    "seed",
-    "bf16",
-    "fp16",
-}
+TRAINING_KEYS = {spec.name for spec in dataclasses.fields(TrainingHyperparameters)}
 
 
 @pytest.mark.slow

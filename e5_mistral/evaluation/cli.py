@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
+
+from ..options import LOAD_DTYPES
 
 
 DESCRIPTION = (
@@ -16,6 +18,11 @@ DESCRIPTION = (
 
 @dataclass
 class EvaluateArguments:
+    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "what to evaluate": ("tasks", "output", "benchmarks_dir", "instructions"),
+        "quick runs": ("max_rows", "corpus_per_query", "subsets"),
+        "encoding": ("batch_size", "dtype", "max_seq_length", "classification_embeddings"),
+    }
     tasks: list[str] = field(
         metadata={"help": "Task names: folders of --benchmarks-dir, else mteb task names (downloaded from the Hub)."}
     )
@@ -46,11 +53,13 @@ class EvaluateArguments:
             "help": "With --max-rows, retrieval keeps this many other documents per kept query (besides the relevant ones)."
         },
     )
-    raw_classification_embeddings: bool = field(
-        default=False,
+    classification_embeddings: str = field(
+        default="unnormalized",
         metadata={
-            "help": "Classification tasks get the embeddings before the model's final Normalize, as in the "
-            "paper's evaluation (default: the model's own output, as mteb)."
+            "help": "What classification tasks are scored on: 'unnormalized', the embeddings before the model's final "
+            "Normalize, as the paper evaluates; 'normalized', the model's own output, as mteb (and the published "
+            "scores of models such as MiniLM).",
+            "choices": ["unnormalized", "normalized"],
         },
     )
     subsets: Optional[list[str]] = field(
@@ -62,7 +71,7 @@ class EvaluateArguments:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Model weights dtype.", "choices": ["auto", "float32", "bfloat16", "float16"]},
+        metadata={"help": "Model weights dtype.", "choices": list(LOAD_DTYPES)},
     )
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Truncate inputs to this many tokens."})
 
@@ -90,7 +99,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral evaluate") -
             max_seq_length=args.max_seq_length,
             subsets=args.subsets,
             corpus_per_query=args.corpus_per_query,
-            raw_classification_embeddings=args.raw_classification_embeddings,
+            classification_embeddings=args.classification_embeddings,
         )
         return 0
 

@@ -22,6 +22,7 @@ from ..errors import E5MistralError, MissingFileError
 from ..families import all_output_keys
 from ..local_data import write_parquet
 from ..output_folders import check_output_folder
+from ..text import match_key
 
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,6 @@ MAX_EXAMPLES = 5
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-def normalize(text: str) -> str:
-    """Case-folded, whitespace collapsed: the paper's comparison key."""
-    return " ".join(text.casefold().split())
-
-
 def _ngrams(words: list[str], n: int) -> Iterator[int]:
     for i in range(len(words) - n + 1):
         yield hash(tuple(words[i : i + n]))
@@ -81,7 +77,7 @@ class TestIndex:
         self.tasks.append(task)
         count = 0
         for text in texts:
-            key = normalize(text)
+            key = match_key(text)
             words = key.split(" ")
             if len(words) < self.min_words:
                 continue
@@ -94,7 +90,7 @@ class TestIndex:
 
     def match(self, text: str) -> list[tuple[str, str]]:
         """[(task, 'exact' | 'N-gram')] for the tasks ``text`` matches."""
-        key = normalize(text)
+        key = match_key(text)
         words = key.split(" ")
         if len(words) < self.min_words:
             return []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import E5MistralError, MissingFileError
+from ..options import LOAD_DTYPES
 from .offline_tasks import CORPUS_SAMPLE_PER_QUERY, load_offline_task, pick_subsets
 from .paired import PairedDifference, paired_difference
 from .prompts import model_prompts_for
@@ -21,7 +22,10 @@ from .prompts import model_prompts_for
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+# What classification tasks are scored on: the embeddings before the model's final Normalize (the paper's
+# evaluation, its default here) or the model's own output (mteb's).
+CLASSIFICATION_EMBEDDINGS = ("unnormalized", "normalized")
+SETTINGS_NAME = "evaluation.json"  # beside summary.json: the settings that decide its scores
 
 
 def resolve_tasks(
@@ -89,8 +93,8 @@ def load_model(model: str, dtype: str = "auto", max_seq_length: int | None = Non
     import torch
     from sentence_transformers import SentenceTransformer
 
-    if dtype not in DTYPES:
-        raise E5MistralError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in LOAD_DTYPES:
+        raise E5MistralError(f"--dtype must be one of {', '.join(LOAD_DTYPES)}, got {dtype!r}")
     model_kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
     try:
         st_model = (loader or SentenceTransformer)(model, model_kwargs=model_kwargs)
@@ -132,16 +136,19 @@ def markdown_table(
     paired: dict[str, dict[str, PairedDifference]] | None = None,
 ) -> str:
     """One row per task, one column per model, scores x100 (mteb main_score); '-' where a run failed. ``paired``
-    adds a column per model: its difference from the first model with the 95 % interval, bold where it excludes 0."""
+    adds a column per model: its difference from the first model with the 95 % interval, bold where it excludes 0,
+    and the task's item count."""
     models = list(summary)
     paired = paired or {}
-    baseline = models[0] if models else ""
-    headers = [*models, *(f"{m} - {baseline} (95 % CI)" for m in paired)]
+    baseline = _short(models[0]) if models else ""
+    headers = [*models, *(f"{_short(m)} - {baseline} (95 % CI)" for m in paired)]
     lines = ["| Task | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
     for task in task_names:
+        differences = [paired[m].get(task) for m in paired]
+        items = next((d.items for d in differences if d is not None), None)
         cells = [f"{summary[m][task] * 100:.2f}" if task in summary[m] else "-" for m in models]
-        cells += [format_difference(paired[m].get(task)) for m in paired]
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        cells += [format_difference(d) for d in differences]
+        lines.append(f"| {task}" + (f" ({items:,} items)" if items else "") + " | " + " | ".join(cells) + " |")
     if len(task_names) > 1:
         means = []
         for m in models:
@@ -149,6 +156,11 @@ def markdown_table(
             means.append(f"{100 * sum(scores) / len(scores):.2f}" if len(scores) == len(task_names) else "-")
         lines.append("| **Average** | " + " | ".join(means + [""] * len(paired)) + " |")
     return "\n".join(lines)
+
+
+def _short(label: str) -> str:
+    """A column's name without its parenthesised gloss: "after (trained on ...)" -> "after"."""
+    return label.split(" (")[0]
 
 
 def format_difference(difference: PairedDifference | None) -> str:
@@ -185,14 +197,16 @@ def evaluate(
     show_progress_bar: bool = True,
     subsets: Sequence[str] | None = None,
     corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY,
-    raw_classification_embeddings: bool = False,
+    classification_embeddings: str = "unnormalized",
 ) -> dict:
     """Evaluate one or more models on ``tasks`` with mteb and write ``output_dir/summary.json``.
 
     Returns ``{task: main_score}`` for one model, ``{model: {task: main_score}}`` for several (the same shape
     as ``summary.json``). Scores are mteb's ``main_score`` on its 0-1 scale. A task that fails is logged and left
-    out, the others are kept; a RuntimeError at the end names the failures. ``raw_classification_embeddings``
-    gives classification tasks the embeddings before the model's final Normalize, as the paper's evaluation does.
+    out, the others are kept; a RuntimeError at the end names the failures. ``classification_embeddings``
+    "unnormalized" (default) gives classification tasks the embeddings before the model's final Normalize, as the
+    paper's evaluation does; "normalized" gives them the model's own output, as mteb does. The settings that
+    decide the scores go to ``output_dir/evaluation.json`` (the model card says which was used).
     """
     import mteb
 
@@ -202,10 +216,18 @@ def evaluate(
     if batch_size < 1:
         raise E5MistralError(f"--batch-size must be at least 1, got {batch_size}")
     model_prompts_for([], instructions)  # validates the mode before any loading
+    if classification_embeddings not in CLASSIFICATION_EMBEDDINGS:
+        raise E5MistralError(
+            f"--classification-embeddings must be one of {', '.join(CLASSIFICATION_EMBEDDINGS)}, "
+            f"not {classification_embeddings!r}"
+        )
     task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows, subsets, corpus_per_query)
     task_names = [t.metadata.name for t in task_objects]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"instructions": instructions, "classification_embeddings": classification_embeddings}
+    settings.update({"max_rows": max_rows, "dtype": dtype, "max_seq_length": max_seq_length})
+    (output_dir / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     labels = unique_labels(models)
     several = len(models) > 1
 
@@ -218,9 +240,8 @@ def evaluate(
         own_prompts = {k: v for k, v in (getattr(st_model, "prompts", None) or {}).items() if v}
         prompts = model_prompts_for(task_objects, instructions, own_prompts)
         cache = mteb.ResultCache(cache_path=output_dir / label if several else output_dir)
-        classification = [
-            t for t in task_objects if t.metadata.type == "Classification" and raw_classification_embeddings
-        ]
+        unnormalized = classification_embeddings == "unnormalized"
+        classification = [t for t in task_objects if t.metadata.type == "Classification" and unnormalized]
         others = [t for t in task_objects if t not in classification]
         scores = {}
         for group, raw in ((others, False), (classification, True)):

@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..compat import load_task_data
 from ..errors import E5MistralError, MissingFileError
 
 
@@ -360,6 +361,7 @@ def load_offline_task(
     task = _known_task(name, task_type)
     if task is None:
         task = _generic_task(name, task_type, sorted(data), folder, extra if task_type == "STS" else {})
+        load_task_data(task, data)
     else:
         if task_type == "PairClassification" and task.label_column_name != "labels":
             for subset in data:
@@ -374,9 +376,6 @@ def load_offline_task(
             raise E5MistralError(
                 f"{folder}: mteb's {name} has subsets {', '.join(known)}; put each in a sub-folder of that name"
             )
-        task.filter_eval_splits([SPLIT])
-        task.hf_subsets = [s for s in known if s in data]
         logger.info("%s: local data evaluated with mteb's %s task (%s)", folder, name, type(task).__name__)
-    task.dataset = data
-    task.data_loaded = True
+        load_task_data(task, data, [SPLIT], [s for s in known if s in data])
     return task

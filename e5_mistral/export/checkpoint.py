@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import E5MistralError, MissingFileError
-from ..run_metadata import RUN_CONFIG_NAME, RunMetadata
+from ..run_metadata import RUN_METADATA_FILE, RunMetadata
 
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Checkpoint:
     path: Path
     is_adapter: bool
     run_config: RunMetadata
-    run_config_path: Path | None
+    metadata_path: Path | None
     tokenizer_path: Path | None  # None: no tokenizer files anywhere (reported when the tokenizer is loaded)
     base_model: str | None  # the base of an adapter (None for a full model)
 
@@ -75,14 +75,14 @@ def resolve_checkpoint(path: str | Path) -> Checkpoint:
 
     # A Trainer checkpoint-N folder may lack the run config and tokenizer; the run folder above it has them.
     search = [folder, folder.parent] if folder.name.startswith("checkpoint-") else [folder]
-    run_config_path = next((d / RUN_CONFIG_NAME for d in search if (d / RUN_CONFIG_NAME).is_file()), None)
-    if run_config_path is None:
+    metadata_path = next((d / RUN_METADATA_FILE for d in search if (d / RUN_METADATA_FILE).is_file()), None)
+    if metadata_path is None:
         logger.warning(
             "no %s next to %s; using the defaults (lasttoken pooling, EOS appended, 512 tokens)",
-            RUN_CONFIG_NAME,
+            RUN_METADATA_FILE,
             folder,
         )
-    run_config = RunMetadata.from_file(run_config_path)
+    run_config = RunMetadata.from_file(metadata_path)
 
     base_model = None
     if is_adapter:
@@ -95,7 +95,7 @@ def resolve_checkpoint(path: str | Path) -> Checkpoint:
     if tokenizer_path is None and fallback:
         logger.warning("no tokenizer in %s; using the base model's (%s)", folder, fallback)
         tokenizer_path = Path(fallback)
-    return Checkpoint(folder, is_adapter, run_config, run_config_path, tokenizer_path, base_model)
+    return Checkpoint(folder, is_adapter, run_config, metadata_path, tokenizer_path, base_model)
 
 
 def _check_architecture(config, where: str) -> None:
@@ -144,7 +144,7 @@ def check_architecture(checkpoint: Checkpoint) -> None:
         load_config(checkpoint.path, str(checkpoint.path / "config.json"))
 
 
-def load_backbone(checkpoint: Checkpoint):
+def load_merged_backbone(checkpoint: Checkpoint):
     """The backbone as an fp32 ``AutoModel`` in eval mode, with any LoRA adapter merged into its weights."""
     import torch
     from transformers import AutoModel

@@ -23,22 +23,6 @@ TEMPLATE_NAME = "model_card_template.md"
 SUMMARY_NAME = "summary.json"
 CARD_TAGS = ["sentence-transformers", "feature-extraction", "e5-mistral", "mteb"]
 # Hyperparameters shown in the card, in this order (keys of the run config's "training" block).
-HYPERPARAMETER_KEYS = (
-    "learning_rate",
-    "per_device_train_batch_size",
-    "global_batch_size",
-    "gradient_accumulation_steps",
-    "gradcache_chunk_size",
-    "num_train_epochs",
-    "max_steps",
-    "warmup_steps",
-    "weight_decay",
-    "lr_scheduler_type",
-    "world_size",
-    "seed",
-    "bf16",
-    "fp16",
-)
 
 
 def template_path() -> Path:
@@ -53,6 +37,15 @@ class EvalScore:
     type: str = "feature-extraction"
     metric: str = "main_score"
     dataset: str | None = None
+
+
+def load_eval_settings(summary: Path) -> dict:
+    """The settings ``e5-mistral evaluate`` wrote beside ``summary`` (``evaluation.json``); {} for other sources."""
+    settings = summary.with_name("evaluation.json")
+    try:
+        return json.loads(settings.read_text(encoding="utf-8")) if settings.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def load_eval_results(path: str | Path) -> tuple[list[EvalScore], Path]:
@@ -156,6 +149,7 @@ def render_model_card(
     is_lora: bool = False,
     eval_results: list[EvalScore] | None = None,
     eval_source: str | None = None,
+    eval_settings: dict | None = None,
     license: str | None = None,
     version: str = "",
 ) -> str:
@@ -188,8 +182,7 @@ def render_model_card(
         ]
         or None,
     )
-    training = run_config.training or {}
-    hyperparameters = {key: training[key] for key in HYPERPARAMETER_KEYS if training.get(key) is not None}
+    hyperparameters = run_config.training.recorded()
     if run_config.temperature is not None:
         hyperparameters["temperature"] = run_config.temperature
     hyperparameters["max_seq_length"] = run_config.max_seq_length
@@ -225,6 +218,8 @@ def render_model_card(
         versions=run_config.versions or {},
         eval_results=eval_results or [],
         eval_source=eval_source,
+        classification_embeddings=(eval_settings or {}).get("classification_embeddings"),
+        has_classification=any(r.type == "Classification" for r in eval_results or []),
         eval_average=(sum(r.score for r in eval_results) / len(eval_results)) if eval_results else None,
         extra_limitations=[],
     )

@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,38 +27,33 @@ from ..errors import E5MistralError, MissingFileError
 from ..families import FAMILY_SPECS
 from ..instructions import format_query
 from ..local_data import fresh_read_options
+from ..options import option
 from ..output_folders import check_output_folder
 
 
 logger = logging.getLogger(__name__)
 
 
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
-
-
 @dataclass
 class FilterArguments:
-    dataset: Optional[str] = _help(
+    dataset: Optional[str] = option(
         "a synthesis output folder (or its dataset/ folder) of e5-mistral generate (on the command line also as the "
         "first argument)",
-        default=None,
+        None,
     )
-    output: Optional[str] = _help(
-        "folder for the filtered output (dataset/, report.json, dropped.jsonl)", default=None
+    output: Optional[str] = option("folder for the filtered output (dataset/, report.json, dropped.jsonl)", None)
+    teacher: Optional[str] = option(
+        "sentence-transformers model that ranks the documents (default: the bundled all-MiniLM-L6-v2)", None
     )
-    teacher: Optional[str] = _help(
-        "sentence-transformers model that ranks the documents (default: the bundled all-MiniLM-L6-v2)", default=None
-    )
-    top_k: int = _help("keep a row when its positive is among the teacher's top k documents for its query", default=3)
-    min_score: Optional[float] = _help("also drop a row whose query-positive cosine is below this", default=None)
-    query_prompt: Optional[str] = _help(
+    top_k: int = option("keep a row when its positive is among the teacher's top k documents for its query", 3)
+    min_score: Optional[float] = option("also drop a row whose query-positive cosine is below this", None)
+    query_prompt: Optional[str] = option(
         "a fixed prefix for queries instead of their instruction (e.g. 'query: ' for multilingual-e5-base)",
-        default=None,
+        None,
     )
-    corpus_prompt: Optional[str] = _help("a prefix for documents (e.g. 'passage: ')", default=None)
-    batch_size: int = _help("encoding batch size", default=32)
-    overwrite: bool = _help("replace a non-empty --output folder", default=False)
+    corpus_prompt: Optional[str] = option("a prefix for documents (e.g. 'passage: ')", None)
+    batch_size: int = option("encoding batch size", 32)
+    overwrite: bool = option("replace a non-empty --output folder", False)
 
     def __post_init__(self):
         if self.output is None:

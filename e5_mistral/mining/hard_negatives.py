@@ -19,14 +19,15 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from ..errors import E5MistralError, MissingFileError
 from ..families import FAMILY_SPECS
 from ..instructions import format_query
 from ..local_data import fresh_read_options
+from ..options import option
 from ..output_folders import check_apart
 
 
@@ -37,64 +38,70 @@ DONE_MARKER = ".mined"  # written last in a config's folder: the config is finis
 SAMPLING_STRATEGIES = ("top", "random")
 
 
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
-
-
 @dataclass
 class MiningArguments:
-    dataset: Optional[str] = _help(
+    HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "input and output": ("dataset", "output", "configs", "split", "columns", "instruction"),
+        "teacher": ("teacher", "query_prompt", "corpus_prompt", "corpus", "cross_encoder", "batch_size", "use_faiss"),
+        "which negatives": (
+            "num_negatives",
+            "range_min",
+            "range_max",
+            "relative_margin",
+            "absolute_margin",
+            "max_score",
+            "sampling_strategy",
+        ),
+        "Hub and progress": ("push_to_hub", "private", "no_progress"),
+    }
+    dataset: Optional[str] = option(
         "Hub id, a local folder in the Hub layout, a synthesis output folder, or a JSON Lines file (on the command "
         "line also as the first argument)",
-        default=None,
+        None,
     )
-    output: Optional[str] = _help(
-        "folder for the mined dataset (Hub layout, one config per input config, plus a card)", default=None
+    output: Optional[str] = option(
+        "folder for the mined dataset (Hub layout, one config per input config, plus a card)", None
     )
-    teacher: Optional[str] = _help(
+    teacher: Optional[str] = option(
         "sentence-transformers model that scores candidates (a Hub id, a folder, or an export of this project; "
         "default: the bundled all-MiniLM-L6-v2)",
-        default=None,
+        None,
     )
-    configs: Optional[list[str]] = _help(
+    configs: Optional[list[str]] = option(
         "configs to mine (default: every config; for synthesis output, the six families, and `all` is rebuilt)",
-        default=None,
+        None,
     )
-    split: str = _help("split to mine", default="train")
-    corpus: Optional[str] = _help(
+    split: str = option("split to mine", "train")
+    corpus: Optional[str] = option(
         "candidate documents: a text file (one a line) or JSON Lines with a `text` field (default: the positives)",
-        default=None,
+        None,
     )
-    instruction: Optional[str] = _help("instruction for labeled rows that carry none", default=None)
-    columns: Optional[str] = _help(
-        'JSON object renaming input columns, e.g. {"question": "query", "answer": "positive"}', default=None
+    instruction: Optional[str] = option("instruction for labeled rows that carry none", None)
+    columns: Optional[str] = option(
+        'JSON object renaming input columns, e.g. {"question": "query", "answer": "positive"}', None
     )
-    query_prompt: Optional[str] = _help(
+    query_prompt: Optional[str] = option(
         "a fixed prefix for queries instead of their instruction (a teacher trained otherwise, e.g. 'query: ' for "
         "multilingual-e5-base)",
-        default=None,
+        None,
     )
-    corpus_prompt: Optional[str] = _help(
-        "a prefix for documents (e.g. 'passage: ' for multilingual-e5-base)", default=None
-    )
-    num_negatives: int = _help("negatives to mine per row", default=3)
-    range_min: int = _help("skip this many of the closest candidates", default=0)
-    range_max: Optional[int] = _help("consider only this many of the closest candidates", default=50)
-    relative_margin: Optional[float] = _help(
+    corpus_prompt: Optional[str] = option("a prefix for documents (e.g. 'passage: ' for multilingual-e5-base)", None)
+    num_negatives: int = option("negatives to mine per row", 3)
+    range_min: int = option("skip this many of the closest candidates", 0)
+    range_max: Optional[int] = option("consider only this many of the closest candidates", 50)
+    relative_margin: Optional[float] = option(
         "keep a negative only if its score <= (1 - margin) x the positive's (0.05: NV-Retriever's 95%% rule)",
-        default=0.05,
+        0.05,
     )
-    absolute_margin: Optional[float] = _help(
-        "keep a negative only if its score <= the positive's - margin", default=None
-    )
-    max_score: Optional[float] = _help("keep a negative only if its score <= this", default=None)
-    sampling_strategy: str = _help("top (the closest allowed) or random (among the allowed)", default="top")
-    cross_encoder: Optional[str] = _help("a CrossEncoder that rescores the candidates", default=None)
-    batch_size: int = _help("encoding batch size", default=32)
-    use_faiss: Optional[bool] = _help("search with FAISS (default: when it is installed)", default=None)
-    push_to_hub: Optional[str] = _help("push the mined dataset to this Hub repo id", default=None)
-    private: bool = _help("make the Hub repo private", default=False)
-    no_progress: bool = _help("hide progress bars", default=False)
+    absolute_margin: Optional[float] = option("keep a negative only if its score <= the positive's - margin", None)
+    max_score: Optional[float] = option("keep a negative only if its score <= this", None)
+    sampling_strategy: str = option("top (the closest allowed) or random (among the allowed)", "top")
+    cross_encoder: Optional[str] = option("a CrossEncoder that rescores the candidates", None)
+    batch_size: int = option("encoding batch size", 32)
+    use_faiss: Optional[bool] = option("search with FAISS (default: when it is installed)", None)
+    push_to_hub: Optional[str] = option("push the mined dataset to this Hub repo id", None)
+    private: bool = option("make the Hub repo private", False)
+    no_progress: bool = option("hide progress bars", False)
 
     def __post_init__(self):
         if self.output is None:
@@ -325,7 +332,7 @@ def mine(args: MiningArguments, judge=None) -> dict:
     from sentence_transformers import CrossEncoder
 
     from ..evaluation.evaluate import load_model
-    from ..synthesis.lock import OutputLock
+    from ..llm.lock import OutputLock
     from .judge import check_judge, judge_negatives
 
     if not args.dataset:

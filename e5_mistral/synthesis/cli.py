@@ -43,8 +43,18 @@ def _generate(args) -> int:
             "budget reached: rerun the same command (with a larger --max-cost/--max-total-tokens) to resume",
             file=sys.stderr,
         )
-    elif report["failed"]:
-        print(f"{report['failed']} examples are not finished: rerun the same command to retry them", file=sys.stderr)
+    refused = report["failed_reasons"].get("refused", 0)
+    if refused:
+        print(
+            f"{refused} examples were refused by the endpoint (a 4xx about the request; report.json: failed_reasons): "
+            "a rerun does not send them again; fix the cause, then rerun with --retry-refused",
+            file=sys.stderr,
+        )
+    if report["failed"] - refused and not report["budget_stopped"]:
+        print(
+            f"{report['failed'] - refused} examples are not finished: rerun the same command to retry them",
+            file=sys.stderr,
+        )
     if args.push_to_hub:
         unfinished = report["budget_stopped"] or report["failed"]
         if unfinished and not args.push_partial:

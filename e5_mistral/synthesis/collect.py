@@ -8,14 +8,15 @@ example is accepted, rejected, a duplicate or failed).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
+from ..llm.cost import price_for, usage_totals
+from ..llm.journal import STATUS_OK, STATUS_REFUSED, Journal
+from ..text import match_key
 from .config import SynthesisArguments
-from .cost import price_for, usage_totals
-from .journal import STATUS_OK, STATUS_REFUSED, Journal
-from .parsing import Rejected, normalize, parse_example
+from .parsing import Rejected, parse_example
 from .planner import Planner
 from .templates import DEDUP_KEY
 
@@ -56,6 +57,21 @@ class RunResult:
     output: Path
 
 
+@dataclass
+class Tally:
+    """What the journal's answers to a plan came to, family by family (the plan itself is ``FamilyPlan``)."""
+
+    rows: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    failed_reasons: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)  # reason -> examples
+    duplicates: int = 0
+    brainstorm: Counter = field(default_factory=Counter)
+    answered: Counter = field(default_factory=Counter)  # ("family" or "language", name) -> examples answered
+    accepted: Counter = field(default_factory=Counter)  # ... -> examples accepted
+    per_family: dict = field(default_factory=dict)
+
+
 def collect(
     planner: Planner,
     params: dict,
@@ -70,74 +86,86 @@ def collect(
     from .dataset import write_outputs
 
     output = Path(args.output)
-
-    rows, rejects, failed_reasons = [], [], Counter()
-    rejected, per_family = Counter(), {}
-    duplicates = 0
-    brainstorm = Counter()
-    answered, accepted = Counter(), Counter()  # (family or language) -> examples answered / accepted
     plans = planner.plan(latest, params)
+    tally = Tally()
     for fp in plans:
-        stats = Counter(planned=fp.count)
-        brainstorm["planned"] += len(fp.brainstorms)
-        for request in fp.brainstorms:
-            rec = latest.get(request.request_id)
-            brainstorm["ok" if rec and rec["status"] == STATUS_OK else "failed"] += 1
-        for request in fp.brainstorm_history:
-            rec = latest.get(request.request_id)
-            if rec and rec["status"] == STATUS_OK:
-                try:
-                    planner.tasks_of(rec)
-                except Rejected as err:
-                    rejects.append(_reject(rec, "brainstorm", err.reason, {"family": fp.family}))
-        for key, value in fp.task_stats.items():
-            brainstorm[key if not key.startswith("rejected:") else "rejected"] += value
-        if fp.tasks is None:  # brainstorm not finished: these examples could not be planned yet
-            stats["failed"] += fp.count
-            failed_reasons["brainstorm_incomplete"] += fp.count
-        elif fp.count and not fp.examples:
-            stats["rejected"] += fp.count
-            rejected["no_valid_tasks"] += fp.count
-        seen = set()
-        for request, meta in fp.examples:
-            rec = latest.get(request.request_id)
-            if rec is None or rec["status"] != STATUS_OK:
-                stats["failed"] += 1
-                failed_reasons[_failure_reason(rec, budget_stopped, batches_running)] += 1
-                continue
-            answered.update((("family", fp.family), ("language", meta["language"])))
-            try:
-                fields = parse_example(fp.family, rec["content"], rec["finish_reason"])
-            except Rejected as err:
-                stats["rejected"] += 1
-                rejected[err.reason] += 1
-                rejects.append(_reject(rec, "example", err.reason, meta))
-                continue
-            key = normalize(fields[DEDUP_KEY[fp.family]])
-            if key in seen:
-                stats["duplicates_removed"] += 1
-                duplicates += 1
-                continue
-            seen.add(key)
-            stats["accepted"] += 1
-            accepted.update((("family", fp.family), ("language", meta["language"])))
-            rows.append({**meta, "generator_model": rec.get("model") or meta["generator_model"], **fields})
-        per_family[fp.family] = {
-            k: stats[k] for k in ("planned", "accepted", "rejected", "duplicates_removed", "failed")
-        }
-
+        _tally_brainstorms(fp, latest, planner, tally)
+        _tally_examples(fp, latest, tally, lambda rec: _failure_reason(rec, budget_stopped, batches_running))
     records = list(Journal(output / "journal").records())  # reading opens no new file
-    orphaned = _orphaned(plans, latest, records, prices)
-    report: SynthesisReport = {
+    report = _report(plans, latest, records, tally, args, prices, detection)
+    report.update(budget_stopped=budget_stopped, batches_running=batches_running, seed=args.seed)
+    report["complete"] = report["failed"] == 0
+    write_outputs(output, report, tally.rows, tally.rejects, args)  # rows in plan order: family, then row index
+    return RunResult(report, tally.rows, tally.rejects, output)
+
+
+def _tally_brainstorms(fp, latest: dict[str, dict], planner: Planner, tally: Tally) -> None:
+    """A family's brainstorm requests: answered or not, and why an answered task list was unusable."""
+    tally.brainstorm["planned"] += len(fp.brainstorms)
+    for request in fp.brainstorms:
+        rec = latest.get(request.request_id)
+        tally.brainstorm["ok" if rec and rec["status"] == STATUS_OK else "failed"] += 1
+    for request in fp.brainstorm_history:
+        rec = latest.get(request.request_id)
+        if rec and rec["status"] == STATUS_OK:
+            try:
+                planner.tasks_of(rec)
+            except Rejected as err:
+                tally.rejects.append(_reject(rec, "brainstorm", err.reason, {"family": fp.family}))
+    for key, value in fp.task_stats.items():
+        tally.brainstorm[key if not key.startswith("rejected:") else "rejected"] += value
+
+
+def _tally_examples(fp, latest: dict[str, dict], tally: Tally, failure_reason) -> None:
+    """A family's examples: failed, rejected (with the reason), duplicate, or accepted as a row."""
+    stats = Counter(planned=fp.count)
+    if fp.tasks is None:  # brainstorm not finished: these examples could not be planned yet
+        stats["failed"] += fp.count
+        tally.failed_reasons["brainstorm_incomplete"] += fp.count
+    elif fp.count and not fp.examples:
+        stats["rejected"] += fp.count
+        tally.rejected["no_valid_tasks"] += fp.count
+    seen = set()
+    for request, meta in fp.examples:
+        rec = latest.get(request.request_id)
+        if rec is None or rec["status"] != STATUS_OK:
+            stats["failed"] += 1
+            tally.failed_reasons[failure_reason(rec)] += 1
+            continue
+        tally.answered.update((("family", fp.family), ("language", meta["language"])))
+        try:
+            fields = parse_example(fp.family, rec["content"], rec["finish_reason"])
+        except Rejected as err:
+            stats["rejected"] += 1
+            tally.rejected[err.reason] += 1
+            tally.rejects.append(_reject(rec, "example", err.reason, meta))
+            continue
+        key = match_key(fields[DEDUP_KEY[fp.family]])
+        if key in seen:
+            stats["duplicates_removed"] += 1
+            tally.duplicates += 1
+            continue
+        seen.add(key)
+        stats["accepted"] += 1
+        tally.accepted.update((("family", fp.family), ("language", meta["language"])))
+        tally.rows.append({**meta, "generator_model": rec.get("model") or meta["generator_model"], **fields})
+    keys = ("planned", "accepted", "rejected", "duplicates_removed", "failed")
+    tally.per_family[fp.family] = {k: stats[k] for k in keys}
+
+
+def _report(plans, latest, records, tally: Tally, args, prices, detection) -> dict:
+    """``report.json`` without the run's state (budget stop, running batches, seed, completeness)."""
+    brainstorm = tally.brainstorm
+    return {
         "planned": sum(fp.count for fp in plans),
         "requests_sent": sum(int(r.get("attempts") or 0) for r in records),
         "responses_ok": sum(1 for r in latest.values() if r["status"] == STATUS_OK and r["kind"] != "probe"),
-        "accepted": len(rows),
-        "rejected": dict(sorted(rejected.items())),
-        "duplicates_removed": duplicates,
-        "failed": sum(failed_reasons.values()),
-        "failed_reasons": dict(sorted(failed_reasons.items())),
-        "orphaned": orphaned,
+        "accepted": len(tally.rows),
+        "rejected": dict(sorted(tally.rejected.items())),
+        "duplicates_removed": tally.duplicates,
+        "failed": sum(tally.failed_reasons.values()),
+        "failed_reasons": dict(sorted(tally.failed_reasons.items())),
+        "orphaned": _orphaned(plans, latest, records, prices),
         **usage_totals(records, prices),
         "cost_priced": price_for(prices, args.model) is not None,
         "brainstorm": {
@@ -152,18 +180,12 @@ def collect(
             "tasks_removed_duplicate": brainstorm["removed_duplicate"],
             "tasks_removed_near_duplicate": brainstorm["removed_near_duplicate"],
         },
-        "per_family": per_family,
-        "per_language": dict(Counter(row["language"] for row in rows).most_common()),
-        "acceptance": _acceptance(answered, accepted, rejected),
+        "per_family": tally.per_family,
+        "per_language": dict(Counter(row["language"] for row in tally.rows).most_common()),
+        "acceptance": _acceptance(tally.answered, tally.accepted, tally.rejected),
         "response_format": detection or {"chosen": "none", "refused": {}},
-        "generator_models": sorted({row["generator_model"] for row in rows}),
-        "budget_stopped": budget_stopped,
-        "batches_running": batches_running,
-        "seed": args.seed,
+        "generator_models": sorted({row["generator_model"] for row in tally.rows}),
     }
-    report["complete"] = report["failed"] == 0
-    write_outputs(output, report, rows, rejects, args)  # rows in plan order: family, then row index
-    return RunResult(report, rows, rejects, output)
 
 
 def _orphaned(plans, latest: dict[str, dict], records: list[dict], prices: dict) -> dict:

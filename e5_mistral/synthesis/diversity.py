@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 
 from ..errors import E5MistralError
 from ..families import all_output_keys
+from ..text import match_key
 from .templates import DEDUP_KEY
 
 
@@ -34,10 +35,6 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
         counts.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     total = sum(counts.values())
     return len(counts) / total if total else 0.0
-
-
-def _normalized(text: str) -> str:
-    return " ".join(text.casefold().split())
 
 
 def query_text(row: dict) -> str | None:
@@ -80,11 +77,11 @@ def diversity_report(rows: list[dict]) -> dict:
     per_family_language: dict[str, Counter] = {}
     for row in rows:
         per_family_language.setdefault(row["family"], Counter())[row.get("language")] += 1
-    unique_tasks = len({_normalized(row["task"]) for row in rows if isinstance(row.get("task"), str)})
+    unique_tasks = len({match_key(row["task"]) for row in rows if isinstance(row.get("task"), str)})
     return {
         "examples": len(rows),
         "unique_tasks": unique_tasks,
-        "unique_examples": len({(family, _normalized(text)) for family, text in queries}),
+        "unique_examples": len({(family, match_key(text)) for family, text in queries}),
         "tasks_per_example": unique_tasks / len(rows) if rows else 0.0,
         **_distinct([text for _, text in queries]),
         "per_field": per_field,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from .cost import price_for, record_cost, worst_case_tokens
-from .journal import STATUS_OK
+from ..llm.cost import price_for, record_cost, worst_case_tokens
+from ..llm.journal import STATUS_OK
 from .plan import example_request, sample_slots
 from .planner import FamilyPlan
 from .templates import FIXED_TASKS

@@ -1,93 +1,21 @@
 """Turn raw LLM answers into examples or task lists, or into a reject reason code. Never ``eval``.
 
-Repair is bounded: the text as is, then inside a code fence, then the first balanced ``{...}`` / ``[...]``,
-each also with trailing commas removed. Validation then follows the family's template: exactly its keys,
+JSON is read with bounded repair (:mod:`e5_mistral.llm.answers`). Validation then follows the family's template: exactly its keys,
 non-empty strings, no nesting, and the pairs the paper needs distinct.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 
 from ..families import family_spec
+from ..llm.answers import Rejected, extract_json
+from ..text import match_key
 from .structured import BRAINSTORM_KEY
 
 
-_FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.+)$")  # "- x", "* x", "• x", "1. x", "1) x"
 _EMPHASIS = re.compile(r"\*\*|__|`")
-
-
-class Rejected(ValueError):
-    """An answer that is not usable; ``reason`` is a short code (``missing_key:label``, ``truncated``, ...)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-def normalize(text: str) -> str:
-    """The exact-dedup key: case-folded, whitespace collapsed (paper Appendix B style matching)."""
-    return " ".join(text.casefold().split())
-
-
-def _balanced(text: str, opener: str) -> str | None:
-    """The first balanced ``{...}`` (or ``[...]``) span, skipping brackets inside JSON strings."""
-    closer = {"{": "}", "[": "]"}[opener]
-    start = text.find(opener)
-    if start < 0:
-        return None
-    depth, in_string, escaped = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == opener:
-            depth += 1
-        elif ch == closer:
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return None
-
-
-def _candidates(text: str, opener: str):
-    stripped = text.strip()
-    yield stripped
-    fence = _FENCE.search(stripped)
-    if fence:
-        yield fence.group(1).strip()
-    span = _balanced(stripped, opener)
-    if span:
-        yield span
-
-
-def extract_json(text: str, opener: str = "{", allow_python_literal: bool = False):
-    """Parse ``text`` as JSON after bounded repair; raises ``Rejected("invalid_json")``."""
-    for candidate in _candidates(text, opener):
-        for attempt in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
-            try:
-                return json.loads(attempt)
-            except json.JSONDecodeError:
-                pass
-            if allow_python_literal:
-                # The brainstorm prompt asks for "a python list of strings": accept Python literal syntax
-                # (single quotes) through ast.literal_eval, which evaluates literals only, never code.
-                try:
-                    return ast.literal_eval(attempt)
-                except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-                    pass
-    raise Rejected("invalid_json")
 
 
 def _check_answer(content: str | None, finish_reason: str | None) -> str:
@@ -121,9 +49,9 @@ def parse_example(family: str, content: str | None, finish_reason: str | None = 
         if key not in keys:
             raise Rejected(f"extra_key:{key}")
     for a, b, reason in spec.distinct:
-        if normalize(row[a]) == normalize(row[b]):
+        if match_key(row[a]) == match_key(row[b]):
             raise Rejected(reason)
-    if len({normalize(row[k]) for k in spec.all_distinct}) < len(spec.all_distinct):
+    if len({match_key(row[k]) for k in spec.all_distinct}) < len(spec.all_distinct):
         raise Rejected("sentences_not_distinct")
     return row
 
@@ -188,7 +116,7 @@ def _text_list_items(text: str) -> list[str]:
 def _unique(tasks: list[str]) -> list[str]:
     unique, seen = [], set()
     for task in tasks:
-        key = normalize(task)
+        key = match_key(task)
         if key not in seen:
             seen.add(key)
             unique.append(task.strip())

@@ -6,14 +6,13 @@ the global generator, so the same seed gives the same plan in any process and an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 from typing import Iterable, Mapping, Sequence
 
 from ..errors import E5MistralError
-from .journal import Request
+from ..llm.journal import Request, chat_request, request_id
 from .structured import response_format
 from .templates import (
     ASYMMETRIC_FAMILIES,
@@ -45,10 +44,6 @@ BRAINSTORM_REASKS = 3  # an unusable task list is asked for again this many time
 def rng_for(seed: int, family: str, index: int | str, purpose: str) -> random.Random:
     """A generator private to one decision; string seeds are hashed (SHA-512) identically on every platform."""
     return random.Random(f"e5-mistral:{seed}:{family}:{index}:{purpose}")
-
-
-def request_id(payload: Mapping) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 # -- languages -------------------------------------------------------------------------------------------------
@@ -127,23 +122,9 @@ def brainstorm_calls(count: int, examples_per_task: float = DEFAULT_EXAMPLES_PER
 
 
 # -- requests --------------------------------------------------------------------------------------------------
-def chat_messages(prompt: str, params: Mapping) -> tuple:
-    """The chat messages: the paper's prompt as the user turn, after ``params["system_prompt"]`` when set."""
-    user = {"role": "user", "content": prompt}
-    system = params.get("system_prompt")
-    return ({"role": "system", "content": system}, user) if system else (user,)
-
-
-def body_params(params: Mapping, kind: str, family: str, rid: str) -> dict:
-    """The params sent in the request body: the system prompt is part of the id but travels as a message, the
-    response format's name in the id becomes the family's schema, and a sampling seed becomes the request's own
-    ``seed`` (derived from its id: repeatable, yet different for two requests with the same prompt)."""
-    body = {k: v for k, v in params.items() if k not in ("system_prompt", "sampling_seed")}
-    if "response_format" in body:
-        body["response_format"] = response_format(body["response_format"], kind, family)
-    if "sampling_seed" in params:
-        body["seed"] = int(rid[:8], 16) & 0x7FFFFFFF
-    return body
+def _chat(rid: str, kind: str, family: str, prompt: str, params: Mapping) -> Request:
+    mode = params.get("response_format")
+    return chat_request(rid, kind, family, prompt, params, response_format(mode, kind, family) if mode else None)
 
 
 def brainstorm_request(family: str, index: int, params: Mapping, reask: int = 0) -> Request:
@@ -153,13 +134,7 @@ def brainstorm_request(family: str, index: int, params: Mapping, reask: int = 0)
     if reask:
         payload["reask"] = reask
     rid = request_id(payload)
-    return Request(
-        rid,
-        "brainstorm",
-        family,
-        chat_messages(render(family, "brainstorm", {}), params),
-        body_params(params, "brainstorm", family, rid),
-    )
+    return _chat(rid, "brainstorm", family, render(family, "brainstorm", {}), params)
 
 
 def sample_slots(family: str, seed: int, task: str, use: int, languages: Mapping[str, float]) -> dict[str, str]:
@@ -220,13 +195,7 @@ def example_request(
             "params": dict(params),
         }
     )
-    return Request(
-        rid,
-        "example",
-        family,
-        chat_messages(render(family, "generate", values), params),
-        body_params(params, "example", family, rid),
-    )
+    return _chat(rid, "example", family, render(family, "generate", values), params)
 
 
 def needs_brainstorm(family: str) -> bool:

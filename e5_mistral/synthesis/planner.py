@@ -11,9 +11,10 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..llm.journal import STATUS_OK, Request
+from ..text import match_key
 from .config import SynthesisArguments
-from .journal import STATUS_OK, Request
-from .parsing import Rejected, normalize, parse_brainstorm_answer
+from .parsing import Rejected, parse_brainstorm_answer
 from .plan import (
     assign_tasks,
     brainstorm_calls,
@@ -130,8 +131,8 @@ class Planner:
             fp.task_stats["from_text_lists"] += from_text
             fp.task_stats["generated"] += len(listed)
             for task in listed:
-                if normalize(task) not in seen:
-                    seen.add(normalize(task))
+                if match_key(task) not in seen:
+                    seen.add(match_key(task))
                     tasks.append(task)
         fp.task_stats["removed_duplicate"] = fp.task_stats["generated"] - len(tasks)
         tasks, removed = self._near_dedup(tasks)

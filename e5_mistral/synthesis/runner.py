@@ -13,38 +13,23 @@ request ids). A lock on the folder keeps a second run out.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
+from ..llm.cost import load_price_table
+from ..llm.endpoint import stored_detection
+from ..llm.journal import STATUS_OK, Journal, Request, needs_sending
+from ..llm.session import EndpointSession
 from .collect import RunResult, collect
 from .config import SynthesisArguments
-from .cost import Budget, load_price_table
-from .endpoint import detect_response_format, make_backend, stored_detection
 from .estimate import RunEstimate, estimate
-from .journal import STATUS_OK, Journal, Request, needs_sending
-from .lock import OutputLock
 from .parsing import Rejected, parse_example
 from .plan import family_counts, resolve_languages, resolve_mix
 from .planner import FamilyPlan, Planner
 
 
 logger = logging.getLogger(__name__)
-
-
-class ObservedJournal(Journal):
-    """A journal that tells listeners (budget, progress bar) about every record it writes."""
-
-    def __init__(self, directory, listeners: list[Callable[[dict], None]] | None = None):
-        super().__init__(directory)
-        self.listeners = listeners or []
-
-    def append(self, record: dict) -> None:
-        super().append(record)
-        for listener in self.listeners:
-            listener(record)
 
 
 class SynthesisRun:
@@ -64,7 +49,11 @@ class SynthesisRun:
     def params(self) -> dict:
         """The request parameters, with the resolved response format and token cap (part of every request id)."""
         detection = self.detection or {}
-        return self.args.generation_params(detection.get("chosen", "none"), detection.get("max_tokens_param"))
+        return self.args.generation_params(
+            detection.get("chosen", "none"),
+            detection.get("max_tokens_param"),
+            detection.get("default_sampling", False),
+        )
 
     def plan(self, latest: dict[str, dict]) -> list[FamilyPlan]:
         return self.planner.plan(latest, self.params)
@@ -97,61 +86,43 @@ class SynthesisRun:
         )
 
     def run(self, progress: bool | None = None) -> RunResult:
-        with OutputLock(self.output):  # a second run on this folder stops here, naming the first one's PID
-            return self._run(progress)
+        hide_progress = self.args.no_progress if progress is None else not progress
+        return asyncio.run(self._run(hide_progress))
 
-    def _run(self, progress: bool | None) -> RunResult:
-        journal = ObservedJournal(self.output / "journal")
-        try:
-            if self.detection is None:
-                self.detection = asyncio.run(self._detect(journal))
-            run_config = {**self.args.public_dict(), "response_format_resolved": self.detection}
-            (self.output / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n", encoding="utf-8")
-            budget = Budget(self.args.max_cost, self.args.max_total_tokens, self.prices).track(journal)
-            stopped = asyncio.run(
-                self._execute(journal, budget, self.args.no_progress if progress is None else not progress)
-            )
-        finally:
-            journal.close()
-        result = self.finalize(journal.latest(), budget_stopped=stopped)
+    async def _run(self, hide_progress: bool) -> RunResult:
+        async with EndpointSession(self.args, self.output, self.args.sampling(), detection=self.detection) as session:
+            self.detection = await session.resolve_format()
+            await self._execute(session, hide_progress)
+            stopped = session.stopped_by_budget
+            if session.backend_made:
+                self.batches_running = session.backend.running
+            result = self.finalize(session.journal.latest(), budget_stopped=stopped)  # inside the lock
         if stopped:
             logger.warning(
                 "budget reached: stopped sending requests; rerun the same command (with a larger budget) to resume"
             )
         return result
 
-    async def _detect(self, journal: Journal) -> dict:
-        backend = None if self.args.backend == "batch" else self._backend(Budget(None, None, self.prices))
-        try:
-            return await detect_response_format(self.args, backend, journal)
-        finally:
-            if backend is not None:
-                await self._client.close()
-
-    async def _execute(self, journal: ObservedJournal, budget: Budget, hide_progress: bool) -> bool:
+    async def _execute(self, session: EndpointSession, hide_progress: bool) -> None:
+        journal, budget = session.journal, session.budget
         latest = journal.latest()
         plans = self.plan(latest)
         todo = [r for fp in plans for r in fp.brainstorms if self._pending(r, latest)]
         if not todo and not any(self._pending(r, latest) for fp in plans for r, _ in fp.examples):
-            return False  # nothing to send: no client, no key needed
-        backend = self._backend(budget)
-        try:
-            await backend.check_endpoint()
-            for _ in range(self.args.reask_limit() + 1):  # a stage per round of re-asks for unusable task lists
-                if not todo or budget.exhausted or backend.stopped_by_budget:
-                    break
-                await self._stage("brainstorm", backend, todo, journal, budget, hide_progress)
-                latest = journal.latest()
-                # next round: only the new re-asks; requests that failed wait for the next run
-                todo = [r for fp in self.plan(latest) for r in fp.brainstorms if r.request_id not in latest]
-            if not budget.exhausted and not backend.stopped_by_budget:
-                todo = [r for fp in self.plan(latest) for r, _ in fp.examples if self._pending(r, latest)]
-                if todo:
-                    await self._stage("examples", backend, todo, journal, budget, hide_progress)
-        finally:
-            await self._client.close()
-        self.batches_running = backend.running
-        return bool(backend.stopped_by_budget or budget.exhausted)
+            return  # nothing to send: no client, no key needed
+        backend = session.backend
+        await backend.check_endpoint()
+        for _ in range(self.args.reask_limit() + 1):  # a stage per round of re-asks for unusable task lists
+            if not todo or session.stopped_by_budget:
+                break
+            await self._stage("brainstorm", backend, todo, journal, budget, hide_progress)
+            latest = journal.latest()
+            # next round: only the new re-asks; requests that failed wait for the next run
+            todo = [r for fp in self.plan(latest) for r in fp.brainstorms if r.request_id not in latest]
+        if not session.stopped_by_budget:
+            todo = [r for fp in self.plan(latest) for r, _ in fp.examples if self._pending(r, latest)]
+            if todo:
+                await self._stage("examples", backend, todo, journal, budget, hide_progress)
 
     async def _stage(self, name, backend, requests, journal, budget, hide_progress) -> None:
         from tqdm.auto import tqdm
@@ -184,10 +155,6 @@ class SynthesisRun:
         finally:
             journal.listeners.remove(on_record)
             bar.close()
-
-    def _backend(self, budget: Budget):
-        self._client, backend = make_backend(self.args, self.output, budget)
-        return backend
 
     def _pending(self, request: Request, latest: dict[str, dict]) -> bool:
         """Not answered yet: never sent, or failed (a refused request only with ``--retry-refused``)."""

@@ -1,55 +1,19 @@
-"""Structured outputs: the JSON schema of every answer, in the request shape each kind of server honours.
+"""The JSON schemas of the paper's answers, in the shape the endpoint enforces (:mod:`e5_mistral.llm.formats`).
 
 Schemas derive from the family definitions (:mod:`e5_mistral.families`): an example is an object with exactly the
 family's keys, all required strings, nothing else (the strict subset that OpenAI, vLLM, SGLang and llama.cpp all
 enforce). A brainstorm answer is a list of task strings, wrapped as ``{"tasks": [...]}`` where the server needs a
 top-level object; the parser reads both shapes.
-
-Request shapes (``--response-format``):
-
-* ``json_schema``: ``{"type": "json_schema", "json_schema": {"name", "strict": true, "schema"}}`` (OpenAI, Azure,
-  vLLM, SGLang, and llama.cpp's own server);
-* ``json_object``: ``{"type": "json_object", "schema": ...}`` (llama.cpp and llama-cpp-python, which answers 500
-  to ``json_schema``);
-* ``none``: no ``response_format`` (``transformers serve`` answers 400 to any);
-* ``auto``: :func:`detect` asks the endpoint once, with a tiny request, which shape it enforces.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-
-from ..errors import E5MistralError
 from ..families import family_spec
+from ..llm.formats import wrap_schema
 
 
-logger = logging.getLogger(__name__)
-
-RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
-SCHEMA_FORMATS = ("json_schema", "json_object")  # tried in this order by ``auto``
 BRAINSTORM_KEY = "tasks"
 MAX_TASKS_PER_LIST = 30
-
-# The probe: a schema the prompt does not ask for, so only a server that enforces it answers with it.
-PROBE_PROMPT = "Reply with one word: hello."
-PROBE_SCHEMA = {
-    "type": "object",
-    "properties": {"ok": {"type": "string", "enum": ["yes"]}},
-    "required": ["ok"],
-    "additionalProperties": False,
-}
-PROBE_MAX_TOKENS = 16
-
-
-# The judge of mined negatives (`e5-mistral mine --judge-model`): is the candidate relevant to the query?
-JUDGE_KEY = "relevant"
-JUDGE_SCHEMA = {
-    "type": "object",
-    "properties": {JUDGE_KEY: {"type": "string", "enum": ["yes", "no"]}},
-    "required": [JUDGE_KEY],
-    "additionalProperties": False,
-}
 
 
 def example_schema(family: str) -> dict:
@@ -75,85 +39,9 @@ def brainstorm_schema(top_level_object: bool) -> dict:
     }
 
 
-def _wrap(mode: str, name: str, schema: dict) -> dict | None:
-    if mode == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
-    if mode == "json_object":
-        return {"type": "json_object", "schema": schema}
-    if mode == "none":
-        return None
-    raise E5MistralError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, not {mode!r}")
-
-
 def response_format(mode: str, kind: str, family: str) -> dict | None:
     """The ``response_format`` body field of a request (``None``: send none)."""
-    if kind == "judge":
-        return _wrap(mode, "judgement", JUDGE_SCHEMA)
     if kind == "brainstorm":
         # OpenAI's strict mode needs an object at the top; llama.cpp's json_object takes the paper's bare list
-        return _wrap(mode, f"{family}_tasks", brainstorm_schema(top_level_object=mode == "json_schema"))
-    return _wrap(mode, f"{family}_example", example_schema(family))
-
-
-@dataclass
-class Detection:
-    """What ``auto`` found: the format to use and, per format tried, why it was not taken."""
-
-    chosen: str
-    refused: dict[str, str]
-
-    def to_dict(self) -> dict:
-        return {"chosen": self.chosen, "refused": dict(self.refused)}
-
-
-def probe_body(mode: str, params: dict) -> dict:
-    """A tiny request with ``mode``'s schema (none for ``none``), the run's model and extra body, greedy and short."""
-    cap = "max_completion_tokens" if "max_completion_tokens" in params else "max_tokens"  # as the run sends it
-    body = {
-        "model": params.get("model"),
-        "messages": [{"role": "user", "content": PROBE_PROMPT}],
-        "temperature": 0,
-        cap: PROBE_MAX_TOKENS,
-    }
-    if mode != "none":
-        body["response_format"] = _wrap(mode, "probe", PROBE_SCHEMA)
-    return {**body, **(params.get("extra_body") or {})}
-
-
-def follows_probe_schema(content: str | None) -> bool:
-    import json
-
-    try:
-        return json.loads(content or "") == {"ok": "yes"}
-    except json.JSONDecodeError:
-        return False
-
-
-async def detect(post, params: dict, modes: tuple[str, ...] = SCHEMA_FORMATS) -> Detection:
-    """The first of ``modes`` the endpoint enforces, else ``none``.
-
-    ``post(body)`` sends one request (retrying only rate limits and connection errors) and returns the decoded
-    answer; it raises ``openai.APIStatusError`` for an HTTP error. A 4xx about a format is an answer about the
-    format, never a transient fault: it is recorded, not retried. A 5xx may be either (llama-cpp-python answers
-    500 to ``json_schema``), so the same request without a schema tells them apart: if that one fails too, the
-    server is failing and the error propagates. Fatal statuses (401/403/404) propagate.
-    """
-    import openai
-
-    refused: dict[str, str] = {}
-    for mode in modes:
-        try:
-            answer = await post(probe_body(mode, params))
-        except openai.APIStatusError as err:
-            if err.status_code in (401, 403, 404) or "max_completion_tokens" in str(err.message):
-                raise  # fatal, or about the token cap rather than the format (the caller switches the cap)
-            if err.status_code >= 500:
-                await post(probe_body("none", params))  # raises when the server fails whatever the format
-            refused[mode] = f"HTTP {err.status_code}: {' '.join(str(err.message).split())[:200]}"
-            continue
-        choice = (answer.get("choices") or [{}])[0] if isinstance(answer, dict) else {}
-        content = (choice.get("message") or {}).get("content")
-        if follows_probe_schema(content):
-            return Detection(mode, refused)
-        refused[mode] = f"answered without following the schema: {str(content)[:80]!r}"
-    return Detection("none", refused)
+        return wrap_schema(mode, f"{family}_tasks", brainstorm_schema(top_level_object=mode == "json_schema"))
+    return wrap_schema(mode, f"{family}_example", example_schema(family))

@@ -13,7 +13,6 @@ _EXPORTS = {
     "E5DatasetConfig": ".e5_config",
     "E5TrainingConfig": ".e5_config",
     "ModelArguments": ".e5_config",
-    "CONFIG_NAME": ".e5_trainer",
     "E5Trainer": ".e5_trainer",
     "info_nce_loss": ".loss",
 }

@@ -60,7 +60,9 @@ def _text(row: dict, field: str, where: str, required: bool = True) -> str | Non
     return value
 
 
-def convert_row(row: dict, config: E5DatasetConfig, row_index: int, num_hard_negatives: int) -> dict[str, Any]:
+def convert_row(
+    row: dict, config: E5DatasetConfig, row_index: int, num_hard_negatives: int, seed: int = 0
+) -> dict[str, Any]:
     """One raw row -> ``{query, positive, negatives, family, task}``; a ValueError names the dataset, row and field.
 
     ``family`` and ``task`` (the instruction) are what per-family / per-task settings of the entry match."""
@@ -81,7 +83,7 @@ def convert_row(row: dict, config: E5DatasetConfig, row_index: int, num_hard_neg
         instruction = (
             _text(row, "instruction", where, required=False)
             if row.get("instruction") is not None
-            else config.instruction
+            else config.instruction_for(row_index, seed)
         )
         raw = row.get("negative")
         if raw is None:
@@ -196,7 +198,7 @@ def build_mixture(
 
         def convert(batch, idx, config=config, dataset_id=dataset_id, indices=indices):
             rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            out = [convert_row(r, config, indices[i], num_hard_negatives) for r, i in zip(rows, idx)]
+            out = [convert_row(r, config, indices[i], num_hard_negatives, seed) for r, i in zip(rows, idx)]
             return {
                 "query": [o["query"] for o in out],
                 "positive": [o["positive"] for o in out],

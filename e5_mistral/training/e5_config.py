@@ -6,12 +6,14 @@ keys equal the field names, and command-line flags override the YAML.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
 
 from ..errors import E5MistralError
+from ..instructions import TRAINING_INSTRUCTIONS
 from ..pooling import POOLING_MODES
 
 
@@ -29,7 +31,9 @@ class E5DatasetConfig:
     data_dir: str | None = None
     data_files: Any = None
     sampling_ratio: float = 1.0
-    instruction: str | None = None
+    # The instruction of rows that carry none: a text, a key of instructions.TRAINING_INSTRUCTIONS (e.g. "nli"), or a
+    # list of them, one picked per row, seeded (the paper's two Table-14 instructions for NLI and Quora).
+    instruction: str | list[str] | None = None
     # True / False for the whole entry, or per row: {family name or task text: bool, "*": the rest (default True)}
     in_batch_negatives: Any = True
     # With same_dataset_batches, what a global batch shares within this entry: the entry (null), "family" or "task"
@@ -44,8 +48,8 @@ class E5DatasetConfig:
             raise E5MistralError(
                 f"dataset_mixture: {self.path}: sampling_ratio must be a positive number, got {self.sampling_ratio!r}"
             )
-        if self.instruction is not None and not str(self.instruction).strip():
-            raise E5MistralError(f"dataset_mixture: {self.path}: instruction must not be empty (leave it out instead)")
+        if self.instruction is not None:
+            self.instruction = self._resolve_instructions(self.instruction)
         policy = self.in_batch_negatives
         if not isinstance(policy, bool) and not (
             isinstance(policy, dict) and all(isinstance(v, bool) for v in policy.values())
@@ -59,6 +63,24 @@ class E5DatasetConfig:
                 f"dataset_mixture: {self.path}: group_batches_by must be family or task (or left out), "
                 f"got {self.group_batches_by!r}"
             )
+
+    def _resolve_instructions(self, value) -> str | list[str]:
+        """Keys of TRAINING_INSTRUCTIONS become their text; a list stays a list (one is picked per row)."""
+        texts = value if isinstance(value, list) else [value]
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise E5MistralError(
+                f"dataset_mixture: {self.path}: instruction must be a non-empty text or a list of them (leave it out "
+                f"instead), got {value!r}"
+            )
+        resolved = [TRAINING_INSTRUCTIONS.get(t, t) for t in texts]
+        return resolved if isinstance(value, list) else resolved[0]
+
+    def instruction_for(self, row_index: int, seed: int) -> str | None:
+        """The instruction of source row ``row_index``: the entry's, or one of its list picked by (seed, entry, row),
+        so a rerun gives every row the same one."""
+        if not isinstance(self.instruction, list):
+            return self.instruction
+        return random.Random(f"{seed}:{self.label}:{row_index}").choice(self.instruction)
 
     def uses_in_batch_negatives(self, family: str | None, task: str | None) -> bool:
         """A row's policy: its family's entry, else its task's, else ``"*"`` (default True)."""

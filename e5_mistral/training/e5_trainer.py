@@ -19,7 +19,7 @@ from transformers import Trainer
 
 from ..errors import E5MistralError
 from ..pooling import encode
-from ..run_metadata import RUN_CONFIG_NAME, RunMetadata
+from ..run_metadata import RunMetadata, TrainingHyperparameters
 from .collator import E5DataCollator
 from .e5_config import E5TrainingConfig
 from .gradcache import RandContext
@@ -28,8 +28,6 @@ from .loss import info_nce_loss
 
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = RUN_CONFIG_NAME  # e5_mistral_config.json
 
 
 class _FixedOrderSampler(torch.utils.data.Sampler):
@@ -270,23 +268,7 @@ class E5Trainer(Trainer):
             temperature=args.temperature,
             lora=lora,
             datasets=self.dataset_infos,
-            training={
-                "learning_rate": args.learning_rate,
-                "per_device_train_batch_size": args.per_device_train_batch_size,
-                # The contrastive batch: every process's documents are negatives; accumulation adds none.
-                "global_batch_size": args.per_device_train_batch_size * args.world_size,
-                "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "gradcache_chunk_size": args.gradcache_chunk_size,
-                "num_train_epochs": args.num_train_epochs,
-                "max_steps": args.max_steps,
-                "warmup_steps": args.warmup_steps,
-                "weight_decay": args.weight_decay,
-                "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
-                "world_size": args.world_size,
-                "seed": args.seed,
-                "bf16": bool(args.bf16),
-                "fp16": bool(args.fp16),
-            },
+            training=TrainingHyperparameters.from_training_args(args),
             versions={
                 "transformers": transformers.__version__,
                 "peft": peft.__version__,

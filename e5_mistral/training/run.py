@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Sequence
 
+from ..compat import save_model_without_push
 from ..errors import E5MistralError, MissingFileError
 from .e5_config import DataArguments, E5TrainingConfig, ModelArguments
 
@@ -107,8 +108,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
         if checkpoint is None:
             logger.info("no checkpoint in %s: starting from scratch", training_args.output_dir)
     trainer.train(resume_from_checkpoint=checkpoint)
-    # _internal_call: save without the Trainer's own push, so that the one push below carries the card's metadata.
-    trainer.save_model(training_args.output_dir, _internal_call=True)
+    save_model_without_push(trainer, training_args.output_dir)
     if trainer.args.push_to_hub:
         trainer.push_to_hub(
             dataset=[i.path for i in infos],

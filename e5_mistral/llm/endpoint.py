@@ -11,22 +11,31 @@ import logging
 from pathlib import Path
 
 from ..errors import E5MistralError
-from .config import SynthesisArguments
 from .cost import Budget
-from .journal import STATUS_FAILED, STATUS_OK, Journal, Request, make_record
-from .plan import request_id
-from .structured import SCHEMA_FORMATS, detect
+from .formats import SCHEMA_FORMATS, detect
+from .journal import STATUS_FAILED, STATUS_OK, Journal, Request, make_record, request_id
+from .settings import EndpointArguments
 
 
 logger = logging.getLogger(__name__)
 
+# An endpoint that takes no connection fails the run this fast; --timeout bounds each answer, which may be slow.
+CONNECT_TIMEOUT_S = 10.0
+RUN_SETTINGS_FILE = "run_config.json"  # an output folder's settings and the format its endpoint settled on
 
-def stored_detection(args: SynthesisArguments, output: Path) -> dict | None:
+
+def save_settings(args: EndpointArguments, output: Path, detection: dict) -> None:
+    """Write the run's public settings and its resolved format, which ``stored_detection`` reads back on resume."""
+    settings = {**args.public_dict(), "response_format_resolved": detection}
+    (output / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def stored_detection(args: EndpointArguments, output: Path) -> dict | None:
     """The format to send without asking: ``none`` when asked for, else what an earlier run of the same
     endpoint and model settled on (so a resumed run keeps its ids and needs no probe)."""
     if args.response_format == "none":
         return {"chosen": "none", "refused": {}}
-    previous = output / "run_config.json"
+    previous = output / RUN_SETTINGS_FILE
     if not previous.is_file():
         return None
     try:
@@ -40,10 +49,11 @@ def stored_detection(args: SynthesisArguments, output: Path) -> dict | None:
     return resolved if same and resolved.get("chosen") in ("none",) + SCHEMA_FORMATS else None
 
 
-async def detect_response_format(args: SynthesisArguments, backend, journal: Journal) -> dict:
-    """``{"chosen", "refused", "max_tokens_param"}``: ask the endpoint once which schema shape it enforces
-    (``auto``), or check the one asked for, through ``backend`` (its client is the caller's to close). Every probe
-    attempt is journaled like any request, so the report counts its requests and tokens."""
+async def detect_response_format(args: EndpointArguments, backend, journal: Journal, sampling: dict) -> dict:
+    """``{"chosen", "refused", "max_tokens_param"[, "default_sampling"]}``: ask the endpoint once which schema
+    shape it enforces (``auto``), or check the one asked for, through ``backend`` (its client is the caller's to
+    close), with the stage's ``sampling``. Every probe attempt is journaled like any request, so the report counts
+    its requests and tokens."""
     import openai
 
     from .online import FATAL_STATUS, EndpointError
@@ -82,26 +92,31 @@ async def detect_response_format(args: SynthesisArguments, backend, journal: Jou
         )
         return answer
 
-    cap = args.default_max_tokens_param()
+    cap, default_sampling = args.default_max_tokens_param(), False
     await backend.check_endpoint()
     try:
-        try:
-            found = await detect(
-                lambda body: backend.retry_rate_limits(send, body),
-                args.generation_params(max_tokens_param=cap),
-                SCHEMA_FORMATS if requested == "auto" else (requested,),
-            )
-        except openai.BadRequestError as err:
-            if not (args.max_tokens_param == "auto" and cap == "max_tokens" and _names_the_cap(err)):
-                raise
-            # the model takes max_completion_tokens (OpenAI's reasoning models): ask again with it
-            logger.warning("the endpoint refuses max_tokens (%s); sending max_completion_tokens", err.message)
-            cap = "max_completion_tokens"
-            found = await detect(
-                lambda body: backend.retry_rate_limits(send, body),
-                args.generation_params(max_tokens_param=cap),
-                SCHEMA_FORMATS if requested == "auto" else (requested,),
-            )
+        while True:
+            try:
+                found = await detect(
+                    lambda body: backend.retry_rate_limits(send, body),
+                    args.request_params({} if default_sampling else sampling, max_tokens_param=cap),
+                    SCHEMA_FORMATS if requested == "auto" else (requested,),
+                )
+                break
+            except openai.BadRequestError as err:
+                # OpenAI's reasoning models take max_completion_tokens, and only their default sampling
+                if (
+                    args.max_tokens_param == "auto"
+                    and cap == "max_tokens"
+                    and _names(err, "max_tokens", "max_completion_tokens")
+                ):
+                    logger.warning("the endpoint refuses max_tokens (%s); sending max_completion_tokens", err.message)
+                    cap = "max_completion_tokens"
+                elif not default_sampling and _names(err, "temperature"):
+                    logger.warning("the model takes only its default temperature (%s); sending none", err.message)
+                    default_sampling = True
+                else:
+                    raise
     except openai.APIStatusError as err:
         reason = FATAL_STATUS.get(
             err.status_code, "the endpoint failed while asked which JSON schema shape it enforces"
@@ -119,10 +134,10 @@ async def detect_response_format(args: SynthesisArguments, backend, journal: Jou
             "the endpoint enforces no JSON schema (%s); sending requests without response_format",
             "; ".join(f"{mode}: {why}" for mode, why in found.refused.items()),
         )
-    return {**found.to_dict(), "max_tokens_param": cap}
+    return {**found.to_dict(), "max_tokens_param": cap, **({"default_sampling": True} if default_sampling else {})}
 
 
-def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
+def make_backend(args: EndpointArguments, output: Path, budget: Budget):
     """The client (AsyncOpenAI or AsyncAzureOpenAI, retries off: the backend retries) and the backend."""
     import openai
 
@@ -133,7 +148,7 @@ def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
     common = dict(
         api_key=api_key,
         max_retries=0,
-        timeout=args.timeout,
+        timeout=openai.Timeout(args.timeout, connect=min(CONNECT_TIMEOUT_S, args.timeout)),
         http_client=make_http_client(args.http_client) if args.backend == "online" else None,
     )
     if args.azure_api_version:
@@ -161,7 +176,7 @@ def make_backend(args: SynthesisArguments, output: Path, budget: Budget):
     )
 
 
-def _names_the_cap(err) -> bool:
-    """A 400 saying that max_tokens is not supported and max_completion_tokens is (OpenAI's wording)."""
+def _names(err, *words: str) -> bool:
+    """Whether a 400's message names every one of ``words`` (e.g. "temperature": the parameter it refuses)."""
     message = str(getattr(err, "message", err))
-    return "max_tokens" in message and "max_completion_tokens" in message
+    return all(word in message for word in words)

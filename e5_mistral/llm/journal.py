@@ -8,13 +8,14 @@ never requested again. The journal never holds API keys or request headers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Mapping, Protocol
 
 
 STATUS_OK = "ok"  # an answer came back (it may still be rejected by parsing later)
@@ -45,6 +46,31 @@ class Request:
         params = dict(self.params)
         extra = params.pop("extra_body", None) or {}
         return {"messages": [dict(m) for m in self.messages], **params, **extra}
+
+
+def request_id(payload: Mapping) -> str:
+    """A request's id: the hash of everything that decides its answer (never time, never the key)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def chat_request(
+    rid: str, kind: str, family: str, prompt: str, params: Mapping, response_format: dict | None = None
+) -> Request:
+    """One chat request: ``prompt`` as the user turn, after ``params["system_prompt"]`` when set.
+
+    The system prompt and the sampling seed are part of the id (in ``params``) but travel otherwise: the first as a
+    message, the second as the request's own ``seed`` (derived from its id: repeatable, yet different for two
+    requests with the same prompt). ``params["response_format"]`` names the format; ``response_format`` is what is
+    sent (the caller's schema in that shape)."""
+    user = {"role": "user", "content": prompt}
+    system = params.get("system_prompt")
+    messages = ({"role": "system", "content": system}, user) if system else (user,)
+    body = {k: v for k, v in params.items() if k not in ("system_prompt", "sampling_seed", "response_format")}
+    if "response_format" in params and response_format is not None:
+        body["response_format"] = response_format
+    if "sampling_seed" in params:
+        body["seed"] = int(rid[:8], 16) & 0x7FFFFFFF
+    return Request(rid, kind, family, messages, body)
 
 
 def make_record(
@@ -139,6 +165,19 @@ class Journal:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ObservedJournal(Journal):
+    """A journal that tells listeners (budget, progress bar) about every record it writes."""
+
+    def __init__(self, directory, listeners: list[Callable[[dict], None]] | None = None):
+        super().__init__(directory)
+        self.listeners = listeners or []
+
+    def append(self, record: dict) -> None:
+        super().append(record)
+        for listener in self.listeners:
+            listener(record)
 
 
 class Backend(Protocol):

@@ -28,18 +28,23 @@ from typing import Mapping, Sequence
 
 import openai
 from aiolimiter import AsyncLimiter
-from openai._constants import MAX_RETRY_AFTER_DELAY, RAW_RESPONSE_HEADER
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
+from ..compat import (
+    OPENAI_MAX_RETRY_AFTER_DELAY,
+    OPENAI_RAW_RESPONSE_HEADER,
+    openai_retry_after,
+    openai_should_retry,
+)
 from ..errors import E5MistralError
 from .cost import Budget, worst_case_cost
 from .journal import STATUS_FAILED, STATUS_OK, STATUS_REFUSED, Journal, Request, make_record
+from .settings import HTTP_CLIENTS
 
 
 logger = logging.getLogger(__name__)
 
-HTTP_CLIENTS = ("auto", "aiohttp", "httpx")
 FATAL_STATUS = {
     401: "the endpoint rejected the API key",
     403: "the endpoint refused access",
@@ -48,6 +53,9 @@ FATAL_STATUS = {
 
 
 TRANSIENT_STATUS = (408, 409, 429)  # never about the request itself, even when the server says not to retry
+# The first this many answers of a run all refused with the same error: a setting of the run is wrong (an unsupported
+# parameter, a bad --extra-body), not the requests, so the run stops instead of refusing its plan one by one.
+REFUSAL_BREAKER = 20
 RATE_WINDOW_S = 60.0  # --rpm and --tpm are per minute
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -57,7 +65,7 @@ def is_retryable(client: openai.AsyncOpenAI, exc: BaseException) -> bool:
     takes (408, 409, 429, 5xx; ``x-should-retry`` overrides; a server delay over two minutes is not waited for)."""
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return True
-    return isinstance(exc, openai.APIStatusError) and client._should_retry(exc.response)
+    return isinstance(exc, openai.APIStatusError) and openai_should_retry(client, exc.response)
 
 
 class wait_retry_after(wait_base):
@@ -70,8 +78,8 @@ class wait_retry_after(wait_base):
     def __call__(self, retry_state) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         response = getattr(exc, "response", None)
-        delay = self.client._parse_retry_after_header(response.headers) if response is not None else None
-        if delay is not None and math.isfinite(delay) and 0 < delay <= MAX_RETRY_AFTER_DELAY:
+        delay = openai_retry_after(self.client, response.headers) if response is not None else None
+        if delay is not None and math.isfinite(delay) and 0 < delay <= OPENAI_MAX_RETRY_AFTER_DELAY:
             return delay
         return self.fallback(retry_state)
 
@@ -198,6 +206,7 @@ class OnlineBackend:
         self._in_flight = 0
         self._fatal: BaseException | None = None
         self._connection_failures = 0  # consecutive requests that failed for connection reasons only
+        self._refusals: tuple[int, str] | None = (0, "")  # (count, error) while every answer so far is a refusal
 
     async def check_endpoint(self) -> None:
         await check_reachable(self.client, self.endpoint)
@@ -228,6 +237,7 @@ class OnlineBackend:
                 self._answered.set()
                 if record is not None:
                     journal.append(record)  # the budget now counts the answer's real usage
+                    self._watch_refusals(record)
                     await self._charge_usage(request, record)
                 if limited:  # wake the workers waiting for room in the budget
                     async with self._settled:
@@ -238,6 +248,22 @@ class OnlineBackend:
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
         if self._fatal is not None:
             raise self._fatal
+
+    def _watch_refusals(self, record: dict) -> None:
+        """Stop the run when its first ``REFUSAL_BREAKER`` answers are all refused with the same error."""
+        if self._refusals is None or record["status"] == STATUS_FAILED:
+            return
+        count, error = self._refusals
+        if record["status"] != STATUS_REFUSED or (count and record["error"] != error):
+            self._refusals = None  # something else came back: refusals are about their requests
+            return
+        self._refusals = (count + 1, record["error"])
+        if count + 1 >= REFUSAL_BREAKER and self._fatal is None:
+            self._fatal = EndpointError(
+                f"the endpoint refused the first {count + 1} requests of this run alike ({record['error']}): a "
+                "setting of the run is wrong (a parameter the model does not take, --extra-body, --model); fix it "
+                "and rerun with --retry-refused"
+            )
 
     async def _reserve(self, reserved: tuple[int, float]) -> bool:
         """Reserve a request's worst case before it goes out; while it does not fit, wait for the requests in flight
@@ -287,7 +313,7 @@ class OnlineBackend:
                 "/chat/completions",
                 body=body,
                 cast_to=object,
-                options={"headers": {RAW_RESPONSE_HEADER: "true"}, "security": {"bearer_auth": True}},
+                options={"headers": {OPENAI_RAW_RESPONSE_HEADER: "true"}, "security": {"bearer_auth": True}},
             )
         except openai.APIStatusError as err:
             self.server_limits.observe(err.response.headers)

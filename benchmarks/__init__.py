@@ -1,0 +1,1 @@
+"""Benchmarks, run from the repository root as ``python -m benchmarks.NAME`` (they import ``tests`` helpers)."""
