@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -56,7 +57,9 @@ def test_gpu_check_runs_every_check_on_cpu(tmp_path):
     assert results["speed_ratio"]["mnrl"] > 0
     gradcache = results["gradcache"]
     assert gradcache["equal"] and gradcache["max_relative_difference"] < 1e-4
-    assert gradcache["memory_ratio"] > 0
+    # Measured, but meaningful on CUDA only: a tiny model's step moves the RSS less than the kernel's lagging
+    # per-thread RSS counters, so on CPU the ratio can even come out negative.
+    assert math.isfinite(gradcache["memory_ratio"])
     assert "skipped" in results["zero3"]  # DeepSpeed needs an accelerator (and is not installed here)
     fsdp = results["fsdp"]
     assert fsdp["equal"] and fsdp["empty_tensors"] == 0 and fsdp["tensors_saved"] == fsdp["tensors_in_memory"] > 0

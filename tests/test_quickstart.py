@@ -119,17 +119,33 @@ def test_reduced_quickstart_end_to_end_then_cached(tmp_path, smollm2_dir, benchm
         assert f"[{step}] cached" in second.stdout and f"[{step}] $" not in second.stdout
     assert json.loads((out / "results.json").read_text())["scores"] == scores
 
-    # The generated data is the same on every run: single-slot servers, a sampling seed per request.
-    from e5_mistral.quickstart import QuickstartArguments, Step, generate
-
-    again = generate(QuickstartArguments(num_examples=24), tmp_path / "again", Step({}))
-    assert _rows_of(again) == _rows_of(out / "synthetic" / "dataset")
+    # The generated data is the same on every run: single-slot servers, a sampling seed per request. Fresh servers
+    # answer requests of the run again, in another order, exactly as the journal has them.
+    assert _answers_again(out / "synthetic", gguf, 4) == "same"
 
 
-def _rows_of(dataset):
-    import pyarrow.parquet as pq
+def _answers_again(folder, gguf, count: int) -> str:
+    """Send ``count`` example requests of a finished run (one per family) to a fresh pool of llama.cpp servers,
+    last first; "same" when every answer equals the journaled one."""
+    import openai
 
-    return pq.read_table(dataset / "all" / "train-00000-of-00001.parquet").to_pylist()
+    from e5_mistral.llm.journal import Journal
+    from e5_mistral.local_server import llama_cpp_pool
+    from e5_mistral.synthesis.config import SynthesisArguments
+    from e5_mistral.synthesis.runner import SynthesisRun
+
+    settings = json.loads((folder / "run_config.json").read_text())
+    settings.pop("response_format_resolved")
+    latest = Journal(folder / "journal").latest()
+    run = SynthesisRun(SynthesisArguments(**settings))
+    requests = [fp.examples[0][0] for fp in run.plan(latest) if fp.examples][:count]
+    with llama_cpp_pool(gguf, 2) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="EMPTY")
+        for request in reversed(requests):
+            answer = client.post("/chat/completions", body=request.body(), cast_to=object)
+            if answer["choices"][0]["message"]["content"] != latest[request.request_id]["content"]:
+                return f"{request.family}: another answer"
+    return "same"
 
 
 @pytest.mark.slow
