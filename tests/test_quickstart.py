@@ -150,12 +150,12 @@ def _answers_again(folder, gguf, count: int) -> str:
 
 @pytest.mark.slow
 def test_the_quickstart_recipe_improves_held_out_retrieval(tmp_path, smollm2_dir):
-    """The recipe's 45 steps (fewer do not move it: 16 steps gave 0.16 against the raw backbone's 0.18), on the
-    bundled sample, held-out retrieval only: the after column must beat the before column."""
+    """The recipe (30 of its 45 steps, to keep the suite short: they gave 0.66 against the raw backbone's 0.17 on
+    2 CPU cores, 2026-12-05), on the bundled sample, held-out retrieval only: after must beat before."""
     from e5_mistral.quickstart import BEFORE, SAMPLE
 
     out = tmp_path / "qs"
-    proc = _quickstart("--output_dir", str(out), "--skip_generate", timeout=900)
+    proc = _quickstart("--output_dir", str(out), "--skip_generate", "--max_steps", "30", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     scores = json.loads((out / "results.json").read_text())["scores"]
     assert scores[SAMPLE][HELDOUT_RETRIEVAL] > scores[BEFORE][HELDOUT_RETRIEVAL] + 0.1, scores
