@@ -99,7 +99,7 @@ async def detect_response_format(args: EndpointArguments, backend, journal: Jour
             try:
                 found = await detect(
                     lambda body: backend.retry_rate_limits(send, body),
-                    args.request_params({} if default_sampling else sampling, max_tokens_param=cap),
+                    args.request_params(sampling, max_tokens_param=cap, default_sampling=default_sampling),
                     SCHEMA_FORMATS if requested == "auto" else (requested,),
                 )
                 break

@@ -6,8 +6,8 @@ client and back end (made on first use: a run with nothing left to send needs no
 the endpoint enforces (asked once per folder, then read back from ``run_config.json``).
 
     async with EndpointSession(settings, folder, sampling={"temperature": 0.0}) as session:
-        params = await session.resolve_params()
-        ...build requests with params...
+        detection = await session.resolve_format()
+        ...build requests with settings.request_params(sampling, detection["chosen"], ...)...
         await session.send(requests)
 """
 
@@ -74,8 +74,9 @@ class EndpointSession:
         await self.backend.run(requests, self.journal)
 
     @property
-    def backend_made(self) -> bool:
-        return self._backend is not None
+    def batches_running(self) -> int:
+        """Batches the batch back end left running (``--batch-no-wait``); 0 online or when nothing was sent."""
+        return self._backend.running if self._backend is not None else 0
 
     @property
     def stopped_by_budget(self) -> bool:

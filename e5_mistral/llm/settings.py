@@ -125,13 +125,18 @@ class EndpointArguments:
             )
 
     def request_params(
-        self, sampling: dict, response_format: str = "none", max_tokens_param: str | None = None
+        self,
+        sampling: dict,
+        response_format: str = "none",
+        max_tokens_param: str | None = None,
+        default_sampling: bool = False,
     ) -> dict:
         """The parameters of every request (part of its id; never the key or the URL): the model, ``sampling``
-        (the stage's temperature and top_p; empty for a model that takes only its defaults), the completion cap
-        under its resolved name, the resolved response format (only when one is used) and the extra body."""
+        (the stage's temperature and top_p; none sent when ``default_sampling``: the model takes only its defaults,
+        as OpenAI's reasoning models), the completion cap under its resolved name, the resolved response format
+        (only when one is used) and the extra body."""
         cap = max_tokens_param or self.default_max_tokens_param()
-        params = {"model": self.model, **sampling, cap: self.max_tokens}
+        params = {"model": self.model, **({} if default_sampling else sampling), cap: self.max_tokens}
         if response_format != "none":
             params["response_format"] = response_format
         if self.extra_body:
@@ -159,10 +164,6 @@ class EndpointArguments:
     def public_dict(self) -> dict:
         """Settings safe to write to disk and cards (the key is never a field, only its variable's name)."""
         return asdict(self)
-
-    def endpoint_arguments(self) -> "EndpointArguments":
-        """Just the endpoint settings (of a subclass's wider ones)."""
-        return EndpointArguments(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EndpointArguments)})
 
 
 def check_json_object(flag: str, value: str) -> dict:

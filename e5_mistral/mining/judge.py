@@ -97,12 +97,13 @@ async def _judge(rows: list[dict], settings: EndpointArguments, folder: Path, hi
 
     async with EndpointSession(settings, folder, SAMPLING, command="e5-mistral mine (judge)") as session:
         detection = await session.resolve_format()
-        sampling = {} if detection.get("default_sampling") else SAMPLING
         # a verdict is a few tokens, but a reasoning model (max_completion_tokens, or only its default sampling)
         # spends its hidden reasoning out of the same cap first
         if detection.get("default_sampling") or detection.get("max_tokens_param") == "max_completion_tokens":
             settings = dataclasses.replace(settings, max_tokens=max(settings.max_tokens, REASONING_ROOM))
-        params = settings.request_params(sampling, detection["chosen"], detection.get("max_tokens_param"))
+        params = settings.request_params(
+            SAMPLING, detection["chosen"], detection.get("max_tokens_param"), detection.get("default_sampling", False)
+        )
         requests, candidates = _candidates(rows, params)
         latest = session.journal.latest()
         pending = [r for rid, r in requests.items() if needs_sending(latest.get(rid), settings.retry_refused)]

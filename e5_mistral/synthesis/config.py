@@ -179,8 +179,7 @@ class SynthesisArguments(EndpointArguments):
         ``default_sampling``: the model takes only its default temperature and top_p (OpenAI's reasoning models),
         so neither is sent.
         """
-        sampling = {} if default_sampling else self.sampling()
-        params = self.request_params(sampling, response_format, max_tokens_param)
+        params = self.request_params(self.sampling(), response_format, max_tokens_param, default_sampling)
         if self.sampling_seed is not None:  # only when set, as the system prompt
             params["sampling_seed"] = self.sampling_seed
         if self.system_prompt:  # only when set, so the ids of runs without one stay as they were

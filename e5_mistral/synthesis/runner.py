@@ -94,8 +94,7 @@ class SynthesisRun:
             self.detection = await session.resolve_format()
             await self._execute(session, hide_progress)
             stopped = session.stopped_by_budget
-            if session.backend_made:
-                self.batches_running = session.backend.running
+            self.batches_running = session.batches_running
             result = self.finalize(session.journal.latest(), budget_stopped=stopped)  # inside the lock
         if stopped:
             logger.warning(
