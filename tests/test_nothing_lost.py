@@ -214,10 +214,10 @@ def test_mine_gives_each_text_exactly_one_prompt(minilm_dir, tmp_path, monkeypat
 
 def test_generator_license_reaches_the_card(tmp_path):
     from e5_mistral.synthesis.config import SynthesisArguments
-    from e5_mistral.synthesis.dataset import write_outputs
+    from e5_mistral.synthesis.dataset import run_settings
 
     args = SynthesisArguments(model="m", output=str(tmp_path), generator_license="Apache-2.0, the Qwen team")
-    write_outputs(tmp_path, {"accepted": 2}, _rows(n=1), [], args)
+    write_hub_folder(_rows(n=1), tmp_path / "dataset", {"accepted": 2}, run_settings(args))
     assert "Generator licence: Apache-2.0, the Qwen team" in (tmp_path / "dataset" / "README.md").read_text()
 
 

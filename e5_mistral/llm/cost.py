@@ -98,7 +98,7 @@ class Budget:
 
     def __init__(self, max_cost: float | None = None, max_tokens: int | None = None, prices: Mapping | None = None):
         self.max_cost, self.max_tokens, self.prices = max_cost, max_tokens, dict(prices or {})
-        self.tokens, self.cost, self.records = 0, 0.0, 0
+        self.tokens, self.cost = 0, 0.0
         self.reserved_tokens, self.reserved_cost = 0, 0.0
 
     @property
@@ -106,16 +106,17 @@ class Budget:
         return self.max_cost is not None or self.max_tokens is not None
 
     def track(self, journal) -> "Budget":
-        """Count what ``journal`` already holds (earlier runs' spending binds too) and every record it gets."""
-        for record in journal.records():
-            self.add(record)
+        """Count what the ``ObservedJournal`` already holds (earlier runs' spending binds too) and every record it
+        gets."""
+        for total in journal.totals.as_records():
+            self.tokens += record_tokens(total)
+            self.cost += record_cost(total, self.prices)
         journal.listeners.append(self.add)
         return self
 
     def add(self, record: Mapping) -> None:
         self.tokens += record_tokens(record)
         self.cost += record_cost(record, self.prices)
-        self.records += 1
 
     def fits(self, tokens: int, cost: float) -> bool:
         """Whether a worst case of ``tokens`` and ``cost`` fits beside what is spent and reserved."""

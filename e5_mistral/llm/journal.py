@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ class Request:
 
 def request_id(payload: Mapping) -> str:
     """A request's id: the hash of everything that decides its answer (never time, never the key)."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return sys.intern(digest)  # the plan and the journal's index then share one string per id
 
 
 def chat_request(
@@ -101,6 +103,60 @@ def make_record(
     }
 
 
+class JournalEntry:
+    """A journal record without its answer: what a stage keeps per request id. ``entry["content"]`` (or any field
+    not kept) reads the record back from its line, so memory stays flat however long the answers are."""
+
+    __slots__ = ("status", "kind", "family", "model", "finish_reason", "error", "_path", "_offset")
+    KEPT = ("status", "kind", "family", "model", "finish_reason", "error")
+
+    def __init__(self, record: Mapping, path: Path, offset: int):
+        for name in self.KEPT:
+            value = record.get(name)
+            setattr(self, name, sys.intern(value) if type(value) is str and name != "error" else value)
+        self._path, self._offset = path, offset
+
+    def record(self) -> dict:
+        """The whole record, read back from the journal."""
+        with open(self._path, "rb") as handle:
+            handle.seek(self._offset)
+            return json.loads(handle.readline())
+
+    def __getitem__(self, key: str):
+        return getattr(self, key) if key in self.KEPT else self.record()[key]
+
+    def get(self, key: str, default=None):
+        value = self[key] if key in self.KEPT else self.record().get(key, default)
+        return default if value is None else value
+
+
+@dataclass
+class JournalTotals:
+    """What every attempt in the journal spent: requests sent and tokens per (model, source), from which a price
+    table gives the cost exactly."""
+
+    attempts: int = 0
+    records: int = 0
+    tokens: dict = field(default_factory=dict)  # (model, source) -> [prompt, completion]
+
+    def add(self, record: Mapping) -> None:
+        usage = record.get("usage") or {}
+        spent = self.tokens.setdefault((record.get("model"), record.get("source")), [0, 0])
+        spent[0] += int(usage.get("prompt_tokens", 0))
+        spent[1] += int(usage.get("completion_tokens", 0))
+        self.attempts += int(record.get("attempts") or 0)
+        self.records += 1
+
+    def as_records(self) -> Iterator[dict]:
+        """One record-shaped total per (model, source), for the cost helpers."""
+        for (model, source), (prompt, completion) in self.tokens.items():
+            yield {
+                "model": model,
+                "source": source,
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion},
+            }
+
+
 class Journal:
     """Append-only JSONL files under a folder; one file per process run, so concurrent writers never interleave.
 
@@ -118,17 +174,20 @@ class Journal:
         self._file = None
         self._last_fsync = 0.0
 
-    def append(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+    def append(self, record: dict) -> int:
+        """Write ``record``; returns the byte offset of its line in ``self.path``."""
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8")
+                self._file = open(self.path, "ab")
+            offset = self._file.tell()
             self._file.write(line)
             self._file.flush()
             now = time.monotonic()
             if now - self._last_fsync >= self.fsync_interval:
                 os.fsync(self._file.fileno())
                 self._last_fsync = now
+        return offset
 
     def close(self) -> None:
         with self._lock:
@@ -138,23 +197,28 @@ class Journal:
                 self._file.close()
                 self._file = None
 
-    def records(self) -> Iterator[dict]:
-        """Every record of every file, oldest file first; a line cut short by a kill is skipped."""
+    def scan(self) -> Iterator[tuple[dict, Path, int]]:
+        """Every record of every file with its file and byte offset, oldest file first; a line cut short by a kill
+        is skipped."""
         for path in sorted(self.directory.glob("journal-*.jsonl")):
-            with open(path, encoding="utf-8") as handle:
+            offset = 0
+            with open(path, "rb") as handle:
                 for line in handle:
                     try:
-                        yield json.loads(line)
+                        yield json.loads(line), path, offset
                     except json.JSONDecodeError:
-                        continue  # the last line of a killed run
+                        pass  # the last line of a killed run
+                    offset += len(line)
 
-    def latest(self) -> dict[str, dict]:
-        """request_id -> the record that counts: the first ``ok`` one, else the last failure."""
-        latest: dict[str, dict] = {}
-        for record in self.records():
-            previous = latest.get(record["request_id"])
-            if previous is None or (previous["status"] != STATUS_OK):
-                latest[record["request_id"]] = record
+    def records(self) -> Iterator[dict]:
+        """Every record of every file, oldest file first."""
+        return (record for record, _, _ in self.scan())
+
+    def latest(self) -> dict[str, JournalEntry]:
+        """request_id -> the record that counts (the first ``ok`` one, else the last failure), without its answer."""
+        latest: dict[str, JournalEntry] = {}
+        for record, path, offset in self.scan():
+            _keep(latest, record, path, offset)
         return latest
 
     def done_ids(self) -> set[str]:
@@ -167,17 +231,39 @@ class Journal:
         self.close()
 
 
+def _keep(latest: dict[str, JournalEntry], record: dict, path: Path, offset: int) -> None:
+    previous = latest.get(record["request_id"])
+    if previous is None or previous.status != STATUS_OK:
+        latest[sys.intern(record["request_id"])] = JournalEntry(record, path, offset)  # one copy of the id: the plan's
+
+
 class ObservedJournal(Journal):
-    """A journal that tells listeners (budget, progress bar) about every record it writes."""
+    """A journal read once, when opened, and kept current from then on: ``index`` (the record that counts per request
+    id, without answers) and ``totals`` follow every record written, and listeners (budget, progress bar) are told
+    of each. A run asks these instead of reading its files again."""
 
     def __init__(self, directory, listeners: list[Callable[[dict], None]] | None = None):
         super().__init__(directory)
         self.listeners = listeners or []
+        self.index: dict[str, JournalEntry] = {}
+        self.totals = JournalTotals()
+        for record, path, offset in self.scan():
+            _keep(self.index, record, path, offset)
+            self.totals.add(record)
 
-    def append(self, record: dict) -> None:
-        super().append(record)
+    def append(self, record: dict) -> int:
+        offset = super().append(record)
+        _keep(self.index, record, self.path, offset)
+        self.totals.add(record)
         for listener in self.listeners:
             listener(record)
+        return offset
+
+    def latest(self) -> dict[str, JournalEntry]:
+        return self.index
+
+    def done_ids(self) -> set[str]:
+        return {rid for rid, entry in self.index.items() if entry.status == STATUS_OK}
 
 
 class Backend(Protocol):

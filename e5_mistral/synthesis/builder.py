@@ -23,7 +23,8 @@ from datasets.builder import Key
 
 from ..errors import E5MistralError
 from .config import SynthesisArguments
-from .schema import ALL_CONFIG, CONFIG_NAMES, conform, features
+from .dataset import DATA_FILE
+from .schema import ALL_CONFIG, CONFIG_NAMES, features
 
 
 CITATION = """@inproceedings{wang2024improving,
@@ -77,9 +78,13 @@ class SyntheticEmbeddingData(datasets.GeneratorBasedBuilder):
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"synthesis": self.config.synthesis})]
 
     def _generate_examples(self, synthesis: SynthesisArguments):
+        import pyarrow.parquet as pq
+
         from .runner import generate
 
-        rows = generate(synthesis, progress=False).rows
-        family = self.config.name
-        for index, row in enumerate(r for r in rows if family == ALL_CONFIG or r["family"] == family):
-            yield Key(0, index), conform(row, family)
+        folder = generate(synthesis, progress=False).output / "dataset" / self.config.name
+        index = 0
+        for batch in pq.ParquetFile(folder / DATA_FILE).iter_batches():  # rows already in the config's columns
+            for row in batch.to_pylist():
+                yield Key(0, index), row
+                index += 1

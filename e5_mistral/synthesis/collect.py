@@ -7,17 +7,22 @@ example is accepted, rejected, a duplicate or failed).
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Mapping, TextIO, TypedDict
 
 from ..llm.cost import price_for, usage_totals
-from ..llm.journal import STATUS_OK, STATUS_REFUSED, Journal
+from ..llm.journal import STATUS_OK, STATUS_REFUSED
 from ..text import match_key
 from .config import SynthesisArguments
+from .dataset import DATA_FILE, HubFolderWriter, run_settings, write_json
 from .parsing import Rejected, parse_example
 from .planner import Planner
+from .schema import ALL_CONFIG
 from .templates import DEDUP_KEY
 
 
@@ -52,17 +57,23 @@ class SynthesisReport(TypedDict):
 @dataclass
 class RunResult:
     report: SynthesisReport
-    rows: list[dict]
-    rejects: list[dict]
     output: Path
+
+    @property
+    def rows(self) -> list[dict]:
+        """The accepted rows, read back from the dataset's ``all`` config (columns of every family)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.output / "dataset" / ALL_CONFIG / DATA_FILE).to_pylist()
 
 
 @dataclass
 class Tally:
-    """What the journal's answers to a plan came to, family by family (the plan itself is ``FamilyPlan``)."""
+    """What the journal's answers to a plan came to, family by family (the plan itself is ``FamilyPlan``). Rows go
+    to the dataset writer and rejects to ``rejected.jsonl`` as they are found; only counts stay."""
 
-    rows: list[dict] = field(default_factory=list)
-    rejects: list[dict] = field(default_factory=list)
+    rows: HubFolderWriter
+    rejects: TextIO
     failed_reasons: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)  # reason -> examples
     duplicates: int = 0
@@ -71,35 +82,38 @@ class Tally:
     accepted: Counter = field(default_factory=Counter)  # ... -> examples accepted
     per_family: dict = field(default_factory=dict)
 
+    def reject(self, record: dict) -> None:
+        self.rejects.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-def collect(
-    planner: Planner,
-    params: dict,
-    latest: dict[str, dict],
-    args: SynthesisArguments,
-    prices: dict,
-    detection: dict | None,
-    budget_stopped: bool = False,
-    batches_running: int = 0,
-) -> RunResult:
-    """Parse every answer of the plan, dedup, and write report.json, rejected.jsonl, diversity.json, dataset/."""
-    from .dataset import write_outputs
 
+def collect(plans, planner: Planner, journal, args: SynthesisArguments, prices: dict, state: dict) -> RunResult:
+    """Parse every answer of the plan, dedup, and write report.json, rejected.jsonl, diversity.json and dataset/,
+    streaming rows from the journal to the files. ``journal`` is the run's ``ObservedJournal``; ``state`` holds
+    ``detection``, ``budget_stopped`` and ``batches_running``."""
     output = Path(args.output)
-    plans = planner.plan(latest, params)
-    tally = Tally()
-    for fp in plans:
-        _tally_brainstorms(fp, latest, planner, tally)
-        _tally_examples(fp, latest, tally, lambda rec: _failure_reason(rec, budget_stopped, batches_running))
-    records = list(Journal(output / "journal").records())  # reading opens no new file
-    report = _report(plans, latest, records, tally, args, prices, detection)
-    report.update(budget_stopped=budget_stopped, batches_running=batches_running, seed=args.seed)
+    latest = journal.latest()
+    failure = partial(_failure_reason, budget_stopped=state["budget_stopped"], running=state["batches_running"])
+    writer = HubFolderWriter(output / "dataset")
+    try:
+        with open(output / "rejected.jsonl.tmp", "w", encoding="utf-8") as rejects:
+            tally = Tally(writer, rejects)
+            for fp in plans:  # rows in plan order: family, then row index
+                _tally_brainstorms(fp, latest, planner, tally)
+                _tally_examples(fp, latest, tally, failure)
+    except BaseException:
+        writer.abort()
+        raise
+    report = _report(plans, journal, tally, args, prices, state["detection"])
+    report.update(budget_stopped=state["budget_stopped"], batches_running=state["batches_running"], seed=args.seed)
     report["complete"] = report["failed"] == 0
-    write_outputs(output, report, tally.rows, tally.rejects, args)  # rows in plan order: family, then row index
-    return RunResult(report, tally.rows, tally.rejects, output)
+    write_json(output / "diversity.json", writer.diversity.report())
+    write_json(output / "report.json", report)
+    os.replace(output / "rejected.jsonl.tmp", output / "rejected.jsonl")
+    writer.close(report, run_settings(args), args.push_to_hub)
+    return RunResult(report, output)
 
 
-def _tally_brainstorms(fp, latest: dict[str, dict], planner: Planner, tally: Tally) -> None:
+def _tally_brainstorms(fp, latest: Mapping[str, dict], planner: Planner, tally: Tally) -> None:
     """A family's brainstorm requests: answered or not, and why an answered task list was unusable."""
     tally.brainstorm["planned"] += len(fp.brainstorms)
     for request in fp.brainstorms:
@@ -111,34 +125,35 @@ def _tally_brainstorms(fp, latest: dict[str, dict], planner: Planner, tally: Tal
             try:
                 planner.tasks_of(rec)
             except Rejected as err:
-                tally.rejects.append(_reject(rec, "brainstorm", err.reason, {"family": fp.family}))
+                tally.reject(_reject(rec, "brainstorm", err.reason, {"family": fp.family}))
     for key, value in fp.task_stats.items():
         tally.brainstorm[key if not key.startswith("rejected:") else "rejected"] += value
 
 
-def _tally_examples(fp, latest: dict[str, dict], tally: Tally, failure_reason) -> None:
+def _tally_examples(fp, latest: Mapping[str, dict], tally: Tally, failure_reason) -> None:
     """A family's examples: failed, rejected (with the reason), duplicate, or accepted as a row."""
     stats = Counter(planned=fp.count)
     if fp.tasks is None:  # brainstorm not finished: these examples could not be planned yet
         stats["failed"] += fp.count
         tally.failed_reasons["brainstorm_incomplete"] += fp.count
-    elif fp.count and not fp.examples:
+    elif fp.count and not fp.specs:
         stats["rejected"] += fp.count
         tally.rejected["no_valid_tasks"] += fp.count
     seen = set()
-    for request, meta in fp.examples:
-        rec = latest.get(request.request_id)
-        if rec is None or rec["status"] != STATUS_OK:
+    for spec in fp.specs:
+        entry = latest.get(spec.request_id)
+        if entry is None or entry["status"] != STATUS_OK:
             stats["failed"] += 1
-            tally.failed_reasons[failure_reason(rec)] += 1
+            tally.failed_reasons[failure_reason(entry)] += 1
             continue
-        tally.answered.update((("family", fp.family), ("language", meta["language"])))
+        rec = entry.record()  # the answer, read back from its line
+        tally.answered.update((("family", fp.family), ("language", spec.language)))
         try:
             fields = parse_example(fp.family, rec["content"], rec["finish_reason"])
         except Rejected as err:
             stats["rejected"] += 1
             tally.rejected[err.reason] += 1
-            tally.rejects.append(_reject(rec, "example", err.reason, meta))
+            tally.reject(_reject(rec, "example", err.reason, {"task": spec.task, "language": spec.language}))
             continue
         key = match_key(fields[DEDUP_KEY[fp.family]])
         if key in seen:
@@ -147,26 +162,27 @@ def _tally_examples(fp, latest: dict[str, dict], tally: Tally, failure_reason) -
             continue
         seen.add(key)
         stats["accepted"] += 1
-        tally.accepted.update((("family", fp.family), ("language", meta["language"])))
-        tally.rows.append({**meta, "generator_model": rec.get("model") or meta["generator_model"], **fields})
+        tally.accepted.update((("family", fp.family), ("language", spec.language)))
+        meta = fp.meta(spec)
+        tally.rows.add({**meta, "generator_model": rec.get("model") or meta["generator_model"], **fields})
     keys = ("planned", "accepted", "rejected", "duplicates_removed", "failed")
     tally.per_family[fp.family] = {k: stats[k] for k in keys}
 
 
-def _report(plans, latest, records, tally: Tally, args, prices, detection) -> dict:
+def _report(plans, journal, tally: Tally, args, prices, detection) -> dict:
     """``report.json`` without the run's state (budget stop, running batches, seed, completeness)."""
-    brainstorm = tally.brainstorm
+    latest, brainstorm, written = journal.latest(), tally.brainstorm, tally.rows
     return {
         "planned": sum(fp.count for fp in plans),
-        "requests_sent": sum(int(r.get("attempts") or 0) for r in records),
+        "requests_sent": journal.totals.attempts,
         "responses_ok": sum(1 for r in latest.values() if r["status"] == STATUS_OK and r["kind"] != "probe"),
-        "accepted": len(tally.rows),
+        "accepted": written.counts[ALL_CONFIG],
         "rejected": dict(sorted(tally.rejected.items())),
         "duplicates_removed": tally.duplicates,
         "failed": sum(tally.failed_reasons.values()),
         "failed_reasons": dict(sorted(tally.failed_reasons.items())),
-        "orphaned": _orphaned(plans, latest, records, prices),
-        **usage_totals(records, prices),
+        "orphaned": _orphaned(plans, journal, prices),
+        **usage_totals(journal.totals.as_records(), prices),
         "cost_priced": price_for(prices, args.model) is not None,
         "brainstorm": {
             "planned": brainstorm["planned"],
@@ -181,23 +197,24 @@ def _report(plans, latest, records, tally: Tally, args, prices, detection) -> di
             "tasks_removed_near_duplicate": brainstorm["removed_near_duplicate"],
         },
         "per_family": tally.per_family,
-        "per_language": dict(Counter(row["language"] for row in tally.rows).most_common()),
+        "per_language": dict(written.languages.most_common()),
         "acceptance": _acceptance(tally.answered, tally.accepted, tally.rejected),
         "response_format": detection or {"chosen": "none", "refused": {}},
-        "generator_models": sorted({row["generator_model"] for row in tally.rows}),
+        "generator_models": sorted(written.generators),
     }
 
 
-def _orphaned(plans, latest: dict[str, dict], records: list[dict], prices: dict) -> dict:
+def _orphaned(plans, journal, prices: dict) -> dict:
     """Answers in the journal that no request of the current plan stands for: the plan changed since they were paid
     for (``--examples-per-task``, a dedup option, ``--accept-text-task-lists``...). A family whose task list is not
     known yet is left out: its earlier answers may still be placed once its brainstorm finishes."""
     planned, open_families = set(), set()
     for fp in plans:
         planned.update(r.request_id for r in fp.brainstorm_history)
-        planned.update(r.request_id for r, _ in fp.examples)
+        planned.update(spec.request_id for spec in fp.specs)
         if fp.tasks is None:
             open_families.add(fp.family)
+    latest = journal.latest()
     ids = {
         rid
         for rid, rec in latest.items()
@@ -206,10 +223,12 @@ def _orphaned(plans, latest: dict[str, dict], records: list[dict], prices: dict)
         and rid not in planned
         and not (rec["kind"] == "example" and rec["family"] in open_families)
     }
+    # their cost: every attempt was paid for (read again only when there are such answers)
+    paid = (r for r in journal.records() if r["request_id"] in ids) if ids else ()
     return {
         "answers": len(ids),
         "examples": sum(1 for rid in ids if latest[rid]["kind"] == "example"),
-        **usage_totals((r for r in records if r["request_id"] in ids), prices),  # every attempt was paid for
+        **usage_totals(paid, prices),
     }
 
 
@@ -238,16 +257,16 @@ def _acceptance(answered: Counter, accepted: Counter, rejected: Counter) -> dict
     }
 
 
-def _failure_reason(rec: dict | None, budget_stopped: bool, batches_running: int = 0) -> str:
+def _failure_reason(rec: Mapping | None, budget_stopped: bool, running: int = 0) -> str:
     if rec is None:
-        return "budget" if budget_stopped else "batch_in_progress" if batches_running else "not_sent"
+        return "budget" if budget_stopped else "batch_in_progress" if running else "not_sent"
     if rec["status"] == STATUS_REFUSED:
         return "refused"
     error = rec.get("error") or "unknown"
     return error.split(":", 1)[0]  # the exception class, e.g. RateLimitError
 
 
-def _reject(rec: dict, kind: str, reason: str, meta: dict) -> dict:
+def _reject(rec: Mapping, kind: str, reason: str, meta: dict) -> dict:
     return {
         "request_id": rec["request_id"],
         "kind": kind,

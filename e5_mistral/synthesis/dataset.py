@@ -14,12 +14,11 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable
 
 from ..errors import E5MistralError, MissingFileError
-from ..local_data import write_parquet
-from .diversity import diversity_report
-from .schema import ALL_CONFIG, CONFIG_NAMES, columns, conform, features, output_keys
+from .diversity import DiversityTally
+from .schema import ALL_CONFIG, CONFIG_NAMES, conform, features, output_keys
 from .templates import TEMPLATE_DIR
 
 
@@ -28,24 +27,18 @@ logger = logging.getLogger(__name__)
 DATA_FILE = "train-00000-of-00001.parquet"
 
 
-def _write_json(path: Path, obj) -> None:
+ROWS_PER_BATCH = 1000  # rows held per config before they go to its parquet file
+
+
+def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)  # readers never see half a file
 
 
-def write_outputs(output: Path, report: dict, rows: list[dict], rejects: list[dict], args) -> Path:
-    """report.json, rejected.jsonl, diversity.json and dataset/ under ``output``."""
-    output = Path(output)
-    diversity = diversity_report(rows)
-    _write_json(output / "diversity.json", diversity)
-    _write_json(output / "report.json", report)
-    tmp = output / "rejected.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for reject in rejects:
-            handle.write(json.dumps(reject, ensure_ascii=False) + "\n")
-    os.replace(tmp, output / "rejected.jsonl")
-    settings = {
+def run_settings(args) -> dict:
+    """The generation settings the dataset card states."""
+    return {
         "temperature": args.temperature,
         "top_p": args.top_p,
         "max_tokens": args.max_tokens,
@@ -54,37 +47,84 @@ def write_outputs(output: Path, report: dict, rows: list[dict], rejects: list[di
         "accept_text_task_lists": args.accept_text_task_lists,
         "generator_license": args.generator_license,
     }
-    return write_hub_folder(rows, output / "dataset", report, settings, diversity, repo_id=args.push_to_hub)
+
+
+class HubFolderWriter:
+    """Writes the Hub layout row by row: each config's parquet file is written in batches of ``ROWS_PER_BATCH``,
+    and what the card says of the rows (languages, slots, generators, diversity) is counted as they pass, so no
+    list of rows is ever held. ``close`` writes the card and swaps the folder in; until then readers see the old
+    folder, and ``abort`` leaves it as it was."""
+
+    def __init__(self, folder: str | os.PathLike):
+        import pyarrow.parquet as pq
+
+        self.folder = Path(folder)
+        self.tmp = self.folder.with_name(self.folder.name + ".tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.schemas = {config: features(config).arrow_schema for config in CONFIG_NAMES}
+        self.files, self.pending = {}, {}
+        for config, schema in self.schemas.items():
+            (self.tmp / config).mkdir(parents=True)
+            self.files[config] = pq.ParquetWriter(self.tmp / config / DATA_FILE, schema)
+            self.pending[config] = []
+        self.counts, self.languages, self.slots = Counter(), Counter(), Counter()
+        self.generators: set[str] = set()
+        self.diversity = DiversityTally()
+
+    def add(self, row: dict) -> None:
+        """One accepted row of the schema."""
+        self.diversity.add(row)
+        self.languages[row["language"]] += 1
+        self.slots.update(f"{k} = {v}" for k, v in (row.get("slots") or {}).items())
+        self.generators.add(row["generator_model"])
+        for config in (row["family"], ALL_CONFIG):
+            self.counts[config] += 1
+            self.pending[config].append(conform(row, config))
+            if len(self.pending[config]) >= ROWS_PER_BATCH:
+                self._flush(config)
+
+    def _flush(self, config: str) -> None:
+        import pyarrow as pa
+
+        if self.pending[config]:
+            self.files[config].write_table(pa.Table.from_pylist(self.pending[config], schema=self.schemas[config]))
+            self.pending[config] = []
+
+    def _close_files(self) -> None:
+        for config, file in self.files.items():
+            self._flush(config)
+            file.close()  # a config without rows: a typed file with no row group, which datasets reads
+
+    def close(self, report: dict | None = None, settings: dict | None = None, repo_id: str | None = None) -> Path:
+        self._close_files()
+        card = dataset_card(self, report or {}, settings or {}, repo_id or str(self.folder))
+        card.save(self.tmp / "README.md")
+        shutil.rmtree(self.folder, ignore_errors=True)
+        os.replace(self.tmp, self.folder)
+        return self.folder
+
+    def abort(self) -> None:
+        for file in self.files.values():
+            file.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def write_hub_folder(
-    rows: Sequence[dict],
+    rows: Iterable[dict],
     folder: str | os.PathLike,
     report: dict | None = None,
     settings: dict | None = None,
-    diversity: dict | None = None,
     repo_id: str | None = None,
 ) -> Path:
     """Write the Hub layout for ``rows`` (accepted rows of the schema) to ``folder``, replacing it."""
-    import datasets
-
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    counts = {}
-    for config in CONFIG_NAMES:
-        subset = [conform(r, config) for r in rows if config == ALL_CONFIG or r["family"] == config]
-        counts[config] = len(subset)
-        (tmp / config).mkdir(parents=True)
-        table = datasets.Dataset.from_dict(
-            {c: [r[c] for r in subset] for c in columns(config)}, features=features(config)
-        ).data.table
-        write_parquet(table, tmp / config / DATA_FILE)
-    card = dataset_card(rows, counts, report or {}, settings or {}, diversity, repo_id or str(folder))
-    card.save(tmp / "README.md")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
+    writer = HubFolderWriter(folder)
+    try:
+        for row in rows:
+            writer.add(row)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(report, settings, repo_id)
 
 
 def _table(counter: Counter, limit: int = 100) -> str:
@@ -94,7 +134,8 @@ def _table(counter: Counter, limit: int = 100) -> str:
     return "\n".join(lines)
 
 
-def dataset_card(rows, counts: dict, report: dict, settings: dict, diversity, repo_id: str):
+def dataset_card(written: HubFolderWriter, report: dict, settings: dict, repo_id: str):
+    """The card of what ``written`` holds."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     codes = _language_codes()
@@ -102,15 +143,15 @@ def dataset_card(rows, counts: dict, report: dict, settings: dict, diversity, re
         configs=[
             {"config_name": c, "data_files": [{"split": "train", "path": f"{c}/*.parquet"}]} for c in CONFIG_NAMES
         ],
-        language=sorted({codes[r["language"]] for r in rows if r["language"] in codes}) or None,
+        language=sorted({codes[name] for name in written.languages if name in codes}) or None,
         license="other",
         task_categories=["sentence-similarity", "text-retrieval", "text-classification"],
         tags=["synthetic", "embeddings", "e5-mistral"],
         pretty_name="Synthetic embedding training data (E5-mistral recipe)",
     )
-    slot_counter = Counter(f"{k} = {v}" for r in rows for k, v in (r.get("slots") or {}).items())
     config_rows = [
-        {"name": c, "rows": counts[c], "columns": ", ".join(f"`{k}`" for k in output_keys(c))} for c in CONFIG_NAMES
+        {"name": c, "rows": written.counts[c], "columns": ", ".join(f"`{k}`" for k in output_keys(c))}
+        for c in CONFIG_NAMES
     ]
     report = {
         "brainstorm": {},
@@ -122,16 +163,16 @@ def dataset_card(rows, counts: dict, report: dict, settings: dict, diversity, re
     return DatasetCard.from_template(
         card_data,
         template_path=str(TEMPLATE_DIR / "dataset_card.md"),
-        total_rows=len(rows),
+        total_rows=written.counts[ALL_CONFIG],
         config_rows=config_rows,
         repo_id=repo_id,
-        generator_models=", ".join(sorted({r["generator_model"] for r in rows})) or "(none)",
+        generator_models=", ".join(sorted(written.generators)) or "(none)",
         report=report,
         rejected_total=sum((report.get("rejected") or {}).values()),
         reject_reasons=", ".join(f"`{k}` {v}" for k, v in (report.get("rejected") or {}).items()) or "(none)",
-        language_table=_table(Counter(r["language"] for r in rows)),
-        slot_table=_table(slot_counter, limit=200),
-        diversity=json.dumps(diversity, indent=2, ensure_ascii=False) if diversity is not None else "{}",
+        language_table=_table(written.languages),
+        slot_table=_table(written.slots, limit=200),
+        diversity=json.dumps(written.diversity.report(), indent=2, ensure_ascii=False),
         **{k: settings.get(k, "") for k in ("temperature", "top_p", "max_tokens", "seed")},
         system_prompt=json.dumps(settings["system_prompt"], ensure_ascii=False)
         if settings.get("system_prompt")

@@ -7,7 +7,7 @@ The paper reports 500k examples over 150k unique tasks (about 0.3 tasks per exam
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from ..errors import E5MistralError
 from ..families import all_output_keys
@@ -16,6 +16,8 @@ from .templates import DEDUP_KEY
 
 
 NGRAM_ORDERS = (1, 2, 3)
+DISTINCT_TEXTS = 2_000  # texts per field that distinct-n is computed over (it falls as a set grows)
+OUTPUT_KEYS = all_output_keys()
 
 
 def tokens(text: str) -> list[str]:
@@ -29,12 +31,10 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
     Tokens are whitespace-separated after case-folding; n-grams never cross text boundaries, and a text
     with fewer than ``n`` tokens contributes none.
     """
-    counts: Counter = Counter()
+    counter = DistinctN(limit=None)
     for text in texts:
-        words = tokens(text)
-        counts.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-    total = sum(counts.values())
-    return len(counts) / total if total else 0.0
+        counter.add(text)
+    return counter.report()[f"distinct_{n}"]
 
 
 def query_text(row: dict) -> str | None:
@@ -44,11 +44,73 @@ def query_text(row: dict) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _distinct(texts: Sequence[str]) -> dict[str, float]:
-    return {f"distinct_{n}": distinct_n(texts, n) for n in NGRAM_ORDERS}
+class DistinctN:
+    """distinct-1/2/3 of a stream of texts, over its first ``limit`` texts: distinct-n grows less as a set grows, so
+    sets compare at the same size, and the n-grams kept stay bounded however many rows pass."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.texts = limit, 0
+        self.unique = {n: set() for n in NGRAM_ORDERS}
+        self.total = dict.fromkeys(NGRAM_ORDERS, 0)
+
+    def add(self, text: str) -> None:
+        if self.limit is not None and self.texts >= self.limit:
+            return
+        self.texts += 1
+        words = tokens(text)
+        for n in NGRAM_ORDERS:
+            grams = [hash(tuple(words[i : i + n])) for i in range(len(words) - n + 1)]
+            self.unique[n].update(grams)
+            self.total[n] += len(grams)
+
+    def report(self) -> dict[str, float]:
+        return {f"distinct_{n}": len(self.unique[n]) / self.total[n] if self.total[n] else 0.0 for n in NGRAM_ORDERS}
 
 
-def diversity_report(rows: list[dict]) -> dict:
+class DiversityTally:
+    """:func:`diversity_report`, counted row by row (the dataset writer streams rows through it)."""
+
+    def __init__(self, distinct_limit: int | None = DISTINCT_TEXTS):
+        self.rows = 0
+        self.families, self.languages = Counter(), Counter()
+        self.per_family_language: dict[str, Counter] = {}
+        self.tasks, self.examples = set(), set()  # hashes of the normalised texts
+        self.queries = DistinctN(distinct_limit)
+        self.per_field: dict[str, DistinctN] = {}
+        self.distinct_limit = distinct_limit
+
+    def add(self, row: dict) -> None:
+        family = row.get("family")
+        if family not in DEDUP_KEY:
+            raise E5MistralError(f"rows have unknown family {family!r}; expected one of {', '.join(DEDUP_KEY)}")
+        self.rows += 1
+        self.families[family] += 1
+        self.languages[row.get("language")] += 1
+        self.per_family_language.setdefault(family, Counter())[row.get("language")] += 1
+        if isinstance(row.get("task"), str):
+            self.tasks.add(hash(match_key(row["task"])))
+        if (text := query_text(row)) is not None:
+            self.examples.add(hash((family, match_key(text))))
+            self.queries.add(text)
+        for key in OUTPUT_KEYS:
+            if isinstance(row.get(key), str):
+                self.per_field.setdefault(key, DistinctN(self.distinct_limit)).add(row[key])
+
+    def report(self) -> dict:
+        return {
+            "examples": self.rows,
+            "unique_tasks": len(self.tasks),
+            "unique_examples": len(self.examples),
+            "tasks_per_example": len(self.tasks) / self.rows if self.rows else 0.0,
+            **self.queries.report(),
+            "per_field": {key: self.per_field[key].report() for key in OUTPUT_KEYS if key in self.per_field},
+            "per_family": _sorted(self.families),
+            "per_language": _sorted(self.languages),
+            "per_family_language": {f: _sorted(self.per_family_language[f]) for f in _sorted(self.families)},
+        }
+
+
+def diversity_report(rows: Iterable[dict], distinct_limit: int | None = DISTINCT_TEXTS) -> dict:
     """Counts and distinct-n of schema rows (see the row schema: ``family``, ``task``, ``language``, LLM keys).
 
     - ``examples``: number of rows.
@@ -57,38 +119,17 @@ def diversity_report(rows: list[dict]) -> dict:
       ``user_query`` / ``input_text`` / ``input`` / ``S1`` by family, the paper's exact-dedup key.
     - ``tasks_per_example``: ``unique_tasks / examples`` (0.0 for no rows; the paper's is 150k / 500k = 0.3).
     - ``distinct_1/2/3``: distinct-n over the query-side texts. distinct-n = number of unique n-grams /
-      total number of n-grams, pooled over all texts, with whitespace tokens after case-folding.
+      total number of n-grams, pooled over the first ``distinct_limit`` texts, with whitespace tokens after
+      case-folding.
     - ``per_field``: ``{field: {"distinct_1": .., "distinct_2": .., "distinct_3": ..}}`` for every LLM output
-      key present as a string in some row.
+      key present as a string in some row (its first ``distinct_limit`` values).
     - ``per_family``, ``per_language``: row counts; ``per_family_language``: ``{family: {language: count}}``.
     Count dictionaries are sorted by decreasing count, then name.
     """
-    families = Counter(row.get("family") for row in rows)
-    unknown = [name for name in families if name not in DEDUP_KEY]
-    if unknown:
-        raise E5MistralError(f"rows have unknown family {unknown[0]!r}; expected one of {', '.join(DEDUP_KEY)}")
-    queries = [(row["family"], text) for row in rows if (text := query_text(row)) is not None]
-    fields = all_output_keys()
-    per_field = {}
-    for key in fields:
-        values = [row[key] for row in rows if isinstance(row.get(key), str)]
-        if values:
-            per_field[key] = _distinct(values)
-    per_family_language: dict[str, Counter] = {}
+    tally = DiversityTally(distinct_limit)
     for row in rows:
-        per_family_language.setdefault(row["family"], Counter())[row.get("language")] += 1
-    unique_tasks = len({match_key(row["task"]) for row in rows if isinstance(row.get("task"), str)})
-    return {
-        "examples": len(rows),
-        "unique_tasks": unique_tasks,
-        "unique_examples": len({(family, match_key(text)) for family, text in queries}),
-        "tasks_per_example": unique_tasks / len(rows) if rows else 0.0,
-        **_distinct([text for _, text in queries]),
-        "per_field": per_field,
-        "per_family": _sorted(families),
-        "per_language": _sorted(Counter(row.get("language") for row in rows)),
-        "per_family_language": {family: _sorted(per_family_language[family]) for family in _sorted(families)},
-    }
+        tally.add(row)
+    return tally.report()
 
 
 def _sorted(counts: Counter) -> dict:

@@ -8,6 +8,7 @@ sized with a task of ``ESTIMATED_TASK_CHARS`` characters (brainstormed tasks are
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -57,16 +58,15 @@ def estimate(
     prices: Mapping,
     batch: bool = False,
 ) -> RunEstimate:
-    def pending(request) -> bool:
-        rec = latest.get(request.request_id)
+    def pending(request_id: str) -> bool:
+        rec = latest.get(request_id)
         return rec is None or rec["status"] != STATUS_OK
 
-    bodies = [r.body() for fp in plans for r in fp.brainstorms if pending(r)]
-    brainstorms = len(bodies)
-    bodies += [r.body() for fp in plans for r, _ in fp.examples if pending(r)]
+    brainstorms = [r for fp in plans for r in fp.brainstorms if pending(r.request_id)]
+    examples = [(fp, spec) for fp in plans for spec in fp.specs if pending(spec.request_id)]
     prompt = completion = 0
-    for body in bodies:
-        p, c = worst_case_tokens(body)
+    for request in itertools.chain(brainstorms, (fp.render(spec) for fp, spec in examples)):  # one at a time
+        p, c = worst_case_tokens(request.body())
         prompt, completion = prompt + p, completion + c
     unplanned = 0
     for fp in plans:
@@ -88,4 +88,4 @@ def estimate(
     if price_for(prices, params.get("model")) is not None:
         usage = {"prompt_tokens": prompt, "completion_tokens": completion}
         cost = record_cost({"model": params.get("model"), "usage": usage, "source": "batch" if batch else ""}, prices)
-    return RunEstimate(brainstorms, len(bodies) - brainstorms + unplanned, unplanned, prompt, completion, cost, batch)
+    return RunEstimate(len(brainstorms), len(examples) + unplanned, unplanned, prompt, completion, cost, batch)

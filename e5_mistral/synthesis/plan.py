@@ -175,26 +175,29 @@ def task_uses(tasks: Sequence[str]) -> list[int]:
     return uses
 
 
-def example_request(
-    family: str, task: str, use: int, slots: Mapping[str, str], params: Mapping, seed: int = 0
-) -> Request:
-    """The ``use``-th example of ``task``. Its id depends only on what defines the example (family, task text, use,
-    slots, seed, template and request parameters), never on a row index, so a change of the task list (another
+def example_id(family: str, task: str, use: int, slots: Mapping[str, str], params: Mapping, seed: int = 0) -> str:
+    """The id of the ``use``-th example of ``task``. It depends only on what defines the example (family, task text,
+    use, slots, seed, template and request parameters), never on a row index, so a change of the task list (another
     ``--examples-per-task``, dedup option or brainstorm answer) keeps every earlier answer whose example remains."""
-    version = template_version(family, "generate")
+    payload = {
+        "kind": "example",
+        "family": family,
+        "task": task,
+        "use": use,
+        "slots": dict(slots),
+        "seed": seed,
+        "template": template_version(family, "generate"),
+        "params": dict(params),
+    }
+    return request_id(payload)
+
+
+def example_request(
+    family: str, task: str, use: int, slots: Mapping[str, str], params: Mapping, seed: int = 0, rid: str | None = None
+) -> Request:
+    """The ``use``-th example of ``task`` as a request (``rid``: its :func:`example_id`, when known)."""
     values = dict(slots) if family in FIXED_TASKS else {**slots, "task": task}
-    rid = request_id(
-        {
-            "kind": "example",
-            "family": family,
-            "task": task,
-            "use": use,
-            "slots": dict(slots),
-            "seed": seed,
-            "template": version,
-            "params": dict(params),
-        }
-    )
+    rid = rid or example_id(family, task, use, slots, params, seed)
     return _chat(rid, "example", family, render(family, "generate", values), params)
 
 

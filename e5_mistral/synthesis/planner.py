@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 from ..llm.journal import STATUS_OK, Request
 from ..text import match_key
@@ -19,12 +20,29 @@ from .plan import (
     assign_tasks,
     brainstorm_calls,
     brainstorm_request,
+    example_id,
     example_request,
     needs_brainstorm,
     sample_slots,
     task_uses,
 )
 from .templates import template_version
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleSpec:
+    """One planned example: what defines it and its request id. Its prompt is rendered only when it is sent, so a
+    plan of 500k examples holds ids and slots, not prompts."""
+
+    request_id: str
+    family: str
+    task: str
+    use: int
+    slots: dict
+
+    @property
+    def language(self) -> str:
+        return self.slots.get("language") or self.slots["src_lang"]
 
 
 @dataclass
@@ -34,27 +52,34 @@ class FamilyPlan:
     brainstorms: list[Request]  # per brainstorm call, the request that counts (the last re-ask)
     tasks: list[str] | None = None  # None until every brainstorm request has an answer
     task_stats: Counter = field(default_factory=Counter)
-    examples: list[tuple[Request, dict]] = field(default_factory=list)  # (request, row metadata)
+    specs: list[ExampleSpec] = field(default_factory=list)
     brainstorm_history: list[Request] = field(default_factory=list)  # every brainstorm request asked, re-asks included
+    render: Callable[[ExampleSpec], Request] | None = None  # a spec's request, with the plan's parameters
+    meta: Callable[[ExampleSpec], dict] | None = None  # a spec's row metadata
+
+    @property
+    def examples(self) -> list[tuple[Request, dict]]:
+        """Every example's request and row metadata, rendered at once (small plans; a run renders as it sends)."""
+        return [(self.render(spec), self.meta(spec)) for spec in self.specs]
 
 
 class Planner:
-    """Builds a run's plan; a run plans several times (before and after each stage, and for the report), so the
-    example requests of a family's task list are built once."""
+    """Builds a run's plan; a run plans again only when brainstorm answers changed a task list, and then the example
+    specs of an unchanged task list are kept."""
 
     def __init__(self, args: SynthesisArguments, counts: dict[str, int], languages: dict[str, float]):
         self.args, self.counts, self.languages = args, counts, languages
         self.params: dict = {}
         self._dedup_cache: dict[tuple, tuple[list[str], int]] = {}
-        self._examples_cache: dict[str, tuple[tuple, list[tuple[Request, dict]]]] = {}  # family -> (key, plan)
+        self._specs_cache: dict[str, tuple[tuple, list[ExampleSpec]]] = {}  # family -> (key, specs)
 
-    def plan(self, latest: dict[str, dict], params: dict) -> list[FamilyPlan]:
-        """Every family's brainstorm requests, tasks (once answered) and example requests; pure (no I/O)."""
+    def plan(self, latest: Mapping[str, dict], params: dict) -> list[FamilyPlan]:
+        """Every family's brainstorm requests, tasks (once answered) and example specs; pure (no I/O)."""
         self.params = params
         plans = []
         for family, count in self.counts.items():
             calls = brainstorm_calls(count, self.args.examples_per_task) if needs_brainstorm(family) else 0
-            fp = FamilyPlan(family, count, [])
+            fp = FamilyPlan(family, count, [], render=self.request, meta=self.meta)
             for index in range(calls):
                 fp.brainstorms.append(self._brainstorm(family, index, latest, fp.task_stats, fp.brainstorm_history))
             if needs_brainstorm(family):
@@ -62,35 +87,44 @@ class Planner:
             else:
                 fp.tasks = []
             if fp.tasks is not None:
-                fp.examples = self._examples(family, count, tuple(fp.tasks))
+                fp.specs = self._specs(family, count, tuple(fp.tasks))
             plans.append(fp)
         return plans
 
-    def _examples(self, family: str, count: int, tasks: tuple[str, ...]) -> list[tuple[Request, dict]]:
-        """The example requests for a family's task list, built once: a run plans up to four times (before and
-        after each stage, and for the report) and a request costs seeded sampling, rendering and hashing."""
-        cached = self._examples_cache.get(family)
+    def request(self, spec: ExampleSpec) -> Request:
+        return example_request(
+            spec.family, spec.task, spec.use, spec.slots, self.params, self.args.seed, rid=spec.request_id
+        )
+
+    def meta(self, spec: ExampleSpec) -> dict:
+        """The row's columns that come from the plan."""
+        return {
+            "request_id": spec.request_id,
+            "family": spec.family,
+            "task": spec.task,
+            "language": spec.language,
+            "slots": spec.slots,
+            "template_version": template_version(spec.family, "generate"),
+            "generator_model": self.args.model,
+        }
+
+    def _specs(self, family: str, count: int, tasks: tuple[str, ...]) -> list[ExampleSpec]:
+        """The example specs for a family's task list, built once per task list (seeded sampling and hashing)."""
+        cached = self._specs_cache.get(family)
         key = (count, tasks, json.dumps(self.params, sort_keys=True))
         if cached is None or cached[0] != key:  # only a family's current task list is asked for again
-            examples = []
+            specs = []
             row_tasks = assign_tasks(family, list(tasks), count, self.args.seed)
             for task, use in zip(row_tasks, task_uses(row_tasks)):
                 slots = sample_slots(family, self.args.seed, task, use, self.languages)
-                request = example_request(family, task, use, slots, self.params, self.args.seed)
-                meta = {
-                    "request_id": request.request_id,
-                    "family": family,
-                    "task": task,
-                    "language": slots.get("language") or slots["src_lang"],
-                    "slots": slots,
-                    "template_version": template_version(family, "generate"),
-                    "generator_model": self.args.model,
-                }
-                examples.append((request, meta))
-            cached = self._examples_cache[family] = (key, examples)
+                rid = example_id(family, task, use, slots, self.params, self.args.seed)
+                specs.append(ExampleSpec(rid, family, task, use, slots))
+            cached = self._specs_cache[family] = (key, specs)
         return cached[1]
 
-    def _brainstorm(self, family: str, index: int, latest: dict[str, dict], stats: Counter, history: list) -> Request:
+    def _brainstorm(
+        self, family: str, index: int, latest: Mapping[str, dict], stats: Counter, history: list
+    ) -> Request:
         """The request that stands for brainstorm call ``index``: asked again while its answer is unusable."""
         limit = self.args.reask_limit()
         for reask in range(limit + 1):
@@ -113,7 +147,7 @@ class Planner:
             rec["content"], rec["finish_reason"], accept_text_lists=self.args.accept_text_task_lists
         )
 
-    def _resolve_tasks(self, fp: FamilyPlan, latest: dict[str, dict]) -> None:
+    def _resolve_tasks(self, fp: FamilyPlan, latest: Mapping[str, dict]) -> None:
         """The family's tasks once every brainstorm call has an answer; calls that failed are left out, so a
         family goes on with the tasks it has (they are asked again by the next run)."""
         records = [latest.get(r.request_id) for r in fp.brainstorms]

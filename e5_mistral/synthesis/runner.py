@@ -16,10 +16,11 @@ import asyncio
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Mapping
 
 from ..llm.cost import load_price_table
 from ..llm.endpoint import stored_detection
-from ..llm.journal import STATUS_OK, Journal, Request, needs_sending
+from ..llm.journal import STATUS_OK, Journal, needs_sending
 from ..llm.session import EndpointSession
 from .collect import RunResult, collect
 from .config import SynthesisArguments
@@ -43,7 +44,6 @@ class SynthesisRun:
         self.planner = Planner(args, counts, self.languages)
         # what `auto` found ({"chosen", "refused", "max_tokens_param"}); None until the endpoint was asked
         self.detection: dict | None = stored_detection(args, self.output)
-        self.batches_running = 0  # batches the batch backend left running (--batch-no-wait)
 
     @property
     def params(self) -> dict:
@@ -55,34 +55,21 @@ class SynthesisRun:
             detection.get("default_sampling", False),
         )
 
-    def plan(self, latest: dict[str, dict]) -> list[FamilyPlan]:
+    def plan(self, latest: Mapping[str, dict]) -> list[FamilyPlan]:
         return self.planner.plan(latest, self.params)
 
     def estimate(self) -> RunEstimate:
         """What the requests still to send can cost at most (reads the journal; sends and writes nothing)."""
         folder = self.output / "journal"
         latest = Journal(folder).latest() if folder.is_dir() else {}
-        plans = self.plan(latest)
         return estimate(
-            plans,
+            self.plan(latest),
             latest,
             self.params,
             self.args.seed,
             self.languages,
             self.prices,
             batch=self.args.backend == "batch",
-        )
-
-    def finalize(self, latest: dict[str, dict], budget_stopped: bool = False) -> RunResult:
-        return collect(
-            self.planner,
-            self.params,
-            latest,
-            self.args,
-            self.prices,
-            self.detection,
-            budget_stopped,
-            self.batches_running,
         )
 
     def run(self, progress: bool | None = None) -> RunResult:
@@ -92,42 +79,50 @@ class SynthesisRun:
     async def _run(self, hide_progress: bool) -> RunResult:
         async with EndpointSession(self.args, self.output, self.args.sampling(), detection=self.detection) as session:
             self.detection = await session.resolve_format()
-            await self._execute(session, hide_progress)
-            stopped = session.stopped_by_budget
-            self.batches_running = session.batches_running
-            result = self.finalize(session.journal.latest(), budget_stopped=stopped)  # inside the lock
-        if stopped:
+            plans = await self._execute(session, hide_progress)
+            state = {
+                "detection": self.detection,
+                "budget_stopped": session.stopped_by_budget,
+                "batches_running": session.batches_running,
+            }
+            result = collect(plans, self.planner, session.journal, self.args, self.prices, state)  # inside the lock
+        if state["budget_stopped"]:
             logger.warning(
                 "budget reached: stopped sending requests; rerun the same command (with a larger budget) to resume"
             )
         return result
 
-    async def _execute(self, session: EndpointSession, hide_progress: bool) -> None:
+    async def _execute(self, session: EndpointSession, hide_progress: bool) -> list[FamilyPlan]:
+        """Send what the plan still needs: brainstorms (and re-asks of unusable task lists), then examples. Returns
+        the plan as the journal now stands. The journal is read once, when the session opens; the plan is made
+        again only after brainstorm answers, which decide the task lists."""
         journal, budget = session.journal, session.budget
-        latest = journal.latest()
+        latest = journal.latest()  # kept current as answers are written
         plans = self.plan(latest)
-        todo = [r for fp in plans for r in fp.brainstorms if self._pending(r, latest)]
-        if not todo and not any(self._pending(r, latest) for fp in plans for r, _ in fp.examples):
-            return  # nothing to send: no client, no key needed
+        todo = [r for fp in plans for r in fp.brainstorms if self._pending(r.request_id, latest)]
+        if not todo and not any(self._pending(spec.request_id, latest) for fp in plans for spec in fp.specs):
+            return plans  # nothing to send: no client, no key needed
         backend = session.backend
         await backend.check_endpoint()
         for _ in range(self.args.reask_limit() + 1):  # a stage per round of re-asks for unusable task lists
             if not todo or session.stopped_by_budget:
                 break
             await self._stage("brainstorm", backend, todo, journal, budget, hide_progress)
-            latest = journal.latest()
+            plans = self.plan(latest)
             # next round: only the new re-asks; requests that failed wait for the next run
-            todo = [r for fp in self.plan(latest) for r in fp.brainstorms if r.request_id not in latest]
+            todo = [r for fp in plans for r in fp.brainstorms if r.request_id not in latest]
         if not session.stopped_by_budget:
-            todo = [r for fp in self.plan(latest) for r, _ in fp.examples if self._pending(r, latest)]
-            if todo:
-                await self._stage("examples", backend, todo, journal, budget, hide_progress)
+            pending = [(fp, spec) for fp in plans for spec in fp.specs if self._pending(spec.request_id, latest)]
+            if pending:
+                requests = (fp.render(spec) for fp, spec in pending)  # rendered as they are sent
+                await self._stage("examples", backend, requests, journal, budget, hide_progress, len(pending))
+        return plans
 
-    async def _stage(self, name, backend, requests, journal, budget, hide_progress) -> None:
+    async def _stage(self, name, backend, requests, journal, budget, hide_progress, total=None) -> None:
         from tqdm.auto import tqdm
 
         counts = Counter()
-        bar = tqdm(total=len(requests), desc=name, unit="req", disable=hide_progress)
+        bar = tqdm(total=len(requests) if total is None else total, desc=name, unit="req", disable=hide_progress)
 
         def on_record(record: dict) -> None:
             bar.update(1)
@@ -155,9 +150,9 @@ class SynthesisRun:
             journal.listeners.remove(on_record)
             bar.close()
 
-    def _pending(self, request: Request, latest: dict[str, dict]) -> bool:
+    def _pending(self, request_id: str, latest: Mapping[str, dict]) -> bool:
         """Not answered yet: never sent, or failed (a refused request only with ``--retry-refused``)."""
-        return needs_sending(latest.get(request.request_id), self.args.retry_refused)
+        return needs_sending(latest.get(request_id), self.args.retry_refused)
 
 
 def generate(args: SynthesisArguments, progress: bool | None = None) -> RunResult:

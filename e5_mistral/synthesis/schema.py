@@ -7,6 +7,7 @@ apply to the row's family) and the union of slot keys.
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 from ..errors import E5MistralError
@@ -36,16 +37,23 @@ def _union(lists: Iterable[Iterable[str]]) -> list[str]:
     return list(seen)
 
 
+@functools.cache
+def _keys(config: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(slot keys, output keys) of a config, worked out once: every row written is conformed with them."""
+    families = _families(config)
+    return tuple(_union(slot_values(f) for f in families)), tuple(_union(family_spec(f).output_keys for f in families))
+
+
 def slot_keys(config: str) -> list[str]:
-    return _union(slot_values(f) for f in _families(config))
+    return list(_keys(config)[0])
 
 
 def output_keys(config: str) -> list[str]:
-    return _union(family_spec(f).output_keys for f in _families(config))
+    return list(_keys(config)[1])
 
 
 def columns(config: str) -> list[str]:
-    return [*META_COLUMNS, "slots", *TRAILING_META, *output_keys(config)]
+    return [*META_COLUMNS, "slots", *TRAILING_META, *_keys(config)[1]]
 
 
 def features(config: str):
@@ -63,6 +71,7 @@ def features(config: str):
 def conform(row: dict, config: str) -> dict:
     """``row`` with exactly the config's columns: missing keys (other families' fields) become None."""
     slots = row.get("slots") or {}
-    out = {name: row.get(name) for name in columns(config)}
-    out["slots"] = {key: slots.get(key) for key in slot_keys(config)}
+    slot_names, output_names = _keys(config)
+    out = {name: row.get(name) for name in (*META_COLUMNS, "slots", *TRAILING_META, *output_names)}
+    out["slots"] = {key: slots.get(key) for key in slot_names}
     return out
