@@ -93,6 +93,19 @@ CELLS = (
         data_tag="-english",
     ),
     Cell("lr-4e-3-100", "training: learning rate 4e-3", recipe={"learning_rate": 4.0e-3}),
+    Cell(
+        "english-lr-2e-3-100",
+        "English only, five families, at learning rate 2e-3 (the quickstart's)",
+        languages=ENGLISH,
+        family_mix=ENGLISH_FAMILIES,
+        data_tag="-english",
+        recipe={"learning_rate": 2.0e-3},
+    ),
+    Cell(
+        "lr-2e-3-90-100",
+        "training: learning rate 2e-3 and 90 steps, bf16 autocast",
+        recipe={"learning_rate": 2.0e-3, "max_steps": 90, "bf16": True},
+    ),
 )
 
 
