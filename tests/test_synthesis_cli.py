@@ -81,7 +81,7 @@ def test_missing_key_for_a_remote_endpoint_names_the_variable(tmp_path, capsys, 
         (["--languages", "Klingon"], 2, "unknown language 'Klingon'"),
         (["--extra-body", "{oops"], 2, "--extra-body is not valid JSON"),
         (["--max-cost", "5"], 2, "--max-cost needs a price for model 'fake-llm'"),
-        (["--backend", "carrier-pigeon"], 2, "--backend must be one of online, batch, not"),
+        (["--backend", "carrier-pigeon"], 2, "--backend must be one of online, batch, vllm-batch, not"),
     ],
 )
 def test_bad_configuration(tmp_path, capsys, extra, code, message):

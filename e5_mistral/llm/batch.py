@@ -186,7 +186,11 @@ def read_results(text: str, source: str, strict: bool = True) -> dict[str, Batch
 
 
 def journal_results(
-    results: dict[str, BatchResult], requests: dict[str, Request], journal: Journal, done: set[str]
+    results: dict[str, BatchResult],
+    requests: dict[str, Request],
+    journal: Journal,
+    done: set[str],
+    source: str = SOURCE,
 ) -> dict:
     """Append one record per known, not yet ``ok`` request that has a result; return the counts."""
     counts = {"ok": 0, "failed": 0, "unknown": 0, "already_ok": 0}
@@ -205,10 +209,10 @@ def journal_results(
                 content=result.content,
                 finish_reason=result.finish_reason,
                 usage=result.usage,
-                source=SOURCE,
+                source=source,
             )
         else:
-            record = make_record(request, STATUS_FAILED, error=result.error, source=SOURCE)
+            record = make_record(request, STATUS_FAILED, error=result.error, source=source)
         journal.append(record)
         counts["ok" if result.ok else "failed"] += 1
     return counts

@@ -59,7 +59,7 @@ async def detect_response_format(args: EndpointArguments, backend, journal: Jour
     from .online import FATAL_STATUS, EndpointError
 
     requested = args.response_format
-    if args.backend == "batch":  # the Batch API is OpenAI's: its chat endpoint takes json_schema
+    if args.backend != "online":  # no endpoint to ask: the Batch API's and vLLM's chat routes take json_schema
         return {
             "chosen": "json_schema" if requested == "auto" else requested,
             "refused": {},
@@ -138,8 +138,14 @@ async def detect_response_format(args: EndpointArguments, backend, journal: Jour
 
 
 def make_backend(args: EndpointArguments, output: Path, budget: Budget):
-    """The client (AsyncOpenAI or AsyncAzureOpenAI, retries off: the backend retries) and the backend."""
+    """The client (AsyncOpenAI or AsyncAzureOpenAI, retries off: the backend retries; None for vllm-batch) and the
+    backend."""
     import openai
+
+    if args.backend == "vllm-batch":
+        from .vllm_batch import VllmBatchBackend
+
+        return None, VllmBatchBackend(output, args.model, budget)
 
     from .online import make_http_client
 

@@ -63,7 +63,7 @@ class EndpointSession:
         """The response format, token cap and sampling the endpoint takes (asked once per folder), saved with the
         run's settings."""
         if self.detection is None:
-            backend = None if self.settings.backend == "batch" else self.backend
+            backend = self.backend if self.settings.backend == "online" else None
             self.detection = await detect_response_format(self.settings, backend, self.journal, self.sampling)
         save_settings(self.settings, self.folder, self.detection)
         return self.detection

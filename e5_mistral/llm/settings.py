@@ -21,7 +21,7 @@ from ..options import option
 from .formats import RESPONSE_FORMATS
 
 
-BACKENDS = ("online", "batch")
+BACKENDS = ("online", "batch", "vllm-batch")
 HTTP_CLIENTS = ("auto", "aiohttp", "httpx")
 MAX_TOKENS_PARAMS = ("auto", "max_tokens", "max_completion_tokens")
 # OpenAI's reasoning models answer 400 to max_tokens and take max_completion_tokens.
@@ -84,7 +84,11 @@ class EndpointArguments:
     timeout: float = option("seconds before one attempt times out", 600.0)
     retry_initial_wait: float = option("first backoff in seconds (exponential with jitter; Retry-After wins)", 1.0)
     retry_max_wait: float = option("longest backoff in seconds", 60.0)
-    backend: str = option("online (concurrent requests) or batch (OpenAI Batch API, 50%% cheaper)", "online")
+    backend: str = option(
+        "online (concurrent requests), batch (OpenAI Batch API, 50%% cheaper) or vllm-batch (files for "
+        "`vllm run-batch`: a run writes them and prints the commands, the next imports the answers)",
+        "online",
+    )
     batch_no_wait: bool = option("batch backend: submit and return; rerun later to collect", False)
     batch_poll_interval: float = option("batch backend: seconds between status polls", 30.0)
 

@@ -105,8 +105,8 @@ class SynthesisRun:
         backend = session.backend
         await backend.check_endpoint()
         for _ in range(self.args.reask_limit() + 1):  # a stage per round of re-asks for unusable task lists
-            if not todo or session.stopped_by_budget:
-                break
+            if not todo or session.stopped_by_budget or session.batches_running:
+                break  # (batches running: their task lists come with a later run)
             await self._stage("brainstorm", backend, todo, journal, budget, hide_progress)
             plans = self.plan(latest)
             # next round: only the new re-asks; requests that failed wait for the next run
