@@ -52,9 +52,20 @@ def split_batch_lines(
     max_lines: int = MAX_LINES,
     max_bytes: int = MAX_BYTES,
 ) -> list[list[tuple[str, bytes]]]:
-    """Group the requests' lines, in order, into chunks of at most ``max_lines`` lines and ``max_bytes`` bytes."""
+    """Group the requests' lines into chunks of at most ``max_lines`` lines and ``max_bytes`` bytes, each of one
+    model (a batch file serves one model), in order within a model, the models in the order they first come."""
     if max_lines < 1 or max_bytes < 1:
         raise E5MistralError(f"batch file limits must be positive (max_lines={max_lines}, max_bytes={max_bytes})")
+    by_model: dict[str | None, list[Request]] = {}
+    for request in requests:
+        by_model.setdefault(request.params.get("model"), []).append(request)
+    chunks: list[list[tuple[str, bytes]]] = []
+    for group in by_model.values():
+        chunks.extend(_chunks(group, url, max_lines, max_bytes))
+    return chunks
+
+
+def _chunks(requests: list[Request], url: str, max_lines: int, max_bytes: int) -> list[list[tuple[str, bytes]]]:
     chunks: list[list[tuple[str, bytes]]] = []
     current: list[tuple[str, bytes]] = []
     size = 0

@@ -145,7 +145,7 @@ def make_backend(args: EndpointArguments, output: Path, budget: Budget):
     if args.backend == "vllm-batch":
         from .vllm_batch import VllmBatchBackend
 
-        return None, VllmBatchBackend(output, args.model, budget)
+        return None, VllmBatchBackend(output, budget)
 
     from .online import make_http_client
 

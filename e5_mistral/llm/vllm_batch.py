@@ -35,17 +35,22 @@ def _custom_ids(path: Path) -> set[str]:
         return {json.loads(line)["custom_id"] for line in handle if line.strip()}
 
 
+def _model_of(path: Path) -> str:
+    """The model a file's requests name (each file holds one model's)."""
+    with open(path, encoding="utf-8") as handle:
+        return json.loads(handle.readline())["body"]["model"]
+
+
 class VllmBatchBackend:
     def __init__(
         self,
         output_dir: str | Path,
-        model: str,
         budget: Budget | None = None,
         max_lines: int = MAX_LINES,
         max_bytes: int = MAX_BYTES,
     ):
         self.directory = Path(output_dir) / "vllm-batch"
-        self.model, self.budget = model, budget
+        self.budget = budget
         self.max_lines, self.max_bytes = max_lines, max_bytes
         self.endpoint = "vllm run-batch"
         self.running = 0  # files written and not answered yet, holding requests of the last run()
@@ -70,7 +75,7 @@ class VllmBatchBackend:
         unanswered = [p for p in self._inputs() if not output_of(p).is_file() and _custom_ids(p) & by_id.keys()]
         self.running = len(unanswered)
         for path in unanswered:
-            logger.warning("to answer: vllm run-batch -i %s -o %s --model %s", path, output_of(path), self.model)
+            logger.warning("to answer: vllm run-batch -i %s -o %s --model %s", path, output_of(path), _model_of(path))
         if unanswered:
             logger.warning("then rerun the same command to import the answers")
 

@@ -45,7 +45,8 @@ class SynthesisReport(TypedDict):
     brainstorm: dict[str, int]
     per_family: dict[str, dict[str, int]]
     per_language: dict[str, int]  # accepted rows
-    acceptance: dict[str, Any]  # accepted share of the answered examples, per family, language and reason
+    acceptance: dict[str, Any]  # accepted share of the answered examples, per family, language, model and reason
+    per_model: dict[str, dict[str, Any]]  # generator -> answered, accepted, rate, tokens and cost (every attempt)
     response_format: dict[str, Any]  # what `auto` chose and why the other shapes were not taken
     generator_models: list[str]
     budget_stopped: bool
@@ -78,7 +79,7 @@ class Tally:
     rejected: Counter = field(default_factory=Counter)  # reason -> examples
     duplicates: int = 0
     brainstorm: Counter = field(default_factory=Counter)
-    answered: Counter = field(default_factory=Counter)  # ("family" or "language", name) -> examples answered
+    answered: Counter = field(default_factory=Counter)  # ("family", "language" or "model", name) -> answered
     accepted: Counter = field(default_factory=Counter)  # ... -> examples accepted
     per_family: dict = field(default_factory=dict)
 
@@ -147,7 +148,7 @@ def _tally_examples(fp, latest: Mapping[str, dict], tally: Tally, failure_reason
             tally.failed_reasons[failure_reason(entry)] += 1
             continue
         rec = entry.record()  # the answer, read back from its line
-        tally.answered.update((("family", fp.family), ("language", spec.language)))
+        tally.answered.update((("family", fp.family), ("language", spec.language), ("model", spec.model)))
         try:
             fields = parse_example(fp.family, rec["content"], rec["finish_reason"])
         except Rejected as err:
@@ -162,7 +163,7 @@ def _tally_examples(fp, latest: Mapping[str, dict], tally: Tally, failure_reason
             continue
         seen.add(key)
         stats["accepted"] += 1
-        tally.accepted.update((("family", fp.family), ("language", spec.language)))
+        tally.accepted.update((("family", fp.family), ("language", spec.language), ("model", spec.model)))
         meta = fp.meta(spec)
         tally.rows.add({**meta, "generator_model": rec.get("model") or meta["generator_model"], **fields})
     keys = ("planned", "accepted", "rejected", "duplicates_removed", "failed")
@@ -172,6 +173,7 @@ def _tally_examples(fp, latest: Mapping[str, dict], tally: Tally, failure_reason
 def _report(plans, journal, tally: Tally, args, prices, detection) -> dict:
     """``report.json`` without the run's state (budget stop, running batches, seed, completeness)."""
     latest, brainstorm, written = journal.latest(), tally.brainstorm, tally.rows
+    acceptance = _acceptance(tally.answered, tally.accepted, tally.rejected)
     return {
         "planned": sum(fp.count for fp in plans),
         "requests_sent": journal.totals.attempts,
@@ -183,7 +185,7 @@ def _report(plans, journal, tally: Tally, args, prices, detection) -> dict:
         "failed_reasons": dict(sorted(tally.failed_reasons.items())),
         "orphaned": _orphaned(plans, journal, prices),
         **usage_totals(journal.totals.as_records(), prices),
-        "cost_priced": price_for(prices, args.model) is not None,
+        "cost_priced": all(price_for(prices, model) is not None for model in args.generators()),
         "brainstorm": {
             "planned": brainstorm["planned"],
             "ok": brainstorm["ok"],
@@ -198,7 +200,8 @@ def _report(plans, journal, tally: Tally, args, prices, detection) -> dict:
         },
         "per_family": tally.per_family,
         "per_language": dict(written.languages.most_common()),
-        "acceptance": _acceptance(tally.answered, tally.accepted, tally.rejected),
+        "acceptance": acceptance,
+        "per_model": _per_model(journal, acceptance["per_model"], prices),
         "response_format": detection or {"chosen": "none", "refused": {}},
         "generator_models": sorted(written.generators),
     }
@@ -232,6 +235,15 @@ def _orphaned(plans, journal, prices: dict) -> dict:
     }
 
 
+def _per_model(journal, acceptance: dict, prices: dict) -> dict:
+    """Per generator: its examples' acceptance, and the tokens and cost of every attempt sent to it."""
+    spent: dict[str, list] = {}
+    for total in journal.totals.as_records():
+        spent.setdefault(total["model"], []).append(total)
+    empty = {"answered": 0, "accepted": 0, "rate": None}
+    return {str(model): {**acceptance.get(model, empty), **usage_totals(spent[model], prices)} for model in spent}
+
+
 def _acceptance(answered: Counter, accepted: Counter, rejected: Counter) -> dict:
     """Accepted share of the answered examples (duplicates and rejects count against it), overall, per family and
     per language, and each reject reason's share of the answered examples."""
@@ -253,6 +265,7 @@ def _acceptance(answered: Counter, accepted: Counter, rejected: Counter) -> dict
         "rate": round(sum(n for (a, _), n in accepted.items() if a == "family") / total, 4) if total else None,
         "per_family": rates("family"),
         "per_language": rates("language"),
+        "per_model": rates("model"),
         "per_reason": {reason: round(n / total, 4) for reason, n in sorted(rejected.items()) if total},
     }
 

@@ -3,6 +3,7 @@ endpoint's (:class:`e5_mistral.llm.settings.EndpointArguments`) and what to gene
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
@@ -19,6 +20,7 @@ class SynthesisArguments(EndpointArguments):
     HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "endpoint": (
             "model",
+            "generator_mix",
             "base_url",
             "api_key_env",
             "azure_api_version",
@@ -76,6 +78,12 @@ class SynthesisArguments(EndpointArguments):
         ),
     }
 
+    generator_mix: Optional[str] = option(
+        'several generators in one dataset: JSON object model -> weight, e.g. {"gpt-4o": 0.75, "gpt-4o-mini": 0.25} '
+        "(the paper's GPT-4 / GPT-3.5 mix); each request's model is drawn from it, seeded, and is part of its id; "
+        "--model is the one the endpoint's format is probed with",
+        None,
+    )
     output: Optional[str] = option(
         "output folder: journal, report.json, rejected.jsonl, diversity.json, dataset/", None
     )
@@ -146,6 +154,16 @@ class SynthesisArguments(EndpointArguments):
             raise E5MistralError("--num-examples must be >= 0")
         if self.family_mix is not None:
             check_json_object("--family-mix", self.family_mix)
+        if self.generator_mix is not None:
+            mix = check_json_object("--generator-mix", self.generator_mix)
+            if not mix or any(not isinstance(w, (int, float)) or w < 0 for w in mix.values()) or not sum(mix.values()):
+                raise E5MistralError(f"--generator-mix must give models non-negative weights, some positive: {mix}")
+
+    def generators(self) -> dict[str, float]:
+        """model -> weight of the requests (``--model`` alone without ``--generator-mix``)."""
+        if self.generator_mix is None:
+            return {self.model: 1.0}
+        return {model: float(w) for model, w in json.loads(self.generator_mix).items() if w > 0}
 
     def check_runnable(self) -> None:
         """The checks a run needs beyond each flag's own (``__post_init__``): every argument check lives in this
@@ -155,6 +173,13 @@ class SynthesisArguments(EndpointArguments):
         if not self.output:
             raise E5MistralError("--output is required")
         self.check_endpoint()
+        if self.max_cost is not None:
+            from ..llm.cost import load_price_table, price_for
+
+            prices = load_price_table(self.price_table)
+            for model in self.generators():
+                if price_for(prices, model) is None:
+                    raise E5MistralError(f"--max-cost needs a price for model {model!r} in --price-table")
         counts = family_counts(self.num_examples, resolve_mix(self.families, self.family_mix))
         languages = resolve_languages(self.languages)  # an unknown language fails here, with the other flags
         if counts.get("bitext") and len(languages) < 2:

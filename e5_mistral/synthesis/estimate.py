@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from ..llm.cost import price_for, record_cost, worst_case_tokens
 from ..llm.journal import STATUS_OK
@@ -57,6 +57,7 @@ def estimate(
     languages: Mapping[str, float],
     prices: Mapping,
     batch: bool = False,
+    models: Sequence[str] = (),
 ) -> RunEstimate:
     def pending(request_id: str) -> bool:
         rec = latest.get(request_id)
@@ -64,28 +65,41 @@ def estimate(
 
     brainstorms = [r for fp in plans for r in fp.brainstorms if pending(r.request_id)]
     examples = [(fp, spec) for fp in plans for spec in fp.specs if pending(spec.request_id)]
-    prompt = completion = 0
+    spent: dict[str, list[int]] = {}  # model -> [prompt, completion] tokens at most
+
+    def count(model: str, prompt: int, completion: int, times: int = 1) -> None:
+        total = spent.setdefault(model, [0, 0])
+        total[0], total[1] = total[0] + times * prompt, total[1] + times * completion
+
     for request in itertools.chain(brainstorms, (fp.render(spec) for fp, spec in examples)):  # one at a time
-        p, c = worst_case_tokens(request.body())
-        prompt, completion = prompt + p, completion + c
+        count(request.params.get("model"), *worst_case_tokens(request.body()))
     unplanned = 0
     for fp in plans:
-        if fp.tasks is None:  # no task list yet: the family's longest sampled prompt stands for each example
-            task = FIXED_TASKS.get(fp.family, "x" * ESTIMATED_TASK_CHARS)
-            sizes = [
-                worst_case_tokens(
-                    example_request(
-                        fp.family, task, use, sample_slots(fp.family, seed, task, use, languages), params, seed
-                    ).body()
-                )
-                for use in range(min(fp.count, SLOT_SAMPLES))
-            ]
-            if sizes:
-                p, c = max(sizes)
-                prompt, completion = prompt + fp.count * p, completion + fp.count * c
-                unplanned += fp.count
-    cost = None
-    if price_for(prices, params.get("model")) is not None:
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
-        cost = record_cost({"model": params.get("model"), "usage": usage, "source": "batch" if batch else ""}, prices)
+        size = _unplanned_size(fp, seed, languages, params) if fp.tasks is None else None
+        if size:  # at the priciest generator's rates: the model each example will draw is not known yet
+            priciest = max(models or [params.get("model")], key=lambda m: _cost(m, *size, prices, batch))
+            count(priciest, *size, times=fp.count)
+            unplanned += fp.count
+    prompt, completion = sum(p for p, _ in spent.values()), sum(c for _, c in spent.values())
+    priced = all(price_for(prices, m) is not None for m in (models or [params.get("model")]))
+    cost = sum(_cost(m, p, c, prices, batch) for m, (p, c) in spent.items()) if priced else None
     return RunEstimate(len(brainstorms), len(examples) + unplanned, unplanned, prompt, completion, cost, batch)
+
+
+def _cost(model: str, prompt: int, completion: int, prices: Mapping, batch: bool) -> float:
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+    return record_cost({"model": model, "usage": usage, "source": "batch" if batch else ""}, prices)
+
+
+def _unplanned_size(fp: FamilyPlan, seed: int, languages: Mapping[str, float], params: dict) -> tuple[int, int] | None:
+    """The worst case of one example of a family without a task list yet: its longest sampled prompt."""
+    task = FIXED_TASKS.get(fp.family, "x" * ESTIMATED_TASK_CHARS)
+    sizes = [
+        worst_case_tokens(
+            example_request(
+                fp.family, task, use, sample_slots(fp.family, seed, task, use, languages), params, seed
+            ).body()
+        )
+        for use in range(min(fp.count, SLOT_SAMPLES))
+    ]
+    return max(sizes) if sizes else None

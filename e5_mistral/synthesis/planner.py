@@ -23,6 +23,7 @@ from .plan import (
     example_id,
     example_request,
     needs_brainstorm,
+    rng_for,
     sample_slots,
     task_uses,
 )
@@ -39,6 +40,7 @@ class ExampleSpec:
     task: str
     use: int
     slots: dict
+    model: str
 
     @property
     def language(self) -> str:
@@ -69,6 +71,7 @@ class Planner:
 
     def __init__(self, args: SynthesisArguments, counts: dict[str, int], languages: dict[str, float]):
         self.args, self.counts, self.languages = args, counts, languages
+        self.generators = args.generators()
         self.params: dict = {}
         self._dedup_cache: dict[tuple, tuple[list[str], int]] = {}
         self._specs_cache: dict[str, tuple[tuple, list[ExampleSpec]]] = {}  # family -> (key, specs)
@@ -92,9 +95,21 @@ class Planner:
         return plans
 
     def request(self, spec: ExampleSpec) -> Request:
+        params = self._params_for(spec.model)
         return example_request(
-            spec.family, spec.task, spec.use, spec.slots, self.params, self.args.seed, rid=spec.request_id
+            spec.family, spec.task, spec.use, spec.slots, params, self.args.seed, rid=spec.request_id
         )
+
+    def _params_for(self, model: str) -> dict:
+        """The request parameters with ``model`` (unchanged for ``--model``: ids of single-model runs stay)."""
+        return self.params if model == self.params.get("model") else {**self.params, "model": model}
+
+    def _model(self, family: str, key) -> str:
+        """The generator of one request: ``--model``, or a seeded draw from ``--generator-mix``."""
+        models = self.generators
+        if len(models) == 1:
+            return next(iter(models))
+        return rng_for(self.args.seed, family, key, "model").choices(list(models), weights=list(models.values()))[0]
 
     def meta(self, spec: ExampleSpec) -> dict:
         """The row's columns that come from the plan."""
@@ -105,7 +120,7 @@ class Planner:
             "language": spec.language,
             "slots": spec.slots,
             "template_version": template_version(spec.family, "generate"),
-            "generator_model": self.args.model,
+            "generator_model": spec.model,
         }
 
     def _specs(self, family: str, count: int, tasks: tuple[str, ...]) -> list[ExampleSpec]:
@@ -117,8 +132,9 @@ class Planner:
             row_tasks = assign_tasks(family, list(tasks), count, self.args.seed)
             for task, use in zip(row_tasks, task_uses(row_tasks)):
                 slots = sample_slots(family, self.args.seed, task, use, self.languages)
-                rid = example_id(family, task, use, slots, self.params, self.args.seed)
-                specs.append(ExampleSpec(rid, family, task, use, slots))
+                model = self._model(family, json.dumps([task, use], ensure_ascii=False))
+                rid = example_id(family, task, use, slots, self._params_for(model), self.args.seed)
+                specs.append(ExampleSpec(rid, family, task, use, slots, model))
             cached = self._specs_cache[family] = (key, specs)
         return cached[1]
 
@@ -128,7 +144,7 @@ class Planner:
         """The request that stands for brainstorm call ``index``: asked again while its answer is unusable."""
         limit = self.args.reask_limit()
         for reask in range(limit + 1):
-            request = brainstorm_request(family, index, self.params, reask)
+            request = brainstorm_request(family, index, self._params_for(self._model(family, index)), reask)
             history.append(request)
             rec = latest.get(request.request_id)
             if rec is None or rec["status"] != STATUS_OK or reask == limit:

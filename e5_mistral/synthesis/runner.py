@@ -70,6 +70,7 @@ class SynthesisRun:
             self.languages,
             self.prices,
             batch=self.args.backend == "batch",
+            models=list(self.args.generators()),
         )
 
     def run(self, progress: bool | None = None) -> RunResult:
