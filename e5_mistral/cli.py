@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("e5_mistral.export.cli", "turn a training checkpoint into a sentence-transformers model (and push it)"),
     "evaluate": ("e5_mistral.evaluation.cli", "evaluate one or more models with mteb and the paper's instructions"),
+    "passkey": (
+        "e5_mistral.evaluation.passkey",
+        "write personalized passkey retrieval tasks (the paper's long-context test)",
+    ),
     "decontaminate": (
         "e5_mistral.evaluation.decontamination_cli",
         "find (and remove) training rows that match test sets",

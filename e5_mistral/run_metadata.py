@@ -79,6 +79,7 @@ class RunMetadata:
     max_seq_length: int = 512
     query_max_length: int | None = None
     temperature: float | None = None
+    matryoshka_dims: list[int] | None = None  # sizes trained to work truncated (the first d dimensions)
     lora: dict[str, Any] | None = None
     datasets: list[dict[str, Any]] = field(default_factory=list)
     training: TrainingHyperparameters = field(default_factory=TrainingHyperparameters)

@@ -206,6 +206,46 @@ class TestEvaluateCLI:
         )
         assert list(seen.values()) == ["Normalize"]  # mteb's way: the model's own output
 
+    def test_truncate_dim_scores_the_first_dimensions_of_both_encoders(
+        self, minilm_dir, tiny_tasks, tmp_path, monkeypatch
+    ):
+        evaluate_module = importlib.import_module("e5_mistral.evaluation.evaluate")
+        widths = []
+        real_wrap = evaluate_module._wrap
+        monkeypatch.setattr(
+            evaluate_module, "_wrap", lambda st, *a: widths.append(st.encode(["x"]).shape[-1]) or real_wrap(st, *a)
+        )
+        tasks = ["TinyClassification", "TinySTS"]
+        truncated = evaluate_module.evaluate(
+            str(minilm_dir),
+            tasks,
+            tmp_path / "96",
+            benchmarks_dir=tiny_tasks,
+            max_rows=10,
+            truncate_dim=96,
+            show_progress_bar=False,
+        )
+        assert widths == [96, 96]  # the STS encoder and the classification one (before Normalize)
+        assert json.loads((tmp_path / "96" / "evaluation.json").read_text())["truncate_dim"] == 96
+        full = evaluate_module.evaluate(
+            str(minilm_dir),
+            ["TinySTS"],
+            tmp_path / "full",
+            benchmarks_dir=tiny_tasks,
+            max_rows=10,
+            show_progress_bar=False,
+        )
+        assert widths[-1] == 384 and truncated["TinySTS"] != pytest.approx(full["TinySTS"], abs=1e-9)
+
+    @pytest.mark.slow
+    def test_two_cpu_processes_give_the_one_process_scores(self, minilm_dir, tiny_tasks, tmp_path):
+        evaluate_module = importlib.import_module("e5_mistral.evaluation.evaluate")
+        tasks = ["TinySTS", "TinyRetrieval"]  # one pool (classification starts a second, for its raw encoder)
+        kwargs = {"benchmarks_dir": tiny_tasks, "max_rows": 10, "show_progress_bar": False}
+        one = evaluate_module.evaluate(str(minilm_dir), tasks, tmp_path / "one", **kwargs)
+        two = evaluate_module.evaluate(str(minilm_dir), tasks, tmp_path / "two", devices=["cpu", "cpu"], **kwargs)
+        assert list(two) == tasks and two == pytest.approx(one, abs=1e-5)
+
     @pytest.mark.slow
     def test_several_models_one_table(self, minilm_dir, tiny_tasks, tmp_path, capsys):
         out = tmp_path / "out"
@@ -244,6 +284,7 @@ class TestEvaluateCLI:
             ("unknown-task", "unknown task 'NoSuchTask'"),
             ("bad-folder", "Nothing matches no task format"),
             ("bad-model", "could not load model"),
+            ("too-wide", "--truncate-dim 1000 is larger than the embedding"),
         ],
     )
     def test_bad_input_is_one_line_and_non_zero(self, case, message, tiny_tasks, minilm_dir, tmp_path, capsys):
@@ -252,12 +293,15 @@ class TestEvaluateCLI:
             task = "NoSuchTask"
         elif case == "bad-folder":
             task = "Nothing"
-        else:
+        elif case == "bad-model":
             model = str(tmp_path / "not-a-model")
             (tmp_path / "not-a-model").mkdir()
         argv = [model, "--tasks", task, "--benchmarks-dir", str(tiny_tasks), "--output", str(tmp_path / "out")]
+        argv += ["--truncate-dim", "1000"] if case == "too-wide" else []
         assert evaluate_main(argv, prog=PROG) == 1
         err = capsys.readouterr().err.strip().splitlines()
+        if case == "too-wide":  # the model loaded (its progress bar) before its width was known
+            err = [line for line in err if not line.startswith("Loading weights")]
         assert len(err) == 1 and err[0].startswith(f"{PROG}: error:") and message in err[0]
         if case == "bad-model":
             assert "not-a-model" in err[0]

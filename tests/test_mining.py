@@ -62,6 +62,26 @@ def test_mined_negatives_respect_the_margin_and_the_rank_range(mined, minilm_dir
 
 
 @pytest.mark.slow
+def test_two_cpu_processes_mine_the_one_process_negatives(mined, tmp_path):
+    import dataclasses
+
+    from datasets import load_dataset
+
+    args, report, out = mined
+    spread = mine(dataclasses.replace(args, output=str(tmp_path / "spread"), configs=["sts"], devices=["cpu", "cpu"]))
+    assert spread["configs"]["sts"] == report["configs"]["sts"]
+    for config in ("sts",):  # one config: each starts its own pool of processes
+        one, two = (
+            load_dataset(str(folder), config, split="train", cache_dir=str(tmp_path / "cache" / name)).to_list()
+            for name, folder in (("one", out), ("two", tmp_path / "spread"))
+        )
+        assert [r["negative"] for r in two] == [r["negative"] for r in one]
+        for a, b in zip(one, two):
+            assert b["positive_score"] == pytest.approx(a["positive_score"], abs=1e-5)
+            assert b["negative_scores"][1:] == pytest.approx(a["negative_scores"][1:], abs=1e-5)
+
+
+@pytest.mark.slow
 def test_the_mined_dataset_trains_with_k_negatives(mined, tiny_model_dir, tmp_path):
     from e5_mistral.training.data import build_mixture
     from e5_mistral.training.e5_config import E5DatasetConfig

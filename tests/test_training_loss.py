@@ -95,3 +95,37 @@ def test_world_processes_equal_one_full_batch(monkeypatch):
     torch.testing.assert_close(ddp, full, rtol=1e-12, atol=1e-12)
     for got, want in zip(ddp_grads, full_grads):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _hand_info_nce(q, p, n, tau) -> float:
+    """Mean over queries of -log softmax of the own positive among every positive and negative (plain Python)."""
+    candidates = list(p) + list(n)
+    total = 0.0
+    for i, query in enumerate(q):
+        scores = [sum(a * b for a, b in zip(query, c)) / tau for c in candidates]
+        total += -(scores[i] - math.log(sum(math.exp(s) for s in scores)))
+    return total / len(q)
+
+
+def _renormalised(rows, dim):
+    out = []
+    for row in rows:
+        head = row[:dim]
+        norm = math.sqrt(sum(x * x for x in head))
+        out.append([x / norm for x in head])
+    return out
+
+
+def test_matryoshka_loss_is_the_weighted_sum_over_truncated_renormalised_embeddings():
+    torch.manual_seed(0)
+    q, p, n = (F.normalize(torch.randn(3, 8), dim=-1) for _ in range(3))
+    dims, weights, tau = [8, 4, 2], [1.0, 0.5, 0.25], 0.1
+    expected = sum(
+        w * _hand_info_nce(*(_renormalised(t.tolist(), d) for t in (q, p, n)), tau) for d, w in zip(dims, weights)
+    )
+    got = loss_module.matryoshka_info_nce_loss(q, p, n, dims, weights, temperature=tau)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    unweighted = loss_module.matryoshka_info_nce_loss(q, p, n, [8], temperature=tau)
+    assert unweighted.item() == pytest.approx(info_nce_loss(q, p, n, temperature=tau).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="1..8"):
+        loss_module.matryoshka_info_nce_loss(q, p, n, [16], temperature=tau)

@@ -56,8 +56,8 @@ def grads_of_one_step(trainer, batch):
     return loss, {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("use_lora", [False, True])
-def test_gradcache_gradients_equal_uncached(tiny_model_dir, data_dir, tmp_path, use_lora):
+@pytest.mark.parametrize("use_lora,matryoshka", [(False, False), (True, False), (True, True)])
+def test_gradcache_gradients_equal_uncached(tiny_model_dir, data_dir, tmp_path, use_lora, matryoshka):
     trainer = make_trainer(
         tiny_model_dir,
         data_dir,
@@ -66,6 +66,7 @@ def test_gradcache_gradients_equal_uncached(tiny_model_dir, data_dir, tmp_path, 
         per_device_train_batch_size=12,
         num_hard_negatives=1,
         max_seq_length=48,
+        **({"matryoshka_dims": [32, 8, 4], "matryoshka_weights": [1.0, 0.5, 0.5]} if matryoshka else {}),
     )
     if use_lora:  # LoRA B starts at zero, which would leave A without gradient: make both non-trivial
         with torch.no_grad():

@@ -21,7 +21,15 @@ class EvaluateArguments:
     HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "what to evaluate": ("tasks", "output", "benchmarks_dir", "instructions"),
         "quick runs": ("max_rows", "corpus_per_query", "subsets"),
-        "encoding": ("batch_size", "dtype", "max_seq_length", "classification_embeddings"),
+        "encoding": (
+            "batch_size",
+            "dtype",
+            "max_seq_length",
+            "classification_embeddings",
+            "truncate_dim",
+            "rope_theta",
+            "devices",
+        ),
     }
     tasks: list[str] = field(
         metadata={"help": "Task names: folders of --benchmarks-dir, else mteb task names (downloaded from the Hub)."}
@@ -74,6 +82,21 @@ class EvaluateArguments:
         metadata={"help": "Model weights dtype.", "choices": list(LOAD_DTYPES)},
     )
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Truncate inputs to this many tokens."})
+    devices: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Encode on these devices, one process each (e.g. cuda:0 cuda:1; cpu cpu), through "
+            "sentence-transformers' multi-process pool (default: one process)."
+        },
+    )
+    rope_theta: Optional[float] = field(
+        default=None,
+        metadata={"help": "Load the models with this RoPE base (the paper's context extension: 10^4 -> 10^5)."},
+    )
+    truncate_dim: Optional[int] = field(
+        default=None,
+        metadata={"help": "Score the first N dimensions of every embedding (a Matryoshka-trained model's sizes)."},
+    )
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral evaluate") -> int:
@@ -100,6 +123,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral evaluate") -
             subsets=args.subsets,
             corpus_per_query=args.corpus_per_query,
             classification_embeddings=args.classification_embeddings,
+            truncate_dim=args.truncate_dim,
+            devices=args.devices,
+            rope_theta=args.rope_theta,
         )
         return 0
 

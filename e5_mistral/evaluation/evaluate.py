@@ -7,6 +7,7 @@ gives each task its instruction through mteb's ``model_prompts`` and writes ``su
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -87,23 +88,56 @@ def unique_labels(models: Sequence[str]) -> list[str]:
     return labels
 
 
-def load_model(model: str, dtype: str = "auto", max_seq_length: int | None = None, flag: str = "model", loader=None):
-    """A SentenceTransformer (or ``loader``, e.g. CrossEncoder) from a folder or Hub id; any failure is one
-    E5MistralError naming ``flag`` and the model."""
+def load_model(
+    model: str,
+    dtype: str = "auto",
+    max_seq_length: int | None = None,
+    flag: str = "model",
+    loader=None,
+    rope_theta: float | None = None,
+):
+    """A SentenceTransformer (or ``loader``, e.g. CrossEncoder) from a folder or Hub id, with its RoPE base set to
+    ``rope_theta`` when given; any failure is one E5MistralError naming ``flag`` and the model."""
     import torch
     from sentence_transformers import SentenceTransformer
+
+    from ..rope import rope_config_kwargs
 
     if dtype not in LOAD_DTYPES:
         raise E5MistralError(f"--dtype must be one of {', '.join(LOAD_DTYPES)}, got {dtype!r}")
     model_kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
+    extra = {"config_kwargs": rope_config_kwargs(model, rope_theta)} if rope_theta is not None else {}
     try:
-        st_model = (loader or SentenceTransformer)(model, model_kwargs=model_kwargs)
+        st_model = (loader or SentenceTransformer)(model, model_kwargs=model_kwargs, **extra)
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model/path: report it in one line
         message = " ".join(str(err).split())[:300]
         raise E5MistralError(f"could not load {flag} {model!r}: {type(err).__name__}: {message}") from err
     if max_seq_length is not None:
         st_model.max_seq_length = max_seq_length
     return st_model
+
+
+@contextlib.contextmanager
+def encoding_pool(st_model, devices: Sequence[str] | None):
+    """The encode arguments that spread encoding over ``devices``, one process each: sentence-transformers'
+    multi-process pool, started once for all of a model's tasks and stopped after them ({} for one process)."""
+    if not devices:
+        yield {}
+        return
+    pool = st_model.start_multi_process_pool(target_devices=list(devices))
+    try:
+        yield {"pool": pool}
+    finally:
+        st_model.stop_multi_process_pool(pool)
+
+
+def _truncate(st_model, dim: int | None, name: str) -> None:
+    if dim is None:
+        return
+    width = st_model.get_embedding_dimension()
+    if dim > width:
+        raise E5MistralError(f"--truncate-dim {dim} is larger than the embedding of {name} ({width} dimensions)")
+    st_model.truncate_dim = dim
 
 
 def without_normalize(st_model):
@@ -114,7 +148,9 @@ def without_normalize(st_model):
     modules = list(st_model)
     if not modules or not isinstance(modules[-1], Normalize):
         return st_model
-    return SentenceTransformer(modules=modules[:-1], prompts=st_model.prompts, device=str(st_model.device))
+    return SentenceTransformer(
+        modules=modules[:-1], prompts=st_model.prompts, device=str(st_model.device), truncate_dim=st_model.truncate_dim
+    )
 
 
 def _wrap(st_model, name: str, prompts: dict[str, str]):
@@ -198,6 +234,9 @@ def evaluate(
     subsets: Sequence[str] | None = None,
     corpus_per_query: int = CORPUS_SAMPLE_PER_QUERY,
     classification_embeddings: str = "unnormalized",
+    truncate_dim: int | None = None,
+    devices: Sequence[str] | None = None,
+    rope_theta: float | None = None,
 ) -> dict:
     """Evaluate one or more models on ``tasks`` with mteb and write ``output_dir/summary.json``.
 
@@ -206,7 +245,10 @@ def evaluate(
     out, the others are kept; a RuntimeError at the end names the failures. ``classification_embeddings``
     "unnormalized" (default) gives classification tasks the embeddings before the model's final Normalize, as the
     paper's evaluation does; "normalized" gives them the model's own output, as mteb does. The settings that
-    decide the scores go to ``output_dir/evaluation.json`` (the model card says which was used).
+    decide the scores go to ``output_dir/evaluation.json`` (the model card says which was used). ``truncate_dim``
+    scores the first d dimensions of every embedding (a Matryoshka-trained model's smaller sizes). ``devices``
+    encodes with one process per device (sentence-transformers' multi-process pool, e.g. ``["cuda:0", "cuda:1"]``).
+    ``rope_theta`` loads the models with that RoPE base (the paper's context extension, §5.2).
     """
     import mteb
 
@@ -221,12 +263,15 @@ def evaluate(
             f"--classification-embeddings must be one of {', '.join(CLASSIFICATION_EMBEDDINGS)}, "
             f"not {classification_embeddings!r}"
         )
+    if truncate_dim is not None and truncate_dim < 1:
+        raise E5MistralError(f"--truncate-dim must be at least 1, got {truncate_dim}")
     task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows, subsets, corpus_per_query)
     task_names = [t.metadata.name for t in task_objects]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = {"instructions": instructions, "classification_embeddings": classification_embeddings}
     settings.update({"max_rows": max_rows, "dtype": dtype, "max_seq_length": max_seq_length})
+    settings.update({"truncate_dim": truncate_dim, "rope_theta": rope_theta})
     (output_dir / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     labels = unique_labels(models)
     several = len(models) > 1
@@ -236,7 +281,8 @@ def evaluate(
     failures: list[str] = []
     for model, label in zip(models, labels):
         logger.info("evaluating %s on %s", model, ", ".join(task_names))
-        st_model = load_model(model, dtype, max_seq_length)
+        st_model = load_model(model, dtype, max_seq_length, rope_theta=rope_theta)
+        _truncate(st_model, truncate_dim, model)
         own_prompts = {k: v for k, v in (getattr(st_model, "prompts", None) or {}).items() if v}
         prompts = model_prompts_for(task_objects, instructions, own_prompts)
         cache = mteb.ResultCache(cache_path=output_dir / label if several else output_dir)
@@ -247,17 +293,19 @@ def evaluate(
         for group, raw in ((others, False), (classification, True)):
             if not group:
                 continue
-            # "always": results of an earlier run in the same folder (maybe on --max-rows subsets) are never reused.
-            result = mteb.evaluate(
-                _wrap(without_normalize(st_model) if raw else st_model, label, prompts),
-                group,
-                cache=cache,
-                overwrite_strategy="always",
-                encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
-                raise_error=False,
-                show_progress_bar=show_progress_bar,
-                prediction_folder=prediction_folders[label],
-            )
+            encoder = without_normalize(st_model) if raw else st_model
+            with encoding_pool(encoder, devices) as pool:
+                # "always": results of an earlier run in the same folder (maybe on --max-rows subsets) are not reused.
+                result = mteb.evaluate(
+                    _wrap(encoder, label, prompts),
+                    group,
+                    cache=cache,
+                    overwrite_strategy="always",
+                    encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar, **pool},
+                    raise_error=False,
+                    show_progress_bar=show_progress_bar,
+                    prediction_folder=prediction_folders[label],
+                )
             for task_result in result.task_results:
                 score = float(task_result.get_score())
                 if math.isnan(score):

@@ -44,6 +44,7 @@ MAIN_SCORES = {
     "BitextMining": "f1",
     "Classification": "accuracy",
 }
+TASK_FILE = "task.json"  # optional, beside the data: {"main_score": ...}
 # Documents kept per query when a retrieval corpus is subsampled (besides the relevant ones).
 CORPUS_SAMPLE_PER_QUERY = 10
 
@@ -270,6 +271,8 @@ def _generic_task(name: str, task_type: str, subsets: list[str], folder: Path, e
     from mteb import TaskMetadata
 
     multilingual = subsets != ["default"]
+    # A folder may name its own main score (the passkey tasks: top-1 accuracy, recall_at_1).
+    own = json.loads((folder / TASK_FILE).read_text(encoding="utf-8")) if (folder / TASK_FILE).is_file() else {}
     metadata = TaskMetadata(
         name=name,
         description=f"Offline task read from {folder}",
@@ -279,7 +282,7 @@ def _generic_task(name: str, task_type: str, subsets: list[str], folder: Path, e
         modalities=["text"],
         eval_splits=[SPLIT],
         eval_langs={s: ["eng-Latn"] for s in subsets} if multilingual else ["eng-Latn"],
-        main_score=MAIN_SCORES[task_type],
+        main_score=own.get("main_score", MAIN_SCORES[task_type]),
     )
     cls = type(f"Offline{task_type}Task", (_task_class(task_type),), {"metadata": metadata, **extra})
     return cls()

@@ -22,6 +22,7 @@ from ..instructions import EVALUATION_INSTRUCTIONS, EVALUATION_TASK_TYPES, query
 from ..options import WEIGHT_DTYPES
 from ..output_folders import check_output_folder
 from ..pooling import ensure_pad_token
+from ..rope import rope_parameters
 from .checkpoint import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
@@ -78,6 +79,10 @@ class ExportArguments:
         default=None, metadata={"help": "Upload the export to this Hub repo (e.g. user/my-e5)."}
     )
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    rope_theta: float | None = field(
+        default=None,
+        metadata={"help": "Save the model with this RoPE base (the paper's context extension: 10^4 -> 10^5)."},
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace OUTPUT_DIR if it already holds files."})
 
     def __post_init__(self):
@@ -176,6 +181,8 @@ def _save_sentence_transformer(args: ExportArguments, checkpoint, staging: Path)
     max_seq_length = args.max_seq_length or run.max_seq_length
     tokenizer, affixes = _contract_tokenizer(checkpoint, max_seq_length)
     model = load_merged_backbone(checkpoint)
+    if args.rope_theta is not None:
+        model.config.rope_parameters = rope_parameters(model.config, args.rope_theta, str(checkpoint.path))
     architecture = ", ".join(model.config.architectures or []) or model.config.model_type
     embedding_dim = model.config.hidden_size
     torch_dtype = getattr(torch, args.dtype)

@@ -205,6 +205,7 @@ def render_model_card(
         merged=run_config.merged,
         adapter_included=adapter_included,
         temperature=run_config.temperature,
+        matryoshka_dims=run_config.matryoshka_dims,
         max_seq_length=max_seq_length,
         dtype=dtype,
         special_tokens_template=special_tokens_template,

@@ -42,7 +42,16 @@ SAMPLING_STRATEGIES = ("top", "random")
 class MiningArguments:
     HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "input and output": ("dataset", "output", "configs", "split", "columns", "instruction"),
-        "teacher": ("teacher", "query_prompt", "corpus_prompt", "corpus", "cross_encoder", "batch_size", "use_faiss"),
+        "teacher": (
+            "teacher",
+            "query_prompt",
+            "corpus_prompt",
+            "corpus",
+            "cross_encoder",
+            "batch_size",
+            "devices",
+            "use_faiss",
+        ),
         "which negatives": (
             "num_negatives",
             "range_min",
@@ -98,6 +107,11 @@ class MiningArguments:
     sampling_strategy: str = option("top (the closest allowed) or random (among the allowed)", "top")
     cross_encoder: Optional[str] = option("a CrossEncoder that rescores the candidates", None)
     batch_size: int = option("encoding batch size", 32)
+    devices: Optional[list[str]] = option(
+        "encode on these devices, one process each (e.g. cuda:0 cuda:1; cpu cpu), through sentence-transformers' "
+        "multi-process pool (default: one process on the model's device)",
+        None,
+    )
     use_faiss: Optional[bool] = option("search with FAISS (default: when it is installed)", None)
     push_to_hub: Optional[str] = option("push the mined dataset to this Hub repo id", None)
     private: bool = option("make the Hub repo private", False)
@@ -273,6 +287,7 @@ def mine_config(
             output_scores=True,
             batch_size=args.batch_size,
             use_faiss=use_faiss,
+            use_multi_process=list(args.devices) if args.devices else False,
             verbose=not args.no_progress,
             cache_folder=str(cache_folder),
         )

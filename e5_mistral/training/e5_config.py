@@ -122,6 +122,9 @@ class ModelArguments:
     attn_implementation: str | None = field(
         default=None, metadata={"help": "sdpa, eager, flash_attention_2 (default: transformers' choice)."}
     )
+    rope_theta: float | None = field(
+        default=None, metadata={"help": "Train with this RoPE base (the paper extends the context 10^4 -> 10^5)."}
+    )
 
 
 @dataclass
@@ -188,6 +191,16 @@ class E5TrainingConfig(TrainingArguments):
             "group_batches_by, from a single family or task of it)."
         },
     )
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Matryoshka: also train the first d dimensions of each embedding, renormalised, for each d "
+            "(e.g. [4096, 1024, 256, 64]); the loss is their weighted sum. Unset: the full embedding only."
+        },
+    )
+    matryoshka_weights: list[float] | None = field(
+        default=None, metadata={"help": "One loss weight per matryoshka_dims entry (default: 1 each)."}
+    )
     gradcache_chunk_size: int | None = field(
         default=None,
         metadata={"help": "GradCache: texts per forward chunk (memory grows with the chunk, not the batch)."},
@@ -235,6 +248,7 @@ class E5TrainingConfig(TrainingArguments):
             raise E5MistralError("num_hard_negatives must be >= 0")
         if self.gradcache_chunk_size is not None and self.gradcache_chunk_size < 1:
             raise E5MistralError("gradcache_chunk_size must be a positive integer")
+        self._check_matryoshka()
         if self.length_groups < 1:
             raise E5MistralError(f"length_groups must be a positive integer, got {self.length_groups}")
         if isinstance(self.lora_target_modules, str):
@@ -244,6 +258,19 @@ class E5TrainingConfig(TrainingArguments):
             # Reentrant checkpointing breaks LoRA gradients and DDP with several forwards per step.
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
+
+    def _check_matryoshka(self) -> None:
+        dims, weights = self.matryoshka_dims, self.matryoshka_weights
+        if dims is None:
+            if weights is not None:
+                raise E5MistralError("matryoshka_weights needs matryoshka_dims")
+            return
+        if not dims or any(int(d) != d or d < 1 for d in dims) or len(set(dims)) != len(dims):
+            raise E5MistralError(f"matryoshka_dims must be distinct positive integers, got {dims}")
+        if weights is not None and (len(weights) != len(dims) or any(w < 0 for w in weights)):
+            raise E5MistralError(
+                f"matryoshka_weights must give one non-negative weight per dimension ({len(dims)}), got {weights}"
+            )
 
     @property
     def query_length(self) -> int:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from .collator import E5DataCollator
 from .e5_config import E5TrainingConfig
 from .gradcache import RandContext
 from .length_groups import length_sorted_groups, merge_padded, trim_padding
-from .loss import info_nce_loss
+from .loss import info_nce_loss, matryoshka_info_nce_loss
 
 
 logger = logging.getLogger(__name__)
@@ -122,10 +123,17 @@ class E5Trainer(Trainer):
 
     def _loss_from_embeddings(self, query, docs, inputs, gather: bool) -> torch.Tensor:
         batch = query.shape[0]
-        return info_nce_loss(
+        negatives = docs[batch:] if self.args.num_hard_negatives else None
+        if self.args.matryoshka_dims:
+            loss = partial(
+                matryoshka_info_nce_loss, dims=self.args.matryoshka_dims, weights=self.args.matryoshka_weights
+            )
+        else:
+            loss = info_nce_loss
+        return loss(
             query,
             docs[:batch],
-            docs[batch:] if self.args.num_hard_negatives else None,
+            negatives,
             temperature=self.args.temperature,
             negative_mask=inputs["negative_mask"],
             in_batch_negatives=inputs["in_batch_negatives"],
@@ -266,6 +274,7 @@ class E5Trainer(Trainer):
             max_seq_length=args.max_seq_length,
             query_max_length=args.query_max_length,
             temperature=args.temperature,
+            matryoshka_dims=args.matryoshka_dims,
             lora=lora,
             datasets=self.dataset_infos,
             training=TrainingHyperparameters.from_training_args(args),

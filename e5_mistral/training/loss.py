@@ -5,6 +5,10 @@ Each process scores its *local* queries against the documents of *every* process
 gradients over the W processes and the gather's backward sums the gradients flowing into each process's
 documents, so W processes with batch B give exactly the loss and gradients of one process with batch W*B
 (``tests/test_training_loss.py`` checks both). No ``* world_size`` correction is needed.
+
+With Matryoshka dimensions (Kusupati et al., 2022) the same loss is also taken on the first d dimensions of every
+embedding, renormalised, for each d, and the weighted sum is the loss: the model runs once, only the loss is
+computed per size, so GradCache caches the full embeddings as it does without it.
 """
 
 from __future__ import annotations
@@ -112,3 +116,28 @@ def info_nce_loss(
 
     logits = (scores / temperature).masked_fill(~keep, torch.finfo(dtype).min)
     return F.cross_entropy(logits, labels)
+
+
+def truncated(embeddings: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+    """The first ``dim`` dimensions of each row, L2-normalised again."""
+    return None if embeddings is None else F.normalize(embeddings[..., :dim], dim=-1)
+
+
+def matryoshka_info_nce_loss(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None,
+    dims: list[int],
+    weights: list[float] | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """Sum over ``dims`` of ``weight * info_nce_loss`` on the truncated, renormalised embeddings (weights: 1 each).
+    ``kwargs`` are :func:`info_nce_loss`'s."""
+    width = query.shape[-1]
+    if any(dim < 1 or dim > width for dim in dims):
+        raise ValueError(f"matryoshka_dims must lie in 1..{width} (the embedding size), got {dims}")
+    weights = weights or [1.0] * len(dims)
+    return sum(
+        weight * info_nce_loss(truncated(query, dim), truncated(positive, dim), truncated(negative, dim), **kwargs)
+        for dim, weight in zip(dims, weights)
+    )

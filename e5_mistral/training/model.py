@@ -7,6 +7,7 @@ import re
 
 from ..errors import E5MistralError
 from ..pooling import ensure_pad_token
+from ..rope import rope_config_kwargs
 from .e5_config import E5TrainingConfig, ModelArguments
 
 
@@ -53,6 +54,7 @@ def load_backbone(model_args: ModelArguments, args: E5TrainingConfig, tokenizer=
     kwargs = {"dtype": dtype}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
+    kwargs.update(rope_config_kwargs(model_args.model_name_or_path, model_args.rope_theta))
     model = AutoModel.from_pretrained(model_args.model_name_or_path, **kwargs)
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # no KV cache in training; also required by activation checkpointing
