@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def fresh_read_options(path: str | os.PathLike, data_files=None) -> dict:
@@ -26,3 +27,10 @@ def write_parquet(table, path: str | os.PathLike) -> None:
         pq.write_table(table, path)
     else:
         pq.ParquetWriter(path, table.schema).close()
+
+
+def write_jsonl(path: str | os.PathLike, rows) -> None:
+    """One JSON object a line, UTF-8 as is."""
+    import json
+
+    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -30,6 +30,7 @@ from typing import Optional
 from .cli import CommandParser, run
 from .errors import E5MistralError, MissingFileError
 from .families import FAMILIES, FAMILY_SPECS
+from .local_data import write_jsonl
 from .resources import resource
 
 
@@ -331,8 +332,8 @@ def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
             queries.append({"_id": row["request_id"], "text": format_query(row["task"], row[query_key])})
     retrieval = target / HELDOUT_RETRIEVAL
     (retrieval / "qrels").mkdir(parents=True, exist_ok=True)
-    _write_jsonl(retrieval / "corpus.jsonl", [{"_id": i, "title": "", "text": t} for i, t in documents.items()])
-    _write_jsonl(retrieval / "queries.jsonl", queries)
+    write_jsonl(retrieval / "corpus.jsonl", [{"_id": i, "title": "", "text": t} for i, t in documents.items()])
+    write_jsonl(retrieval / "queries.jsonl", queries)
     (retrieval / "qrels" / "test.tsv").write_text(
         "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels)
     )
@@ -342,11 +343,7 @@ def write_heldout_tasks(sample_dir: Path, target: Path) -> None:
         for other, slot in (("S2", "high_score"), ("S3", "low_score"))
     ]
     (target / HELDOUT_STS).mkdir(parents=True, exist_ok=True)
-    _write_jsonl(target / HELDOUT_STS / "test.jsonl", sts)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(target / HELDOUT_STS / "test.jsonl", sts)
 
 
 # The public tasks the quickstart evaluates, when $E5_BENCHMARKS_DIR has them, and how many rows of each (None: the

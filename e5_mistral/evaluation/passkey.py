@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import E5MistralError
+from ..local_data import write_jsonl
 
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -68,8 +69,8 @@ def write_passkey_task(
         for i, (p, k) in enumerate(zip(people, passkeys))
     ]
     asked = rng.sample(range(candidates), queries)
-    _write_jsonl(task / "corpus.jsonl", corpus)
-    _write_jsonl(
+    write_jsonl(task / "corpus.jsonl", corpus)
+    write_jsonl(
         task / "queries.jsonl", [{"_id": f"q{i}", "text": f"what is the pass key for {people[i]}?"} for i in asked]
     )
     (task / "qrels" / "test.tsv").write_text(
@@ -77,10 +78,6 @@ def write_passkey_task(
     )
     (task / "task.json").write_text(json.dumps({"main_score": MAIN_SCORE, "length_tokens": length}) + "\n")
     return task
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
 @dataclass
