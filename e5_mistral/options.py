@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import MISSING, field
 
 
-def option(text: str, default=MISSING, **metadata):
-    """A dataclass field for one flag: its help ``text`` and its ``default`` (none given: the flag is required)."""
-    return field(metadata={"help": text, **metadata}, **({} if default is MISSING else {"default": default}))
+def option(text: str, default=MISSING, *, default_factory=MISSING, **metadata):
+    """A dataclass field for one flag: its help ``text`` and its ``default`` or ``default_factory`` (neither: the flag
+    is required); other keywords (e.g. ``choices``) join the metadata."""
+    defaults = {"default": default, "default_factory": default_factory}
+    return field(metadata={"help": text, **metadata}, **{k: v for k, v in defaults.items() if v is not MISSING})
 
 
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16")  # what an export saves its weights in

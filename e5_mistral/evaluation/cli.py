@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Optional, Sequence
 
-from ..options import LOAD_DTYPES
+from ..options import LOAD_DTYPES, option
 
 
 DESCRIPTION = (
@@ -31,71 +31,52 @@ class EvaluateArguments:
             "devices",
         ),
     }
-    tasks: list[str] = field(
-        metadata={"help": "Task names: folders of --benchmarks-dir, else mteb task names (downloaded from the Hub)."}
+    tasks: list[str] = option(
+        "Task names: folders of --benchmarks-dir, else mteb task names (downloaded from the Hub)."
     )
-    output: str = field(metadata={"help": "Folder for mteb's results, summary.json and summary.md."})
-    benchmarks_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "Folder of offline tasks: task X is read from DIR/X/ (see docs/evaluation.md)."},
+    output: str = option("Folder for mteb's results, summary.json and summary.md.")
+    benchmarks_dir: Optional[str] = option(
+        "Folder of offline tasks: task X is read from DIR/X/ (see docs/evaluation.md).", None
     )
-    instructions: str = field(
-        default="paper",
-        metadata={
-            "help": "'paper': the paper's per-task instructions (queries only for retrieval, every input otherwise); "
-            "'none': no instruction (models trained without them).",
-            "choices": ["paper", "none"],
-        },
+    instructions: str = option(
+        "'paper': the paper's per-task instructions (queries only for retrieval, every input otherwise); "
+        "'none': no instruction (models trained without them).",
+        "paper",
+        choices=["paper", "none"],
     )
-    batch_size: int = field(default=32, metadata={"help": "Encoding batch size."})
-    max_rows: Optional[int] = field(
-        default=None,
-        metadata={
-            "help": "Subsample each offline task deterministically to N pairs / test rows / queries, for quick runs. "
-            "Scores on subsets are not comparable to published ones."
-        },
+    batch_size: int = option("Encoding batch size.", 32)
+    max_rows: Optional[int] = option(
+        "Subsample each offline task deterministically to N pairs / test rows / queries, for quick runs. "
+        "Scores on subsets are not comparable to published ones.",
+        None,
     )
-    corpus_per_query: int = field(
-        default=10,
-        metadata={
-            "help": "With --max-rows, retrieval keeps this many other documents per kept query (besides the relevant ones)."
-        },
+    corpus_per_query: int = option(
+        "With --max-rows, retrieval keeps this many other documents per kept query (besides the relevant ones).", 10
     )
-    classification_embeddings: str = field(
-        default="unnormalized",
-        metadata={
-            "help": "What classification tasks are scored on: 'unnormalized', the embeddings before the model's final "
-            "Normalize, as the paper evaluates; 'normalized', the model's own output, as mteb (and the published "
-            "scores of models such as MiniLM).",
-            "choices": ["unnormalized", "normalized"],
-        },
+    classification_embeddings: str = option(
+        "What classification tasks are scored on: 'unnormalized', the embeddings before the model's final "
+        "Normalize, as the paper evaluates; 'normalized', the model's own output, as mteb (and the published "
+        "scores of models such as MiniLM).",
+        "unnormalized",
+        choices=["unnormalized", "normalized"],
     )
-    subsets: Optional[list[str]] = field(
-        default=None,
-        metadata={
-            "help": "Only these subsets of tasks that have several (e.g. Tatoeba's deu-eng fra-eng); "
-            "single-subset tasks run whole."
-        },
+    subsets: Optional[list[str]] = option(
+        "Only these subsets of tasks that have several (e.g. Tatoeba's deu-eng fra-eng); "
+        "single-subset tasks run whole.",
+        None,
     )
-    dtype: str = field(
-        default="auto",
-        metadata={"help": "Model weights dtype.", "choices": list(LOAD_DTYPES)},
+    dtype: str = option("Model weights dtype.", "auto", choices=list(LOAD_DTYPES))
+    max_seq_length: Optional[int] = option("Truncate inputs to this many tokens.", None)
+    devices: Optional[list[str]] = option(
+        "Encode on these devices, one process each (e.g. cuda:0 cuda:1; cpu cpu), through "
+        "sentence-transformers' multi-process pool (default: one process).",
+        None,
     )
-    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Truncate inputs to this many tokens."})
-    devices: Optional[list[str]] = field(
-        default=None,
-        metadata={
-            "help": "Encode on these devices, one process each (e.g. cuda:0 cuda:1; cpu cpu), through "
-            "sentence-transformers' multi-process pool (default: one process)."
-        },
+    rope_theta: Optional[float] = option(
+        "Load the models with this RoPE base (the paper's context extension: 10^4 -> 10^5).", None
     )
-    rope_theta: Optional[float] = field(
-        default=None,
-        metadata={"help": "Load the models with this RoPE base (the paper's context extension: 10^4 -> 10^5)."},
-    )
-    truncate_dim: Optional[int] = field(
-        default=None,
-        metadata={"help": "Score the first N dimensions of every embedding (a Matryoshka-trained model's sizes)."},
+    truncate_dim: Optional[int] = option(
+        "Score the first N dimensions of every embedding (a Matryoshka-trained model's sizes).", None
     )
 
 

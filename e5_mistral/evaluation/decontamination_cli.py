@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
+
+from ..options import option
 
 
 DESCRIPTION = (
@@ -16,28 +18,16 @@ DESCRIPTION = (
 
 @dataclass
 class DecontaminateArguments:
-    against: list[str] = field(
-        metadata={"help": "Tasks whose test sets to check against (offline folders or mteb names)."}
-    )
-    benchmarks_dir: Optional[str] = field(
-        default=None, metadata={"help": "Folder of offline tasks: task X is DIR/X/."}
-    )
-    min_words: int = field(
-        default=5, metadata={"help": "Ignore texts with fewer words (low-entropy texts such as 'i need a coffee')."}
-    )
-    ngram: Optional[int] = field(
-        default=None, metadata={"help": "Also flag texts sharing an N-word sequence (e.g. 13)."}
-    )
-    include_corpus: bool = field(
-        default=False, metadata={"help": "Also check retrieval corpora (the paper does not count shared corpora)."}
-    )
-    configs: Optional[list[str]] = field(
-        default=None, metadata={"help": "Only these configs of a Hub-layout dataset."}
-    )
-    remove: bool = field(default=False, metadata={"help": "Write the dataset without the flagged rows to --output."})
-    output: Optional[str] = field(default=None, metadata={"help": "Folder for the cleaned dataset (with --remove)."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output folder."})
-    report: Optional[str] = field(default=None, metadata={"help": "Also write the JSON report to this file."})
+    against: list[str] = option("Tasks whose test sets to check against (offline folders or mteb names).")
+    benchmarks_dir: Optional[str] = option("Folder of offline tasks: task X is DIR/X/.", None)
+    min_words: int = option("Ignore texts with fewer words (low-entropy texts such as 'i need a coffee').", 5)
+    ngram: Optional[int] = option("Also flag texts sharing an N-word sequence (e.g. 13).", None)
+    include_corpus: bool = option("Also check retrieval corpora (the paper does not count shared corpora).", False)
+    configs: Optional[list[str]] = option("Only these configs of a Hub-layout dataset.", None)
+    remove: bool = option("Write the dataset without the flagged rows to --output.", False)
+    output: Optional[str] = option("Folder for the cleaned dataset (with --remove).", None)
+    overwrite: bool = option("Replace a non-empty --output folder.", False)
+    report: Optional[str] = option("Also write the JSON report to this file.", None)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral decontaminate") -> int:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import E5MistralError
 from ..local_data import write_jsonl
+from ..options import option
 
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -82,17 +83,16 @@ def write_passkey_task(
 
 @dataclass
 class PasskeyArguments:
-    output: str = field(metadata={"help": "Folder for the task folders (pass it to evaluate --benchmarks-dir)."})
-    lengths: list[int] = field(
+    output: str = option("Folder for the task folders (pass it to evaluate --benchmarks-dir).")
+    lengths: list[int] = option(
+        "Document lengths in tokens of --tokenizer, one task per length (PasskeyRetrievalL).",
         default_factory=lambda: [256, 512, 1024, 2048],
-        metadata={"help": "Document lengths in tokens of --tokenizer, one task per length (PasskeyRetrievalL)."},
     )
-    candidates: int = field(default=100, metadata={"help": "Candidate documents per task (the paper: 100)."})
-    queries: int = field(default=50, metadata={"help": "Queries per task (the paper: 50)."})
-    seed: int = field(default=0, metadata={"help": "Seed of names, pass keys and positions."})
-    tokenizer: Optional[str] = field(
-        default=None,
-        metadata={"help": "Tokenizer that lengths are counted in (default: the bundled SmolLM2-135M-Instruct's)."},
+    candidates: int = option("Candidate documents per task (the paper: 100).", 100)
+    queries: int = option("Queries per task (the paper: 50).", 50)
+    seed: int = option("Seed of names, pass keys and positions.", 0)
+    tokenizer: Optional[str] = option(
+        "Tokenizer that lengths are counted in (default: the bundled SmolLM2-135M-Instruct's).", None
     )
 
 

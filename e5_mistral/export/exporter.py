@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import E5MistralError, MissingFileError
 from ..evaluation.prompts import task_prompts
 from ..instructions import EVALUATION_INSTRUCTIONS, EVALUATION_TASK_TYPES, query_prompt
-from ..options import WEIGHT_DTYPES
+from ..options import WEIGHT_DTYPES, option
 from ..output_folders import check_output_folder
 from ..pooling import ensure_pad_token
 from ..rope import rope_parameters
@@ -47,43 +47,27 @@ CUSTOM_INSTRUCTION_EXAMPLE = "Given a recipe name, retrieve recipes that match i
 class ExportArguments:
     """Options of ``e5-mistral export``."""
 
-    checkpoint_dir: str | None = field(
-        default=None,
-        metadata={"help": "Training output (PEFT adapter or full model) or one of its checkpoint-N folders."},
+    checkpoint_dir: str | None = option(
+        "Training output (PEFT adapter or full model) or one of its checkpoint-N folders.", None
     )
-    output_dir: str | None = field(default=None, metadata={"help": "Where to write the sentence-transformers folder."})
-    keep_adapter: bool = field(
-        default=False, metadata={"help": "Also copy the LoRA adapter (un-merged) to OUTPUT_DIR/adapter/."}
+    output_dir: str | None = option("Where to write the sentence-transformers folder.", None)
+    keep_adapter: bool = option("Also copy the LoRA adapter (un-merged) to OUTPUT_DIR/adapter/.", False)
+    max_seq_length: int | None = option(
+        "Truncation length in tokens, EOS included (default: the trained length, else 512).", None
     )
-    max_seq_length: int | None = field(
-        default=None,
-        metadata={"help": "Truncation length in tokens, EOS included (default: the trained length, else 512)."},
+    dtype: str = option("Weight dtype of the export.", "float32", choices=list(WEIGHT_DTYPES))
+    query_instruction: str = option("Task instruction of the default 'query' prompt.", DEFAULT_QUERY_INSTRUCTION)
+    eval_results: str | None = option(
+        "summary.json of `e5-mistral evaluate` (or its folder) for the card's evaluation table.", None
     )
-    dtype: str = field(
-        default="float32", metadata={"help": "Weight dtype of the export.", "choices": list(WEIGHT_DTYPES)}
+    license: str | None = option("License id written into the card metadata (e.g. apache-2.0).", None)
+    model_name: str | None = option("Name shown in the card (default: the repo id or folder name).", None)
+    push_to_hub: str | None = option("Upload the export to this Hub repo (e.g. user/my-e5).", None)
+    private: bool = option("Create the Hub repo as private.", False)
+    rope_theta: float | None = option(
+        "Save the model with this RoPE base (the paper's context extension: 10^4 -> 10^5).", None
     )
-    query_instruction: str = field(
-        default=DEFAULT_QUERY_INSTRUCTION, metadata={"help": "Task instruction of the default 'query' prompt."}
-    )
-    eval_results: str | None = field(
-        default=None,
-        metadata={"help": "summary.json of `e5-mistral evaluate` (or its folder) for the card's evaluation table."},
-    )
-    license: str | None = field(
-        default=None, metadata={"help": "License id written into the card metadata (e.g. apache-2.0)."}
-    )
-    model_name: str | None = field(
-        default=None, metadata={"help": "Name shown in the card (default: the repo id or folder name)."}
-    )
-    push_to_hub: str | None = field(
-        default=None, metadata={"help": "Upload the export to this Hub repo (e.g. user/my-e5)."}
-    )
-    private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
-    rope_theta: float | None = field(
-        default=None,
-        metadata={"help": "Save the model with this RoPE base (the paper's context extension: 10^4 -> 10^5)."},
-    )
-    overwrite: bool = field(default=False, metadata={"help": "Replace OUTPUT_DIR if it already holds files."})
+    overwrite: bool = option("Replace OUTPUT_DIR if it already holds files.", False)
 
     def __post_init__(self):
         if self.dtype not in WEIGHT_DTYPES:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import E5MistralError
 from ..export.checkpoint import TOKENIZER_FILES, load_config, resolve_checkpoint
+from ..options import option
 from ..output_folders import check_output_folder
 
 
@@ -27,13 +28,11 @@ METHODS = {"linear": "cat", "ties": "ties_svd"}  # ours -> peft's combination_ty
 
 @dataclass
 class MergeArguments:
-    output: Optional[str] = field(default=None, metadata={"help": "folder for the merged checkpoint"})
-    weights: Optional[list[float]] = field(
-        default=None, metadata={"help": "one weight per checkpoint (default: equal weights summing to 1)"}
-    )
-    method: str = field(default="linear", metadata={"help": "linear (exact weighted sum of the updates) or ties"})
-    density: float = field(default=0.5, metadata={"help": "ties: the share of each update's entries kept"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output folder"})
+    output: Optional[str] = option("folder for the merged checkpoint", None)
+    weights: Optional[list[float]] = option("one weight per checkpoint (default: equal weights summing to 1)", None)
+    method: str = option("linear (exact weighted sum of the updates) or ties", "linear")
+    density: float = option("ties: the share of each update's entries kept", 0.5)
+    overwrite: bool = option("replace a non-empty --output folder", False)
 
 
 def _base_key(base_model: str) -> str:
