@@ -274,3 +274,18 @@ def test_two_table_14_instructions_are_picked_per_row_seeded(tmp_path):
     assert single.instruction == TRAINING_INSTRUCTIONS["quora_duplicates"]
     with pytest.raises(ValueError, match="instruction must be a non-empty text or a list"):
         E5DatasetConfig(path="x", instruction=["nli", ""])
+
+
+def test_instructed_documents_put_the_rows_instruction_on_positive_and_negatives(synthetic_dir):
+    """STS is scored with the instruction on both sides; instructed_documents trains it that way, and says so in the
+    run metadata."""
+    dataset, infos = build_mixture(
+        [E5DatasetConfig(path=str(synthetic_dir), name="sts", instructed_documents=True)], num_hard_negatives=1
+    )
+    source = synthetic_row("sts", 1)
+    assert dataset[1]["query"] == format_query(STS_TASK, source["S1"])
+    assert dataset[1]["positive"] == format_query(STS_TASK, source["S2"])
+    assert dataset[1]["negatives"] == [format_query(STS_TASK, source["S3"])]
+    assert infos[0].to_dict()["instructed_documents"] is True
+    with pytest.raises(ValueError, match="dataset_mixture: d: instructed_documents must be true or false, got 'yes'"):
+        E5DatasetConfig(path="d", instructed_documents="yes")

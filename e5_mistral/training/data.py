@@ -7,7 +7,8 @@ Two input formats, told apart by their columns:
 * labeled rows: ``query``, ``positive``, optional ``negative`` (string or list of strings) and an optional
   per-row ``instruction``; otherwise the dataset's ``instruction`` from the YAML (paper Table 14).
 
-Queries are formatted here with :func:`e5_mistral.instructions.format_query`; documents stay bare.
+Queries are formatted here with :func:`e5_mistral.instructions.format_query`; documents stay bare, unless the entry
+sets ``instructed_documents`` (symmetric data, scored with the instruction on both sides).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class DatasetInfo:
     sampling_ratio: float
     instruction: str | None
     num_rows: int
+    instructed_documents: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -101,10 +103,11 @@ def convert_row(
                 f"{where}: field 'negative' must be a string or a list of strings, got {type(raw).__name__}"
             )
     family = row.get("family") if isinstance(row.get("family"), str) else None
+    document_instruction = instruction if config.instructed_documents else None
     return {
         "query": format_query(instruction, query),
-        "positive": positive,
-        "negatives": negatives[:num_hard_negatives],
+        "positive": format_query(document_instruction, positive),
+        "negatives": [format_query(document_instruction, text) for text in negatives[:num_hard_negatives]],
         "family": family,
         "task": instruction,
     }
@@ -226,6 +229,7 @@ def build_mixture(
                 float(config.sampling_ratio),
                 config.instruction,
                 len(converted),
+                config.instructed_documents,
             )
         )
         logger.info("dataset %s: %d rows after sampling ratio %s", config.label, len(converted), config.sampling_ratio)

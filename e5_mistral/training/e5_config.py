@@ -7,13 +7,14 @@ keys equal the field names, and command-line flags override the YAML.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import TrainingArguments
 
 from ..errors import E5MistralError
 from ..instructions import TRAINING_INSTRUCTIONS
+from ..options import option
 from ..pooling import POOLING_MODES
 
 
@@ -40,6 +41,9 @@ class E5DatasetConfig:
     group_batches_by: str | None = None
     # Optional renames {source column: target column}, e.g. {anchor: query} for sentence-transformers datasets.
     columns: dict[str, str] | None = None
+    # The instruction on documents too (positive and negatives), as symmetric tasks (STS, bitext) are evaluated: the
+    # paper leaves documents bare, but scores STS with the instruction on both sides.
+    instructed_documents: bool = False
 
     def __post_init__(self):
         if not isinstance(self.path, str) or not self.path:
@@ -57,6 +61,10 @@ class E5DatasetConfig:
             raise E5MistralError(
                 f"dataset_mixture: {self.path}: in_batch_negatives must be true, false or a mapping of family names "
                 f'or task texts to true/false ("*" for the rest), got {policy!r}'
+            )
+        if not isinstance(self.instructed_documents, bool):
+            raise E5MistralError(
+                f"dataset_mixture: {self.path}: instructed_documents must be true or false, got {self.instructed_documents!r}"
             )
         if self.group_batches_by not in BATCH_GROUPS:
             raise E5MistralError(
@@ -114,33 +122,23 @@ def _dataset_config(entry, number: int) -> "E5DatasetConfig":
 class ModelArguments:
     """The backbone to train."""
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id or local folder of the backbone (loaded with AutoModel)."}
-    )
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."})
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "sdpa, eager, flash_attention_2 (default: transformers' choice)."}
-    )
-    rope_theta: float | None = field(
-        default=None, metadata={"help": "Train with this RoPE base (the paper extends the context 10^4 -> 10^5)."}
-    )
+    model_name_or_path: str | None = option("Hub id or local folder of the backbone (loaded with AutoModel).", None)
+    tokenizer_name_or_path: str | None = option("Tokenizer, if not the model's own.", None)
+    dtype: str = option("Weights dtype: auto, bfloat16, float16 or float32.", "auto")
+    attn_implementation: str | None = option("sdpa, eager, flash_attention_2 (default: transformers' choice).", None)
+    rope_theta: float | None = option("Train with this RoPE base (the paper extends the context 10^4 -> 10^5).", None)
 
 
 @dataclass
 class DataArguments:
     """The training mixture (paper App. A) and an optional held-out split for the evaluation loss."""
 
-    dataset_mixture: list[E5DatasetConfig] = field(
+    dataset_mixture: list[E5DatasetConfig] = option(
+        "List of datasets (path, name, split, sampling_ratio, instruction, in_batch_negatives, instructed_documents, columns); set it in the YAML.",
         default_factory=list,
-        metadata={
-            "help": "List of datasets (path, name, split, sampling_ratio, instruction, in_batch_negatives, columns); set it in the YAML."
-        },
     )
-    eval_fraction: float | None = field(
-        default=None, metadata={"help": "Hold out this fraction of the mixture for the evaluation loss."}
-    )
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for datasets.map."})
+    eval_fraction: float | None = option("Hold out this fraction of the mixture for the evaluation loss.", None)
+    dataset_num_proc: int | None = option("Processes for datasets.map.", None)
 
     def __post_init__(self):
         self.dataset_mixture = [_dataset_config(d, n) for n, d in enumerate(self.dataset_mixture)]
@@ -158,82 +156,57 @@ class E5TrainingConfig(TrainingArguments):
     """
 
     # Embedding
-    pooling: str = field(
-        default="lasttoken", metadata={"help": "lasttoken (decoders, the paper), mean or cls (encoders)."}
-    )
-    append_eos: bool | None = field(
-        default=None, metadata={"help": "Append EOS to every text (default: True for lasttoken pooling)."}
-    )
-    max_seq_length: int = field(default=512, metadata={"help": "Maximum tokens per text, EOS included (paper: 512)."})
-    query_max_length: int | None = field(
-        default=None, metadata={"help": "Maximum tokens per query, if not max_seq_length."}
-    )
+    pooling: str = option("lasttoken (decoders, the paper), mean or cls (encoders).", "lasttoken")
+    append_eos: bool | None = option("Append EOS to every text (default: True for lasttoken pooling).", None)
+    max_seq_length: int = option("Maximum tokens per text, EOS included (paper: 512).", 512)
+    query_max_length: int | None = option("Maximum tokens per query, if not max_seq_length.", None)
     # Loss
-    temperature: float = field(
-        default=0.02, metadata={"help": "InfoNCE temperature on cosine similarity (paper: 0.02)."}
+    temperature: float = option("InfoNCE temperature on cosine similarity (paper: 0.02).", 0.02)
+    num_hard_negatives: int = option("Hard negatives per query (paper: 1); rows with fewer get masked slots.", 1)
+    gather_across_devices: bool = option("Use the documents of every process as negatives.", True)
+    mask_identical_negatives: bool = option("Drop candidates whose text equals the query's positive.", False)
+    false_negative_margin: float | None = option(
+        "Drop candidates scoring above the positive plus this cosine margin.", None
     )
-    num_hard_negatives: int = field(
-        default=1, metadata={"help": "Hard negatives per query (paper: 1); rows with fewer get masked slots."}
+    same_dataset_batches: bool = option(
+        "Draw each global batch from a single dataset (or, where its mixture entry sets "
+        "group_batches_by, from a single family or task of it).",
+        False,
     )
-    gather_across_devices: bool = field(
-        default=True, metadata={"help": "Use the documents of every process as negatives."}
+    matryoshka_dims: list[int] | None = option(
+        "Matryoshka: also train the first d dimensions of each embedding, renormalised, for each d "
+        "(e.g. [4096, 1024, 256, 64]); the loss is their weighted sum. Unset: the full embedding only.",
+        None,
     )
-    mask_identical_negatives: bool = field(
-        default=False, metadata={"help": "Drop candidates whose text equals the query's positive."}
+    matryoshka_weights: list[float] | None = option(
+        "One loss weight per matryoshka_dims entry (default: 1 each).", None
     )
-    false_negative_margin: float | None = field(
-        default=None, metadata={"help": "Drop candidates scoring above the positive plus this cosine margin."}
+    gradcache_chunk_size: int | None = option(
+        "GradCache: texts per forward chunk (memory grows with the chunk, not the batch).", None
     )
-    same_dataset_batches: bool = field(
-        default=False,
-        metadata={
-            "help": "Draw each global batch from a single dataset (or, where its mixture entry sets "
-            "group_batches_by, from a single family or task of it)."
-        },
-    )
-    matryoshka_dims: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "Matryoshka: also train the first d dimensions of each embedding, renormalised, for each d "
-            "(e.g. [4096, 1024, 256, 64]); the loss is their weighted sum. Unset: the full embedding only."
-        },
-    )
-    matryoshka_weights: list[float] | None = field(
-        default=None, metadata={"help": "One loss weight per matryoshka_dims entry (default: 1 each)."}
-    )
-    gradcache_chunk_size: int | None = field(
-        default=None,
-        metadata={"help": "GradCache: texts per forward chunk (memory grows with the chunk, not the batch)."},
-    )
-    length_groups: int = field(
-        default=4,
-        metadata={
-            "help": "Without GradCache: encode each step's queries and documents together, sorted by length, in this many forward passes, each padded only to its own longest text."
-        },
+    length_groups: int = option(
+        "Without GradCache: encode each step's queries and documents together, sorted by length, in this many forward passes, each padded only to its own longest text.",
+        4,
     )
     # LoRA (paper / released adapter: r 16, alpha 32, dropout 0.1, all linear layers)
-    use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (False: full fine-tuning)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(PAPER_LORA_TARGETS), metadata={"help": "Modules that get adapters."}
+    use_lora: bool = option("Train a LoRA adapter (False: full fine-tuning).", True)
+    lora_r: int = option("LoRA rank.", 16)
+    lora_alpha: int = option("LoRA alpha.", 32)
+    lora_dropout: float = option("LoRA dropout.", 0.1)
+    lora_target_modules: list[str] = option(
+        "Modules that get adapters.", default_factory=lambda: list(PAPER_LORA_TARGETS)
     )
-    lora_layers_to_transform: list[int] | None = field(
-        default=None, metadata={"help": "Only these layer indices get adapters (default: all; the paper: all)."}
+    lora_layers_to_transform: list[int] | None = option(
+        "Only these layer indices get adapters (default: all; the paper: all).", None
     )
 
     # Changed parent defaults
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep False: the collator reads the text columns."}
-    )
-    dataloader_drop_last: bool = field(
-        default=True, metadata={"help": "Keep True: every process gathers equal shapes."}
-    )
-    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP find_unused_parameters."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (paper: 1e-4)."})
-    weight_decay: float = field(default=0.1, metadata={"help": "Weight decay (paper: 0.1)."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = option("Keep False: the collator reads the text columns.", False)
+    dataloader_drop_last: bool = option("Keep True: every process gathers equal shapes.", True)
+    ddp_find_unused_parameters: bool | None = option("DDP find_unused_parameters.", False)
+    learning_rate: float = option("Peak learning rate (paper: 1e-4).", 1e-4)
+    weight_decay: float = option("Weight decay (paper: 0.1).", 0.1)
+    logging_steps: float = option("Log every N steps.", 10)
 
     def __post_init__(self):
         if self.pooling not in POOLING_MODES:
