@@ -6,6 +6,7 @@ a rerun with the same endpoint, model and backend reuses it without asking again
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -65,58 +66,10 @@ async def detect_response_format(args: EndpointArguments, backend, journal: Jour
             "refused": {},
             "max_tokens_param": args.default_max_tokens_param(),
         }
-
-    async def send(body: dict):
-        probe = Request(
-            request_id({"kind": "probe", "body": body}),
-            "probe",
-            "",
-            tuple(body["messages"]),
-            {k: v for k, v in body.items() if k != "messages"},
-        )
-        try:
-            answer = await backend.post(body)
-        except (openai.APIStatusError, openai.APIConnectionError) as err:
-            journal.append(make_record(probe, STATUS_FAILED, error=f"{type(err).__name__}: {err}"[:500]))
-            raise
-        usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else {}
-        journal.append(
-            make_record(
-                probe,
-                STATUS_OK,
-                usage={
-                    "prompt_tokens": usage.get("prompt_tokens") or 0,
-                    "completion_tokens": usage.get("completion_tokens") or 0,
-                },
-            )
-        )
-        return answer
-
-    cap, default_sampling = args.default_max_tokens_param(), False
     await backend.check_endpoint()
+    formats = SCHEMA_FORMATS if requested == "auto" else (requested,)
     try:
-        while True:
-            try:
-                found = await detect(
-                    lambda body: backend.retry_rate_limits(send, body),
-                    args.request_params(sampling, max_tokens_param=cap, default_sampling=default_sampling),
-                    SCHEMA_FORMATS if requested == "auto" else (requested,),
-                )
-                break
-            except openai.BadRequestError as err:
-                # OpenAI's reasoning models take max_completion_tokens, and only their default sampling
-                if (
-                    args.max_tokens_param == "auto"
-                    and cap == "max_tokens"
-                    and _names(err, "max_tokens", "max_completion_tokens")
-                ):
-                    logger.warning("the endpoint refuses max_tokens (%s); sending max_completion_tokens", err.message)
-                    cap = "max_completion_tokens"
-                elif not default_sampling and _names(err, "temperature"):
-                    logger.warning("the model takes only its default temperature (%s); sending none", err.message)
-                    default_sampling = True
-                else:
-                    raise
+        found, cap, default_sampling = await _detect_adapting(args, backend, journal, sampling, formats)
     except openai.APIStatusError as err:
         reason = FATAL_STATUS.get(
             err.status_code, "the endpoint failed while asked which JSON schema shape it enforces"
@@ -135,6 +88,55 @@ async def detect_response_format(args: EndpointArguments, backend, journal: Jour
             "; ".join(f"{mode}: {why}" for mode, why in found.refused.items()),
         )
     return {**found.to_dict(), "max_tokens_param": cap, **({"default_sampling": True} if default_sampling else {})}
+
+
+async def _detect_adapting(args: EndpointArguments, backend, journal: Journal, sampling: dict, formats) -> tuple:
+    """``detect`` over ``formats``, again with max_completion_tokens or the model's default sampling when the
+    endpoint refuses max_tokens or temperature (OpenAI's reasoning models); (found, cap parameter, default sampling)."""
+    import openai
+
+    cap, default_sampling = args.default_max_tokens_param(), False
+    while True:
+        params = args.request_params(sampling, max_tokens_param=cap, default_sampling=default_sampling)
+        try:
+            send = functools.partial(_send_probe, backend, journal)
+            found = await detect(lambda body: backend.retry_rate_limits(send, body), params, formats)
+            return found, cap, default_sampling
+        except openai.BadRequestError as err:
+            if (
+                args.max_tokens_param == "auto"
+                and cap == "max_tokens"
+                and _names(err, "max_tokens", "max_completion_tokens")
+            ):
+                logger.warning("the endpoint refuses max_tokens (%s); sending max_completion_tokens", err.message)
+                cap = "max_completion_tokens"
+            elif not default_sampling and _names(err, "temperature"):
+                logger.warning("the model takes only its default temperature (%s); sending none", err.message)
+                default_sampling = True
+            else:
+                raise
+
+
+async def _send_probe(backend, journal: Journal, body: dict):
+    """One probe request, journaled as ok (with its usage) or failed."""
+    import openai
+
+    probe = Request(
+        request_id({"kind": "probe", "body": body}),
+        "probe",
+        "",
+        tuple(body["messages"]),
+        {k: v for k, v in body.items() if k != "messages"},
+    )
+    try:
+        answer = await backend.post(body)
+    except (openai.APIStatusError, openai.APIConnectionError) as err:
+        journal.append(make_record(probe, STATUS_FAILED, error=f"{type(err).__name__}: {err}"[:500]))
+        raise
+    usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else {}
+    tokens = {key: usage.get(key) or 0 for key in ("prompt_tokens", "completion_tokens")}
+    journal.append(make_record(probe, STATUS_OK, usage=tokens))
+    return answer
 
 
 def make_backend(args: EndpointArguments, output: Path, budget: Budget):
