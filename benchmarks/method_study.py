@@ -52,9 +52,10 @@ class Cell:
     mined: bool = False
     merge: bool = False  # also score the linear merge of the two seeds' adapters
     recipe: dict = field(default_factory=dict)  # overrides of the quickstart recipe
-    weights: dict = field(default_factory=dict)  # family -> sampling ratio in the training mixture
+    entries: dict = field(default_factory=dict)  # family -> settings of its training mixture entry
     languages: dict | None = None  # generation: language -> weight (default: the quickstart's ten)
     family_mix: dict | None = None  # generation: family -> weight (default: even)
+    temperature: float = 1.0  # generation: the local LLM's sampling temperature (the paper's 1.0)
     data_tag: str = ""  # names a dataset generated with other languages or family mix
 
     @property
@@ -65,25 +66,39 @@ class Cell:
 ALL_LAYERS = list(range(30))
 ENGLISH = {"English": 1.0}
 ENGLISH_FAMILIES = {"short_long": 1, "long_short": 1, "short_short": 1, "long_long": 1, "sts": 1}
-EVEN_WEIGHTS = {"long_short": 1.0, "bitext": 1.0}  # the recipe weighs these 2x and 3x
+EVEN_WEIGHTS = {"long_short": {"sampling_ratio": 1.0}, "bitext": {"sampling_ratio": 1.0}}  # the recipe: 2x, 3x
+SYMMETRIC_INSTRUCTED = {"sts": {"instructed_documents": True}, "bitext": {"instructed_documents": True}}
+LR_2E_3 = {"learning_rate": 2.0e-3}
 CELLS = (
     Cell("base-100", "the quickstart's recipe on 100 examples (reference)", merge=True),
     Cell("filter-100", "ranking-consistency filter (MiniLM, top 3) on the 100", filter_top_k=3),
     Cell("data-300", "amount: 300 examples", examples=300),
     Cell("gen-1.5b-100", "generator: Qwen2.5-Coder-1.5B at 100 examples", generator="qwen2.5-coder-1.5b"),
-    Cell("steps-300", "training: 90 steps instead of 45 on the 300", examples=300, recipe={"max_steps": 90}),
+    Cell("data-300-lr-2e-3", "amount: 300 examples at learning rate 2e-3", examples=300, recipe=LR_2E_3),
     Cell(
-        "lora-all-300",
-        "training: LoRA on all 30 layers instead of the top 10, on the 300",
+        "steps-300-lr-2e-3",
+        "training: 90 steps instead of 45 on the 300 (lr 2e-3)",
         examples=300,
-        recipe={"lora_layers_to_transform": ALL_LAYERS},
+        recipe={**LR_2E_3, "max_steps": 90},
     ),
-    Cell("mined-300", "3 negatives mined by MiniLM added to the 300", examples=300, mined=True),
+    Cell(
+        "lora-all-300-lr-2e-3",
+        "training: LoRA on all 30 layers instead of the top 10, on the 300 (lr 2e-3)",
+        examples=300,
+        recipe={**LR_2E_3, "lora_layers_to_transform": ALL_LAYERS},
+    ),
+    Cell(
+        "mined-300-lr-2e-3",
+        "3 negatives mined by MiniLM added to the 300 (lr 2e-3)",
+        examples=300,
+        mined=True,
+        recipe=LR_2E_3,
+    ),
     Cell("tau-0.05-100", "training: temperature 0.05 instead of 0.02", recipe={"temperature": 0.05}),
     Cell("lora-all-100", "training: LoRA on all 30 layers", recipe={"lora_layers_to_transform": ALL_LAYERS}),
-    Cell("lr-2e-3-100", "training: learning rate 2e-3 instead of 1e-3", recipe={"learning_rate": 2.0e-3}),
+    Cell("lr-2e-3-100", "training: learning rate 2e-3 instead of 1e-3", recipe=LR_2E_3),
     Cell("steps-90-100", "training: 90 steps instead of 45", recipe={"max_steps": 90}),
-    Cell("even-100", "training: every family weighted 1 (the recipe: bitext 3, long-short 2)", weights=EVEN_WEIGHTS),
+    Cell("even-100", "training: every family weighted 1 (the recipe: bitext 3, long-short 2)", entries=EVEN_WEIGHTS),
     Cell("bf16-100", "training: bf16 autocast (speed)", recipe={"bf16": True}),
     Cell(
         "english-100",
@@ -99,12 +114,53 @@ CELLS = (
         languages=ENGLISH,
         family_mix=ENGLISH_FAMILIES,
         data_tag="-english",
-        recipe={"learning_rate": 2.0e-3},
+        recipe=LR_2E_3,
     ),
     Cell(
         "lr-2e-3-90-100",
         "training: learning rate 2e-3 and 90 steps, bf16 autocast",
         recipe={"learning_rate": 2.0e-3, "max_steps": 90, "bf16": True},
+    ),
+    Cell(
+        "sym-instr-lr-2e-3-100",
+        "training: the instruction on both sides of STS and bitext rows, as they are scored (lr 2e-3)",
+        entries=SYMMETRIC_INSTRUCTED,
+        recipe=LR_2E_3,
+    ),
+    Cell(
+        "gen-1.5b-lr-2e-3-100",
+        "generator: Qwen2.5-Coder-1.5B at 100 examples, learning rate 2e-3",
+        generator="qwen2.5-coder-1.5b",
+        recipe=LR_2E_3,
+    ),
+    Cell(
+        "gen-t0.7-lr-2e-3-100",
+        "generation: temperature 0.7 instead of the paper's 1.0 (lr 2e-3)",
+        temperature=0.7,
+        data_tag="-t0.7",
+        recipe=LR_2E_3,
+    ),
+    Cell(
+        "same-batches-lr-2e-3-100",
+        "training: every batch from one family (same_dataset_batches), learning rate 2e-3",
+        recipe={**LR_2E_3, "same_dataset_batches": True},
+    ),
+    Cell(
+        "cls-own-lr-2e-3-100",
+        "training: classification rows without in-batch negatives (labels repeat across rows), lr 2e-3",
+        entries={"long_short": {"in_batch_negatives": False}},
+        recipe=LR_2E_3,
+    ),
+    Cell(
+        "sts-x3-lr-2e-3-100",
+        "training: STS rows weighted 3 (the recipe: 1), learning rate 2e-3",
+        entries={"sts": {"sampling_ratio": 3.0}},
+        recipe=LR_2E_3,
+    ),
+    Cell(
+        "tau-0.01-lr-2e-3-100",
+        "training: temperature 0.01, learning rate 2e-3",
+        recipe={**LR_2E_3, "temperature": 0.01},
     ),
 )
 
@@ -129,6 +185,7 @@ def dataset(cell: Cell, out: Path) -> Path:
             num_examples=cell.examples,
             languages=json.dumps(cell.languages) if cell.languages else None,
             family_mix=json.dumps(cell.family_mix) if cell.family_mix else None,
+            temperature=cell.temperature,
         )
         generate(settings, target, Step({}))
         kept.mkdir(parents=True, exist_ok=True)
@@ -171,8 +228,7 @@ def recipe(cell: Cell, data: Path, folder: Path) -> Path:
     config.update(REFERENCE_RECIPE)
     config.update(cell.recipe)
     for entry in config["dataset_mixture"]:
-        if entry["name"] in cell.weights:
-            entry["sampling_ratio"] = cell.weights[entry["name"]]
+        entry.update(cell.entries.get(entry["name"], {}))
     if cell.mined:
         config["num_hard_negatives"] = 4  # the row's own negative, then the mined ones
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
@@ -320,7 +376,7 @@ def write_between_markers(page: Path, table: str) -> None:
 
 
 def plot(scores: dict) -> None:
-    """Score against accepted examples, one point per seed, per generator."""
+    """Score against accepted examples, one point per seed, per generator and learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,20 +385,23 @@ def plot(scores: dict) -> None:
     fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
     for ax, (task, _) in zip(axes, TASKS):
         for cell in CELLS:
-            if cell.filter_top_k or cell.mined or cell.recipe or cell.weights or cell.data_tag:
-                continue  # the plot is amount and generator; the other levers are in the table
+            if cell.filter_top_k or cell.mined or cell.entries or cell.data_tag or cell.recipe not in ({}, LR_2E_3):
+                continue  # the plot is amount, generator and learning rate; the other levers are in the table
             report = STUDY_DATA / cell.data / "report.json"
             if not report.is_file():
                 continue
             accepted = json.loads(report.read_text())["accepted"]
             values = [scores[k][task] for s in SEEDS if (k := f"{cell.name}/seed{s}") in scores]
             small = "0.5b" in cell.generator
+            tuned = cell.recipe == LR_2E_3
+            color = "tab:blue" if small else "tab:green"
             ax.scatter(
                 [accepted] * len(values),
                 values,
                 marker="o" if small else "s",
-                color="tab:blue" if small else "tab:green",
-                label=cell.generator,
+                facecolors=color if tuned else "none",
+                edgecolors=color,
+                label=f"{cell.generator}, lr {'2e-3' if tuned else '1e-3'}",
             )
         if REFERENCE in scores:
             ax.axhline(scores[REFERENCE][task], linestyle="--", color="grey", label=REFERENCE)
