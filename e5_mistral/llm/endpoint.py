@@ -96,10 +96,10 @@ async def _detect_adapting(args: EndpointArguments, backend, journal: Journal, s
     import openai
 
     cap, default_sampling = args.default_max_tokens_param(), False
+    send = functools.partial(_send_probe, backend, journal)
     while True:
         params = args.request_params(sampling, max_tokens_param=cap, default_sampling=default_sampling)
         try:
-            send = functools.partial(_send_probe, backend, journal)
             found = await detect(lambda body: backend.retry_rate_limits(send, body), params, formats)
             return found, cap, default_sampling
         except openai.BadRequestError as err:
