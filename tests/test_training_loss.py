@@ -129,3 +129,27 @@ def test_matryoshka_loss_is_the_weighted_sum_over_truncated_renormalised_embeddi
     assert unweighted.item() == pytest.approx(info_nce_loss(q, p, n, temperature=tau).item(), rel=1e-6)
     with pytest.raises(ValueError, match="1..8"):
         loss_module.matryoshka_info_nce_loss(q, p, n, [16], temperature=tau)
+
+
+def test_symmetric_loss_adds_the_reverse_direction_with_its_masks():
+    q = unit([1.0, 0.0], [0.0, 1.0], [1.0, 1.0])
+    p = unit([1.0, 0.0], [1.0, 1.0], [0.0, 1.0])
+    tau, c = 0.5, 1 / math.sqrt(2)
+    e = lambda s: math.exp(s / tau)  # noqa: E731
+    # Each positive against the three queries: p0 -> q0 (1, 0, c), p1 -> q1 (c, c, 1), p2 -> q2 (0, 1, c).
+    rows = [(0, (1, 0, c)), (1, (c, c, 1)), (2, (0, 1, c))]
+    reverse = sum(-math.log(e(s[i]) / sum(map(e, s))) for i, s in rows) / 3
+    got = loss_module.document_to_query_loss(q, p, temperature=tau)
+    assert got.item() == pytest.approx(reverse, rel=1e-6)
+    forward = info_nce_loss(q, p, temperature=tau).item()
+    assert info_nce_loss(q, p, temperature=tau, symmetric=True).item() == pytest.approx((forward + reverse) / 2)
+    # Row 1 without in-batch negatives sees only its own query and is offered to no other row.
+    got = loss_module.document_to_query_loss(
+        q, p, temperature=tau, in_batch_negatives=torch.tensor([True, False, True])
+    )
+    masked = [-math.log(e(1) / (e(1) + e(c))), 0.0, -math.log(e(c) / (e(0) + e(c)))]
+    assert got.item() == pytest.approx(sum(masked) / 3, rel=1e-6)
+    # Rows 0 and 2 share their positive's text: neither query is a negative of the other's positive.
+    got = loss_module.document_to_query_loss(q, p, temperature=tau, positive_hash=torch.tensor([5, 6, 5]))
+    masked = [-math.log(e(1) / (e(1) + e(0))), -math.log(e(c) / (2 * e(c) + e(1))), -math.log(e(c) / (e(1) + e(c)))]
+    assert got.item() == pytest.approx(sum(masked) / 3, rel=1e-6)

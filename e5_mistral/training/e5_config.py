@@ -168,6 +168,9 @@ class E5TrainingConfig(TrainingArguments):
     false_negative_margin: float | None = option(
         "Drop candidates scoring above the positive plus this cosine margin.", None
     )
+    symmetric_loss: bool = option(
+        "Average the query-to-document InfoNCE with its reverse: each positive against the batch's queries.", False
+    )
     same_dataset_batches: bool = option(
         "Draw each global batch from a single dataset (or, where its mixture entry sets "
         "group_batches_by, from a single family or task of it).",

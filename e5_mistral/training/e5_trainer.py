@@ -141,6 +141,7 @@ class E5Trainer(Trainer):
             negative_hash=inputs["negative_hash"],
             mask_identical_negatives=self.args.mask_identical_negatives,
             false_negative_margin=self.args.false_negative_margin,
+            symmetric=self.args.symmetric_loss,
             gather=gather and self.args.gather_across_devices,
         )
 

@@ -56,9 +56,10 @@ def info_nce_loss(
     negative_hash: torch.Tensor | None = None,
     mask_identical_negatives: bool = False,
     false_negative_margin: float | None = None,
+    symmetric: bool = False,
     gather: bool = True,
 ) -> torch.Tensor:
-    """Mean InfoNCE of the local queries.
+    """Mean InfoNCE of the local queries (with ``symmetric``, averaged with :func:`document_to_query_loss`).
 
     Args:
         query, positive: (B, d) L2-normalized embeddings; row i of ``positive`` is the positive of query i.
@@ -67,6 +68,7 @@ def info_nce_loss(
         in_batch_negatives: (B,) bool; False rows see only their own positive and hard negatives.
         positive_hash, negative_hash: (B,), (B, K) text ids, used by ``mask_identical_negatives``.
         false_negative_margin: drop candidates with cosine above the positive's plus this margin.
+        symmetric: average with the reverse direction, each positive against the batch's queries.
         gather: use the documents of every process (when torch.distributed is initialized).
     """
     batch = query.shape[0]
@@ -114,6 +116,54 @@ def info_nce_loss(
         keep &= scores.detach() <= positive_score + false_negative_margin
     keep[rows, labels] = True
 
+    logits = (scores / temperature).masked_fill(~keep, torch.finfo(dtype).min)
+    loss = F.cross_entropy(logits, labels)
+    if symmetric:
+        local_positive = positive[rank * batch : (rank + 1) * batch]
+        reverse = document_to_query_loss(
+            query,
+            local_positive,
+            temperature=temperature,
+            in_batch_negatives=in_batch_negatives,
+            positive_hash=positive_hash,
+            gather=gather,
+        )
+        loss = (loss + reverse) / 2
+    return loss
+
+
+def document_to_query_loss(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    *,
+    temperature: float = 0.02,
+    in_batch_negatives: torch.Tensor | None = None,
+    positive_hash: torch.Tensor | None = None,
+    gather: bool = True,
+) -> torch.Tensor:
+    """Mean InfoNCE of the local positives over the batch's queries: the reverse direction of
+    :func:`info_nce_loss`. Rows without in-batch negatives are left out on both sides, and a query whose positive
+    is the same text is not a negative."""
+    batch = query.shape[0]
+    device = query.device
+    if in_batch_negatives is None:
+        in_batch_negatives = torch.ones(batch, dtype=torch.bool, device=device)
+    rank, world = _world()
+    if gather and world > 1:
+        queries = gather_with_grad(query)
+        all_in_batch = gather_no_grad(in_batch_negatives)
+        all_positive_hash = gather_no_grad(positive_hash) if positive_hash is not None else None
+    else:
+        rank, queries, all_in_batch, all_positive_hash = 0, query, in_batch_negatives, positive_hash
+
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    scores = positive.to(dtype) @ queries.to(dtype).T  # (B, W*B)
+    rows = torch.arange(batch, device=device)
+    labels = rank * batch + rows
+    keep = in_batch_negatives.unsqueeze(1) & all_in_batch.unsqueeze(0)
+    if positive_hash is not None:
+        keep &= all_positive_hash.unsqueeze(0) != positive_hash.unsqueeze(1)
+    keep[rows, labels] = True
     logits = (scores / temperature).masked_fill(~keep, torch.finfo(dtype).min)
     return F.cross_entropy(logits, labels)
 
