@@ -1,8 +1,8 @@
 """What Matryoshka training keeps at a quarter of the dimensions: the method study's model with and without it.
 
-SmolLM2-135M-Instruct (576 dimensions) is trained with the quickstart's recipe (learning rate 2e-3) on the method
-study's reference data (97 generated examples, ``benchmarks/study_data``), once as it is and once with
-``matryoshka_dims: [576, 144]``, under the same seeds. Each model is scored on the study's tasks (STSBenchmark's
+SmolLM2-135M-Instruct (576 dimensions) is trained with the method study's reference recipe at learning rate 2e-3
+(45 steps in fp32) on the study's reference data (97 generated examples, ``benchmarks/study_data``), once as it is
+and once with ``matryoshka_dims: [576, 144]``, under the same seeds. Each model is scored on the study's tasks (STSBenchmark's
 test set, 1,000 SICK-R pairs) at all 576 dimensions and at the first 144 (``e5-mistral evaluate --truncate-dim``);
 "kept" is the score at 144 over the score at 576.
 
