@@ -49,6 +49,7 @@ class Cell:
     generator: str = "qwen2.5-coder-0.5b"
     examples: int = 100
     filter_top_k: int | None = None
+    judge: str | None = None  # an LLM (a local generator's name) that drops rows whose positive it finds off the query
     mined: bool = False
     merge: bool = False  # also score the linear merge of the two seeds' adapters
     recipe: dict = field(default_factory=dict)  # overrides of the quickstart recipe
@@ -69,6 +70,7 @@ ENGLISH_FAMILIES = {"short_long": 1, "long_short": 1, "short_short": 1, "long_lo
 EVEN_WEIGHTS = {"long_short": {"sampling_ratio": 1.0}, "bitext": {"sampling_ratio": 1.0}}  # the recipe: 2x, 3x
 SYMMETRIC_INSTRUCTED = {"sts": {"instructed_documents": True}, "bitext": {"instructed_documents": True}}
 LR_2E_3 = {"learning_rate": 2.0e-3}
+LR_2E_3_90 = {**LR_2E_3, "max_steps": 90, "bf16": True}
 CELLS = (
     Cell("base-100", "the quickstart's recipe on 100 examples (reference)", merge=True),
     Cell("filter-100", "ranking-consistency filter (MiniLM, top 3) on the 100", filter_top_k=3),
@@ -119,7 +121,7 @@ CELLS = (
     Cell(
         "lr-2e-3-90-100",
         "training: learning rate 2e-3 and 90 steps, bf16 autocast",
-        recipe={"learning_rate": 2.0e-3, "max_steps": 90, "bf16": True},
+        recipe=LR_2E_3_90,
     ),
     Cell(
         "sym-instr-lr-2e-3-100",
@@ -178,6 +180,36 @@ CELLS = (
         recipe={**LR_2E_3, "max_steps": 60, "bf16": True, "lr_scheduler_type": "constant_with_warmup"},
     ),
     Cell(
+        "data-300-lr-2e-3-90",
+        "amount: 300 examples, learning rate 2e-3 and 90 steps in bf16 (the best 100-example recipe)",
+        examples=300,
+        recipe=LR_2E_3_90,
+    ),
+    Cell(
+        "data-1000-lr-2e-3-90",
+        "amount: 1,000 examples, learning rate 2e-3 and 90 steps in bf16 (the best 100-example recipe)",
+        examples=1000,
+        recipe=LR_2E_3_90,
+    ),
+    Cell(
+        "steps-180-1000-lr-2e-3",
+        "training: 180 steps instead of 90 on the 1,000 (lr 2e-3, bf16)",
+        examples=1000,
+        recipe={**LR_2E_3_90, "max_steps": 180},
+    ),
+    Cell(
+        "lora-all-1000-lr-2e-3-90",
+        "training: LoRA on all 30 layers instead of the top 10, on the 1,000 (lr 2e-3, 90 steps, bf16)",
+        examples=1000,
+        recipe={**LR_2E_3_90, "lora_layers_to_transform": ALL_LAYERS},
+    ),
+    Cell(
+        "judged-1.5b-lr-2e-3-90-100",
+        "LLM judge: Qwen2.5-Coder-1.5B drops the 0.5B's rows whose positive it finds off the query (lr 2e-3, 90 steps)",
+        judge="qwen2.5-coder-1.5b",
+        recipe=LR_2E_3_90,
+    ),
+    Cell(
         "symmetric-lr-2e-3-100",
         "training: symmetric InfoNCE (each positive also against the batch's queries), lr 2e-3",
         recipe={**LR_2E_3, "symmetric_loss": True},
@@ -222,12 +254,36 @@ def training_data(cell: Cell, out: Path) -> Path:
         if not (filtered / "dataset" / "README.md").is_file():
             run([*E5, "filter", data, "--output", filtered, "--top-k", cell.filter_top_k, "--overwrite"])
         data = filtered / "dataset"
+    if cell.judge:
+        data = judged(data, cell, out)
     if cell.mined:
         mined = out / "mined" / cell.data
         if not (mined / "report.json").is_file():
             run([*E5, "mine", data, "--output", mined, "--num-negatives", 3, "--no-progress"])
         data = mined
     return data
+
+
+CACHE_OFF = json.dumps({"cache_prompt": False})
+
+
+def judged(data: Path, cell: Cell, out: Path) -> Path:
+    """``data`` less the rows whose positive ``cell.judge`` (served by llama.cpp on 127.0.0.1, greedy) finds off
+    their query; its report and dropped rows are kept in benchmarks/study_data."""
+    from e5_mistral.local_models import generator_gguf
+    from e5_mistral.local_server import llama_cpp_pool
+
+    name = f"{cell.data}-judged-{cell.judge}"
+    target = out / "judged" / name
+    if not (target / "dataset" / "README.md").is_file():
+        with llama_cpp_pool(generator_gguf(cell.judge), 2, log_dir=out / "judged") as base_url:
+            argv = [*E5, "filter", data, "--output", target, "--top-k", 0, "--judge-model", cell.judge]
+            # cache_prompt off: each verdict is read from its whole prompt, whichever server answers
+            run(argv + ["--judge-base-url", base_url, "--judge-concurrency", 2, "--judge-extra-body", CACHE_OFF])
+        (STUDY_DATA / name).mkdir(parents=True, exist_ok=True)
+        for file in ("report.json", "dropped.jsonl"):
+            shutil.copy2(target / file, STUDY_DATA / name / file)
+    return target / "dataset"
 
 
 # The recipe every cell starts from: the quickstart's as the study found it (45 steps in fp32, the learning rate
@@ -395,8 +451,16 @@ def write_between_markers(page: Path, table: str) -> None:
     page.write_text(f"{before}{TABLE_START}\n\n{table}\n\n{TABLE_END}{after}", encoding="utf-8")
 
 
+# The plot's series: the recipes the amount and generator cells were trained with, and how each is drawn.
+PLOT_RECIPES = (
+    ({}, "lr 1e-3, 45 steps", "none"),
+    (LR_2E_3, "lr 2e-3, 45 steps", "half"),
+    (LR_2E_3_90, "lr 2e-3, 90 steps", "full"),
+)
+
+
 def plot(scores: dict) -> None:
-    """Score against accepted examples, one point per seed, per generator and learning rate."""
+    """Score against accepted examples, one point per seed, per generator and recipe."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -405,29 +469,32 @@ def plot(scores: dict) -> None:
     fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
     for ax, (task, _) in zip(axes, TASKS):
         for cell in CELLS:
-            if cell.filter_top_k or cell.mined or cell.entries or cell.data_tag or cell.recipe not in ({}, LR_2E_3):
-                continue  # the plot is amount, generator and learning rate; the other levers are in the table
+            series = next((s for s in PLOT_RECIPES if s[0] == cell.recipe), None)
+            plain = not (cell.filter_top_k or cell.judge or cell.mined or cell.entries or cell.data_tag)
             report = STUDY_DATA / cell.data / "report.json"
-            if not report.is_file():
-                continue
+            if series is None or not plain or not report.is_file():
+                continue  # the plot is amount, generator and recipe; the other levers are in the table
             accepted = json.loads(report.read_text())["accepted"]
             values = [scores[k][task] for s in SEEDS if (k := f"{cell.name}/seed{s}") in scores]
             small = "0.5b" in cell.generator
-            tuned = cell.recipe == LR_2E_3
             color = "tab:blue" if small else "tab:green"
             ax.scatter(
                 [accepted] * len(values),
                 values,
                 marker="o" if small else "s",
-                facecolors=color if tuned else "none",
+                facecolors="none" if series[2] == "none" else color,
+                alpha=0.5 if series[2] == "half" else 1.0,
                 edgecolors=color,
-                label=f"{cell.generator}, lr {'2e-3' if tuned else '1e-3'}",
+                label=f"{cell.generator}, {series[1]}",
             )
         if REFERENCE in scores:
             ax.axhline(scores[REFERENCE][task], linestyle="--", color="grey", label=REFERENCE)
         if "raw SmolLM2-135M" in scores:
             ax.axhline(scores["raw SmolLM2-135M"][task], linestyle=":", color="grey", label="raw SmolLM2-135M")
         ax.set_title(task)
+        ax.set_xscale("log")
+        ax.set_xticks([100, 300, 1000], ["100", "300", "1,000"], minor=False)
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("accepted generated examples")
         ax.set_ylabel("Spearman (cosine)")
         handles, labels = ax.get_legend_handles_labels()

@@ -82,8 +82,50 @@ def test_filter_refuses_unsafe_outputs_and_keeps_everything(minilm_dir, tmp_path
     with pytest.raises(E5MistralError, match="not empty; pass --overwrite"):
         consistency_filter(busy)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
-    with pytest.raises(E5MistralError, match="--top-k and --batch-size must be at least 1"):
-        FilterArguments(dataset="x", output="y", top_k=0)
+    with pytest.raises(E5MistralError, match="--top-k must be at least 0"):
+        FilterArguments(dataset="x", output="y", top_k=-1)
+    nothing = FilterArguments(dataset=str(tmp_path / "run"), output=str(tmp_path / "none"), top_k=0)
+    with pytest.raises(E5MistralError, match="--top-k 0 filters nothing without --min-score or --judge-model"):
+        consistency_filter(nothing)
+
+
+def _positive_judge(prompts: list):
+    """A judge that finds the planted pair's positive off its query and every other positive on it; it keeps the
+    prompts it was sent."""
+
+    def answer(body: dict) -> str:
+        prompts.append(body["messages"][-1]["content"])
+        return json.dumps({"relevant": "no" if f"Query: {PLANTED}\n" in prompts[-1] else "yes"})
+
+    return answer
+
+
+def test_the_llm_judge_drops_the_planted_pair_and_a_rerun_pays_nothing_twice(fake_openai, tmp_path, capsys):
+    from datasets import load_dataset
+
+    prompts = []
+    fake_openai.responder = _positive_judge(prompts)
+    _dataset(tmp_path / "run")
+    out = tmp_path / "judged"
+    argv = [str(tmp_path / "run"), "--output", str(out), "--top-k", "0", "--judge-model", "judge"]
+    argv += ["--judge-base-url", fake_openai.base_url, "--judge-response-format", "none"]
+    assert filter_main(argv) == 0
+    assert len(prompts) == 9  # every row judged once: 6 short_long, 3 sts, each with its task, query and positive
+    sts = synthetic_row("sts", 0)
+    assert any(f"Task: {sts['task']}\nQuery: {sts['S1']}\nDocument: {sts['S2']}\n" in prompt for prompt in prompts)
+    assert any("Query: how long to boil rice\nDocument: Cook the rice" in prompt for prompt in prompts)
+    dropped = [json.loads(line) for line in open(out / "dropped.jsonl")]
+    assert [d["user_query"] for d in dropped] == [PLANTED]
+    assert dropped[0]["filter_reason"] == "the judge (judge) found that the positive does not satisfy the query"
+    kept = load_dataset(str(out / "dataset"), "short_long", split="train", cache_dir=str(tmp_path / "c"))
+    assert sorted(kept["user_query"]) == sorted(QUERIES)
+    judged = json.loads((out / "report.json").read_text())["filter"]["judge"]
+    assert (judged["candidates"], judged["dropped"], judged["unjudged"], judged["model"]) == (9, 1, 0, "judge")
+    assert "it dropped 1 of 9 (0 unjudged, kept)" in (out / "dataset" / "README.md").read_text()
+    assert "the judge dropped 1 of 9 rows" in capsys.readouterr().out
+    assert filter_main(argv) == 0  # the rerun into the same folder: every answer from the journal
+    assert len(prompts) == 9
+    assert [json.loads(line)["user_query"] for line in open(out / "dropped.jsonl")] == [PLANTED]
 
 
 # -- merge ---------------------------------------------------------------------------------------------------------

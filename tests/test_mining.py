@@ -212,7 +212,7 @@ def test_a_judged_run_killed_and_resumed_pays_no_answer_twice_and_drops_the_rele
     assert judged["unjudged"] == sum(1 for v in by_pair.values() if v is None)  # the malformed answers
     import pyarrow.parquet as pq
 
-    from e5_mistral.mining.judge import SAMPLING, JudgeArguments, judge_request
+    from e5_mistral.mining.judge import NEGATIVE_PROMPT, SAMPLING, JudgeArguments, judge_request
 
     settings = JudgeArguments(judge_model="judge", judge_base_url=fake_openai.base_url, judge_response_format="none")
     params = settings.endpoint().request_params(SAMPLING, "none", "max_tokens")
@@ -221,7 +221,8 @@ def test_a_judged_run_killed_and_resumed_pays_no_answer_twice_and_drops_the_rele
         for negative, score in zip(row["negative"], row["negative_scores"]):
             kept += 1
             # a kept negative was judged "no" or could not be read; none judged "yes" is left
-            assert verdict(latest.get(judge_request(row, negative, params).request_id)) is not True
+            request = judge_request(NEGATIVE_PROMPT, (row["instruction"], row["query"], negative), params)
+            assert verdict(latest.get(request.request_id)) is not True
     assert kept + judged["dropped"] == judged["candidates"]
     assert "the judge dropped" in finished.stdout and "Judged: each mined negative" in (out / "README.md").read_text()
 

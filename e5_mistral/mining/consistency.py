@@ -6,6 +6,10 @@ hard negatives). ``--min-score`` adds Qwen3-Embedding's rule (the pair's cosine 
 asymmetric families carry their instruction (``Instruct: {task}\\nQuery: {query}``), as in training; the symmetric
 families (STS, bitext) compare their own two texts, bare.
 
+``--judge-model`` adds an LLM judge (:mod:`.judge`): each row kept so far is shown to it with its task, and a row
+whose positive it finds not to satisfy the query is dropped. ``--top-k 0`` leaves the judge alone. The judge's
+journal of paid answers is kept in ``OUTPUT/judge/``: a rerun into the same folder asks only what is not answered.
+
 The output mirrors ``e5-mistral generate``'s: ``OUTPUT/dataset/`` in the Hub layout training reads,
 ``OUTPUT/report.json`` with what was kept and dropped per family and language, and ``OUTPUT/dropped.jsonl`` with
 every dropped row and its reason.
@@ -28,10 +32,11 @@ from ..families import FAMILY_SPECS
 from ..instructions import format_query
 from ..local_data import fresh_read_options
 from ..options import option
-from ..output_folders import check_output_folder
+from ..output_folders import JOURNAL_FOLDER, check_apart, check_replaceable
 
 
 logger = logging.getLogger(__name__)
+JUDGE_FOLDER = "judge"  # the LLM judge's journal and lock, kept across reruns
 
 
 @dataclass
@@ -45,7 +50,9 @@ class FilterArguments:
     teacher: Optional[str] = option(
         "sentence-transformers model that ranks the documents (default: the bundled all-MiniLM-L6-v2)", None
     )
-    top_k: int = option("keep a row when its positive is among the teacher's top k documents for its query", 3)
+    top_k: int = option(
+        "keep a row when its positive is among the teacher's top k documents for its query (0: no ranking filter)", 3
+    )
     min_score: Optional[float] = option("also drop a row whose query-positive cosine is below this", None)
     query_prompt: Optional[str] = option(
         "a fixed prefix for queries instead of their instruction (e.g. 'query: ' for multilingual-e5-base)",
@@ -58,8 +65,10 @@ class FilterArguments:
     def __post_init__(self):
         if self.output is None:
             raise E5MistralError("--output is required")
-        if self.top_k < 1 or self.batch_size < 1:
-            raise E5MistralError("--top-k and --batch-size must be at least 1")
+        if self.top_k < 0:
+            raise E5MistralError("--top-k must be at least 0 (0: no ranking filter)")
+        if self.batch_size < 1:
+            raise E5MistralError("--batch-size must be at least 1")
         if self.min_score is not None and not -1 <= self.min_score <= 1:
             raise E5MistralError(f"--min-score is a cosine, between -1 and 1, got {self.min_score}")
 
@@ -107,6 +116,8 @@ def positive_ranks(model, rows: Sequence[dict], args: FilterArguments) -> tuple[
 
 def filter_rows(model, rows: list[dict], args: FilterArguments) -> tuple[list[dict], list[dict]]:
     """(kept rows, dropped rows with ``filter_reason``), family by family."""
+    if model is None:  # --top-k 0 and no --min-score: the judge alone
+        return list(rows), []
     kept, dropped = [], []
     for family in FAMILY_SPECS:
         group = [r for r in rows if r["family"] == family]
@@ -114,7 +125,7 @@ def filter_rows(model, rows: list[dict], args: FilterArguments) -> tuple[list[di
             continue
         ranks, cosines = positive_ranks(model, group, args)
         for row, rank, cosine in zip(group, ranks, cosines):
-            if rank >= args.top_k:
+            if args.top_k and rank >= args.top_k:
                 dropped.append({**row, "filter_reason": f"positive ranked {rank + 1} of {family}'s documents"})
             elif args.min_score is not None and cosine < args.min_score:
                 dropped.append({**row, "filter_reason": f"cosine {cosine:.3f} below {args.min_score}"})
@@ -123,55 +134,94 @@ def filter_rows(model, rows: list[dict], args: FilterArguments) -> tuple[list[di
     return kept, dropped
 
 
+def judge_rows(rows: list[dict], judge, folder: Path) -> tuple[list[dict], list[dict], dict]:
+    """(kept rows, dropped rows with ``filter_reason``, the judge's counts): a row is dropped when the judge finds
+    that its positive does not satisfy its query (an unreadable answer keeps it)."""
+    from .judge import POSITIVE_PROMPT, judge_pairs
+
+    pairs = []
+    for row in rows:
+        query_key, positive_key, _ = FAMILY_SPECS[row["family"]].fields
+        pairs.append((row["task"], row[query_key], row[positive_key]))
+    verdicts, counts = judge_pairs(POSITIVE_PROMPT, pairs, judge, folder, "e5-mistral filter (judge)")
+    kept = [row for row, relevant in zip(rows, verdicts) if relevant is not False]
+    reason = f"the judge ({judge.judge_model}) found that the positive does not satisfy the query"
+    dropped = [{**row, "filter_reason": reason} for row, relevant in zip(rows, verdicts) if relevant is False]
+    return kept, dropped, {"candidates": len(rows), "dropped": len(dropped), **counts}
+
+
 def _counts(kept: list[dict], dropped: list[dict], key: str) -> dict[str, dict[str, int]]:
     kept_n, dropped_n = Counter(r[key] for r in kept), Counter(r[key] for r in dropped)
     return {k: {"kept": kept_n[k], "dropped": dropped_n[k]} for k in sorted(set(kept_n) | set(dropped_n))}
 
 
-def consistency_filter(args: FilterArguments) -> dict:
-    """Filter ``args.dataset`` into ``args.output``; returns the report."""
+def consistency_filter(args: FilterArguments, judge=None) -> dict:
+    """Filter ``args.dataset`` into ``args.output`` (with ``judge``, a :class:`.judge.JudgeArguments` whose
+    ``judge_model`` is set, also by an LLM judge); returns the report."""
     from ..evaluation.evaluate import load_model
-    from ..synthesis.dataset import write_hub_folder
+    from .judge import check_judge, judge_settings
 
     if not args.dataset:
         raise E5MistralError("the dataset to filter is required (DATASET, or --dataset)")
+    judging = judge is not None and judge.judge_model is not None
+    ranking = bool(args.top_k) or args.min_score is not None
+    if not ranking and not judging:
+        raise E5MistralError("--top-k 0 filters nothing without --min-score or --judge-model")
+    if judge is not None:
+        check_judge(judge)
     source = dataset_folder(args.dataset)
     run_folder = source.parent if (source.parent / "report.json").is_file() else source  # a synthesis output
-    output = check_output_folder(args.output, [source, run_folder], args.overwrite)
+    output = check_apart(args.output, [source, run_folder])
+    if not (output / JUDGE_FOLDER / JOURNAL_FOLDER).is_dir():  # else a judged run to resume, its answers reused
+        check_replaceable(output, args.overwrite)
     rows = read_rows(source)
-    if args.teacher is None:
+    if args.teacher is None and ranking:
         from ..local_models import minilm_path
 
         args.teacher = str(minilm_path())
-    kept, dropped = filter_rows(load_model(args.teacher), rows, args)
+    kept, dropped = filter_rows(load_model(args.teacher) if ranking else None, rows, args)
     synthesis_report = run_folder / "report.json"
     report = json.loads(synthesis_report.read_text()) if synthesis_report.is_file() else {}
-    report["filter"] = {
-        "settings": {k: v for k, v in asdict(args).items() if k != "overwrite"},
-        "source": str(source),
-        "kept": len(kept),
-        "dropped": len(dropped),
-        "per_family": _counts(kept, dropped, "family"),
-        "per_language": _counts(kept, dropped, "language"),
-    }
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
+    report["filter"] = {"settings": {k: v for k, v in asdict(args).items() if k != "overwrite"}, "source": str(source)}
+    if judging:
+        kept, judged_off, counts = judge_rows(kept, judge, output / JUDGE_FOLDER)
+        dropped += judged_off
+        report["filter"]["judge"] = {**judge_settings(judge), **counts}
+    report["filter"].update(
+        kept=len(kept),
+        dropped=len(dropped),
+        per_family=_counts(kept, dropped, "family"),
+        per_language=_counts(kept, dropped, "language"),
+    )
+    _write(output, kept, dropped, report)
+    return report
+
+
+def _write(output: Path, kept: list[dict], dropped: list[dict], report: dict) -> None:
+    """The filter's files in ``output``, replacing earlier ones; the judge's journal stays for a rerun."""
+    from ..synthesis.dataset import write_hub_folder
+
+    for name in ("dataset", "dropped.jsonl", "report.json"):
+        path = output / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if not (output / JUDGE_FOLDER).is_dir():  # no journal: checked replaceable, so the folder is the filter's
+        shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True, exist_ok=True)
     with open(output / "dropped.jsonl", "w", encoding="utf-8") as handle:
         for row in dropped:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     (output / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_hub_folder(kept, output / "dataset", report)
-    return report
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral filter") -> int:
     from ..cli import CommandParser, fail, run
+    from .judge import JudgeArguments
 
-    parser = CommandParser([FilterArguments], prog=prog, description=__doc__.splitlines()[0])
+    parser = CommandParser([FilterArguments, JudgeArguments], prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", metavar="DATASET", help="the dataset to filter (or --dataset)")
     try:
-        args, positionals = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+        args, judge, positionals = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
         if (args.dataset is None) == (positionals.source is None):
             raise E5MistralError("give the dataset to filter once: as DATASET or as --dataset")
         args.dataset = args.dataset or positionals.source
@@ -180,9 +230,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral filter") -> 
     logging.basicConfig(level=logging.INFO, format=f"{prog}: %(message)s")
 
     def _filter() -> int:
-        report = consistency_filter(args)["filter"]
+        report = consistency_filter(args, judge)["filter"]
         for family, counts in report["per_family"].items():
             print(f"{family}: kept {counts['kept']}, dropped {counts['dropped']}")
+        if report.get("judge"):
+            verdicts = report["judge"]
+            print(
+                f"the judge dropped {verdicts['dropped']} of {verdicts['candidates']} rows whose positive it found off "
+                f"the query ({verdicts['unjudged']} unjudged, kept; {verdicts['requests_sent']} requests)"
+            )
         print(
             f"kept {report['kept']} of {report['kept'] + report['dropped']} rows; filtered dataset in "
             f"{Path(args.output) / 'dataset'} (dropped rows and their reasons: {Path(args.output) / 'dropped.jsonl'})"

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Optional
 
@@ -348,7 +348,7 @@ def mine(args: MiningArguments, judge=None) -> dict:
 
     from ..evaluation.evaluate import load_model
     from ..llm.lock import OutputLock
-    from .judge import check_judge, judge_negatives
+    from .judge import check_judge, judge_negatives, judge_settings
 
     if not args.dataset:
         raise E5MistralError("the dataset to mine is required (DATASET, or --dataset)")
@@ -368,7 +368,7 @@ def mine(args: MiningArguments, judge=None) -> dict:
         model = corpus = cross_encoder = None
         report = {
             "settings": {k: v for k, v in asdict(args).items() if k not in ("push_to_hub", "private")},
-            "judge": _judge_settings(judge) if judging else None,
+            "judge": judge_settings(judge) if judging else None,
             "teacher": teacher,
             "configs": {},
         }
@@ -421,11 +421,6 @@ def mine(args: MiningArguments, judge=None) -> dict:
         # endpoint), the lock or the report's local paths.
         push_to_hub(output, args.push_to_hub, private=args.private, allow_patterns=["README.md", "*/*.parquet"])
     return report
-
-
-def _judge_settings(judge) -> dict:
-    """The judge's settings for the report and card: never its key, only the variable's name."""
-    return {f.name: getattr(judge, f.name) for f in fields(judge)}
 
 
 def _rebuild_all(output: Path, configs: list[str]) -> None:

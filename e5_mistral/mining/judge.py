@@ -1,12 +1,12 @@
-"""The LLM as judge of mined negatives: a mined candidate that the judge finds relevant to its query is a false
-negative, and is dropped.
+"""The LLM as judge of training pairs: of mined negatives (``e5-mistral mine``: one the judge finds relevant to
+its query is a false negative, and is dropped) and of generated positives (``e5-mistral filter``: a row whose
+positive the judge finds not to satisfy its query is dropped).
 
-Each (instruction, query, mined negative) is one chat request through the LLM layer (:mod:`e5_mistral.llm`), as
-generation's: the same back ends (retries, rate limits, the server's signals), the same budget
-(``--judge-max-cost`` binds), the same structured-output detection (the answer is ``{"relevant": "yes" | "no"}``),
-and an answer journaled once is never paid for again, whatever kills the run. A row's own negative (the
-LLM-written one of a synthesis row) is not judged. An answer that cannot be read, or a request that failed, keeps
-its negative and is counted as ``unjudged``.
+Each (task, query, document) is one chat request through the LLM layer (:mod:`e5_mistral.llm`), as generation's:
+the same back ends (retries, rate limits, the server's signals), the same budget (``--judge-max-cost`` binds), the
+same structured-output detection (the answer is ``{"relevant": "yes" | "no"}``), and an answer journaled once is
+never paid for again, whatever kills the run. A row's own negative (the LLM-written one of a synthesis row) is not
+judged. An answer that cannot be read, or a request that failed, keeps its pair and is counted as ``unjudged``.
 
 The judge's options are the endpoint options of ``e5-mistral generate``, each with a ``judge_`` prefix (so they
 never clash with the teacher's): ``--judge-model``, ``--judge-base-url``, ``--judge-api-key-env``,
@@ -28,7 +28,8 @@ from ..llm.session import EndpointSession
 from ..llm.settings import EndpointArguments, prefixed
 
 
-PROMPT = (Path(__file__).parent / "judge_prompt.txt").read_text(encoding="utf-8")
+NEGATIVE_PROMPT = (Path(__file__).parent / "judge_negative_prompt.txt").read_text(encoding="utf-8")
+POSITIVE_PROMPT = (Path(__file__).parent / "judge_positive_prompt.txt").read_text(encoding="utf-8")
 VERDICT_KEY = "relevant"
 VERDICT_SCHEMA = {
     "type": "object",
@@ -44,26 +45,29 @@ JudgeArguments = prefixed(
     group="LLM judge",
     defaults={"max_tokens": 64},  # a verdict is a few tokens; room for a model that adds a sentence
     helps={
-        "model": "judge each mined negative with this model (OpenAI-compatible endpoint, the same options as "
-        "generate's with a judge- prefix) and drop those it finds relevant to their query"
+        "model": "judge each pair with this model (OpenAI-compatible endpoint, the same options as generate's "
+        "with a judge- prefix): mine drops mined negatives it finds relevant, filter drops rows whose positive it "
+        "finds off the query"
     },
     exclude=("backend", "batch_no_wait", "batch_poll_interval"),  # the judge runs online
-    doc="The LLM judge of `e5-mistral mine`.",
+    doc="The LLM judge of `e5-mistral mine` and `e5-mistral filter`.",
 )
 JudgeArguments.__module__ = __name__
 
 
-def judge_request(row: dict, document: str, params: dict) -> Request:
-    prompt = PROMPT.format(task=row["instruction"] or "(none)", query=row["query"], document=document)
-    rid = request_id({"kind": "judge", "prompt": prompt, "params": dict(params)})
+def judge_request(prompt: str, pair: tuple[str, str, str], params: dict) -> Request:
+    """The chat request asking ``prompt`` of one (task, query, document)."""
+    task, query, document = pair
+    text = prompt.format(task=task or "(none)", query=query, document=document)
+    rid = request_id({"kind": "judge", "prompt": text, "params": dict(params)})
     schema = (
         wrap_schema(params["response_format"], "judgement", VERDICT_SCHEMA) if "response_format" in params else None
     )
-    return chat_request(rid, "judge", "judge", prompt, params, schema)
+    return chat_request(rid, "judge", "judge", text, params, schema)
 
 
 def verdict(record: dict | None) -> bool | None:
-    """True: relevant (a false negative); False: a true negative; None: no usable answer."""
+    """True: relevant; False: not relevant; None: no usable answer."""
     if record is None or record["status"] != STATUS_OK:
         return None
     try:
@@ -74,28 +78,32 @@ def verdict(record: dict | None) -> bool | None:
     return {"yes": True, "true": True, "no": False, "false": False}.get(value)
 
 
+def judge_pairs(
+    prompt: str, pairs: list[tuple[str, str, str]], args, folder: Path, command: str, hide_progress: bool = True
+) -> tuple[list[bool | None], dict]:
+    """The judge's verdict on each (task, query, document), and the counts (with tokens and cost)."""
+    return asyncio.run(_judge(prompt, pairs, args.endpoint(), folder, command, hide_progress))
+
+
 def judge_negatives(rows: list[dict], args, folder: Path, hide_progress: bool = True) -> tuple[list[dict], dict]:
     """``rows`` without the mined negatives the judge finds relevant, and the counts (with tokens and cost)."""
-    return asyncio.run(_judge(rows, args.endpoint(), folder, hide_progress))
-
-
-def _candidates(rows: list[dict], params: dict) -> tuple[dict[str, Request], list[tuple[int, int, str]]]:
-    """The judge's requests (by id) and (row, negative index, request id) of every mined negative."""
-    requests: dict[str, Request] = {}
-    candidates = []
+    where, pairs = [], []
     for i, row in enumerate(rows):
         for k, (negative, score) in enumerate(zip(row["negative"], row["negative_scores"])):
             if score is not None:  # mined (a row's own negative has no teacher score)
-                request = judge_request(row, negative, params)
-                requests.setdefault(request.request_id, request)
-                candidates.append((i, k, request.request_id))
-    return requests, candidates
+                where.append((i, k))
+                pairs.append((row["instruction"], row["query"], negative))
+    verdicts, counts = judge_pairs(NEGATIVE_PROMPT, pairs, args, folder, "e5-mistral mine (judge)", hide_progress)
+    dropped = {pair for pair, relevant in zip(where, verdicts) if relevant is True}
+    return _without(rows, dropped), {"candidates": len(pairs), "dropped": len(dropped), **counts}
 
 
-async def _judge(rows: list[dict], settings: EndpointArguments, folder: Path, hide_progress: bool):
+async def _judge(
+    prompt: str, pairs: list[tuple[str, str, str]], settings: EndpointArguments, folder, command, hide_progress
+):
     from tqdm.auto import tqdm
 
-    async with EndpointSession(settings, folder, SAMPLING, command="e5-mistral mine (judge)") as session:
+    async with EndpointSession(settings, folder, SAMPLING, command=command) as session:
         detection = await session.resolve_format()
         # a verdict is a few tokens, but a reasoning model (max_completion_tokens, or only its default sampling)
         # spends its hidden reasoning out of the same cap first
@@ -104,7 +112,8 @@ async def _judge(rows: list[dict], settings: EndpointArguments, folder: Path, hi
         params = settings.request_params(
             SAMPLING, detection["chosen"], detection.get("max_tokens_param"), detection.get("default_sampling", False)
         )
-        requests, candidates = _candidates(rows, params)
+        ids = [judge_request(prompt, pair, params) for pair in pairs]
+        requests = {request.request_id: request for request in ids}
         latest = session.journal.latest()
         pending = [r for rid, r in requests.items() if needs_sending(latest.get(rid), settings.retry_refused)]
         if pending:
@@ -116,25 +125,21 @@ async def _judge(rows: list[dict], settings: EndpointArguments, folder: Path, hi
                 bar.close()
         stopped = session.stopped_by_budget
     latest = session.journal.latest()
-    verdicts = {rid: verdict(latest.get(rid)) for rid in requests}
-    dropped = {(i, k) for i, k, rid in candidates if verdicts[rid] is True}
+    verdicts = [verdict(latest.get(request.request_id)) for request in ids]
     paid = [r for r in session.journal.records() if r["request_id"] in requests]
     counts = {
-        "candidates": len(candidates),
-        "judged": sum(1 for *_, rid in candidates if verdicts[rid] is not None),
-        "dropped": len(dropped),
-        "unjudged": sum(1 for *_, rid in candidates if verdicts[rid] is None),
+        "judged": sum(v is not None for v in verdicts),
+        "unjudged": sum(v is None for v in verdicts),
         "requests_sent": sum(int(r.get("attempts") or 0) for r in paid),
         **usage_totals(paid, session.prices),
         "budget_stopped": stopped,
         "response_format": detection["chosen"],
         "model": settings.model,
     }
-    if counts["unjudged"] and not stopped:
-        failed = sum(1 for rid in requests if latest.get(rid) is None or latest[rid]["status"] != STATUS_OK)
-        if failed:
-            counts["failed_requests"] = failed
-    return _without(rows, dropped), counts
+    failed = sum(1 for rid in requests if latest.get(rid) is None or latest[rid]["status"] != STATUS_OK)
+    if counts["unjudged"] and not stopped and failed:
+        counts["failed_requests"] = failed
+    return verdicts, counts
 
 
 def _without(rows: list[dict], dropped: set[tuple[int, int]]) -> list[dict]:
@@ -150,6 +155,11 @@ def _without(rows: list[dict], dropped: set[tuple[int, int]]) -> list[dict]:
             }
         )
     return kept_rows
+
+
+def judge_settings(judge) -> dict:
+    """The judge's settings for a report and card: never its key, only the variable's name."""
+    return {f.name: getattr(judge, f.name) for f in dataclasses.fields(judge)}
 
 
 def check_judge(args) -> None:

@@ -44,6 +44,34 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def _gathered(gather: bool, with_grad: tuple, without_grad: tuple) -> tuple[int, tuple, tuple]:
+    """(this process's rank, ``with_grad`` and ``without_grad`` from every process): gathered when ``gather`` and
+    torch.distributed runs several processes, else as given with rank 0. A None stays None."""
+    rank, world = _world()
+    if not gather or world == 1:
+        return 0, with_grad, without_grad
+    return (
+        rank,
+        tuple(None if t is None else gather_with_grad(t) for t in with_grad),
+        tuple(None if t is None else gather_no_grad(t) for t in without_grad),
+    )
+
+
+def _cosines(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    # in fp32 at least: at tau = 0.02, bf16 cosine rounding would be amplified 50x
+    dtype = torch.promote_types(rows.dtype, torch.float32)
+    return rows.to(dtype) @ columns.to(dtype).T
+
+
+def _masked_cross_entropy(
+    scores: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Mean cross-entropy of ``scores / temperature`` over the kept columns; each row's label is always kept."""
+    keep[torch.arange(len(labels), device=labels.device), labels] = True
+    logits = (scores / temperature).masked_fill(~keep, torch.finfo(scores.dtype).min)
+    return F.cross_entropy(logits, labels)
+
+
 def info_nce_loss(
     query: torch.Tensor,
     positive: torch.Tensor,
@@ -78,23 +106,12 @@ def info_nce_loss(
         negative_mask = torch.ones(batch, k, dtype=torch.bool, device=device)
     if in_batch_negatives is None:
         in_batch_negatives = torch.ones(batch, dtype=torch.bool, device=device)
+    rank, (positives, negatives), (all_negative_mask, all_positive_hash, all_negative_hash) = _gathered(
+        gather, (positive, negative if k else None), (negative_mask, positive_hash, negative_hash)
+    )
 
-    rank, world = _world()
-    if gather and world > 1:
-        positive = gather_with_grad(positive)
-        negative = gather_with_grad(negative) if k else negative
-        all_negative_mask = gather_no_grad(negative_mask)
-        all_positive_hash = gather_no_grad(positive_hash) if positive_hash is not None else None
-        all_negative_hash = gather_no_grad(negative_hash) if negative_hash is not None else None
-    else:
-        rank, world = 0, 1
-        all_negative_mask, all_positive_hash, all_negative_hash = negative_mask, positive_hash, negative_hash
-
-    total = positive.shape[0]  # W * B
-    candidates = torch.cat([positive, negative], dim=0) if k else positive
-    # Logits in fp32: at tau = 0.02, bf16 cosine rounding would be amplified 50x.
-    dtype = torch.promote_types(query.dtype, torch.float32)
-    scores = query.to(dtype) @ candidates.to(dtype).T  # (B, W*B + W*B*K) cosine
+    total = positives.shape[0]  # W * B
+    scores = _cosines(query, torch.cat([positives, negatives], dim=0) if k else positives)  # (B, W*B + W*B*K)
     rows = torch.arange(batch, device=device)
     labels = rank * batch + rows
 
@@ -114,22 +131,18 @@ def info_nce_loss(
     if false_negative_margin is not None:
         positive_score = scores[rows, labels].detach().unsqueeze(1)
         keep &= scores.detach() <= positive_score + false_negative_margin
-    keep[rows, labels] = True
-
-    logits = (scores / temperature).masked_fill(~keep, torch.finfo(dtype).min)
-    loss = F.cross_entropy(logits, labels)
-    if symmetric:
-        local_positive = positive[rank * batch : (rank + 1) * batch]
-        reverse = document_to_query_loss(
-            query,
-            local_positive,
-            temperature=temperature,
-            in_batch_negatives=in_batch_negatives,
-            positive_hash=positive_hash,
-            gather=gather,
-        )
-        loss = (loss + reverse) / 2
-    return loss
+    loss = _masked_cross_entropy(scores, keep, labels, temperature)
+    if not symmetric:
+        return loss
+    reverse = document_to_query_loss(
+        query,
+        positive,
+        temperature=temperature,
+        in_batch_negatives=in_batch_negatives,
+        positive_hash=positive_hash,
+        gather=gather,
+    )
+    return (loss + reverse) / 2
 
 
 def document_to_query_loss(
@@ -145,27 +158,17 @@ def document_to_query_loss(
     :func:`info_nce_loss`. Rows without in-batch negatives are left out on both sides, and a query whose positive
     is the same text is not a negative."""
     batch = query.shape[0]
-    device = query.device
     if in_batch_negatives is None:
-        in_batch_negatives = torch.ones(batch, dtype=torch.bool, device=device)
-    rank, world = _world()
-    if gather and world > 1:
-        queries = gather_with_grad(query)
-        all_in_batch = gather_no_grad(in_batch_negatives)
-        all_positive_hash = gather_no_grad(positive_hash) if positive_hash is not None else None
-    else:
-        rank, queries, all_in_batch, all_positive_hash = 0, query, in_batch_negatives, positive_hash
-
-    dtype = torch.promote_types(query.dtype, torch.float32)
-    scores = positive.to(dtype) @ queries.to(dtype).T  # (B, W*B)
-    rows = torch.arange(batch, device=device)
-    labels = rank * batch + rows
+        in_batch_negatives = torch.ones(batch, dtype=torch.bool, device=query.device)
+    rank, (queries,), (all_in_batch, all_positive_hash) = _gathered(
+        gather, (query,), (in_batch_negatives, positive_hash)
+    )
+    scores = _cosines(positive, queries)  # (B, W*B)
     keep = in_batch_negatives.unsqueeze(1) & all_in_batch.unsqueeze(0)
     if positive_hash is not None:
         keep &= all_positive_hash.unsqueeze(0) != positive_hash.unsqueeze(1)
-    keep[rows, labels] = True
-    logits = (scores / temperature).masked_fill(~keep, torch.finfo(dtype).min)
-    return F.cross_entropy(logits, labels)
+    labels = rank * batch + torch.arange(batch, device=query.device)
+    return _masked_cross_entropy(scores, keep, labels, temperature)
 
 
 def truncated(embeddings: torch.Tensor | None, dim: int) -> torch.Tensor | None:
