@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from typing import Sequence
@@ -77,6 +78,16 @@ class CommandParser(HfArgumentParser):
         if remaining:
             self.error(f"unrecognized arguments: {' '.join(remaining)}")
         return tuple(parsed)
+
+
+HTTP_CLIENT_LOGGERS = ("httpx", "httpx2")  # the openai client's HTTP library: httpx, or httpx2 as openai 3 installs it
+
+
+def log_lines(prog: str, level: int = logging.INFO) -> None:
+    """Log ``prog: message`` lines to stderr, without the HTTP client's line per request of an LLM endpoint."""
+    logging.basicConfig(level=level, format=f"{prog}: %(message)s")
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def fail(prog: str, err: BaseException, code: int = 1) -> int:

@@ -100,9 +100,12 @@ def _positive_judge(prompts: list):
     return answer
 
 
-def test_the_llm_judge_drops_the_planted_pair_and_a_rerun_pays_nothing_twice(fake_openai, tmp_path, capsys):
+def test_the_llm_judge_drops_the_planted_pair_and_a_rerun_pays_nothing_twice(fake_openai, tmp_path, capsys, caplog):
+    import logging
+
     from datasets import load_dataset
 
+    caplog.set_level(logging.INFO)
     prompts = []
     fake_openai.responder = _positive_judge(prompts)
     _dataset(tmp_path / "run")
@@ -123,6 +126,7 @@ def test_the_llm_judge_drops_the_planted_pair_and_a_rerun_pays_nothing_twice(fak
     assert (judged["candidates"], judged["dropped"], judged["unjudged"], judged["model"]) == (9, 1, 0, "judge")
     assert "it dropped 1 of 9 (0 unjudged, kept)" in (out / "dataset" / "README.md").read_text()
     assert "the judge dropped 1 of 9 rows" in capsys.readouterr().out
+    assert not [r for r in caplog.records if r.name.startswith("httpx")]  # no log line per request
     assert filter_main(argv) == 0  # the rerun into the same folder: every answer from the journal
     assert len(prompts) == 9
     assert [json.loads(line)["user_query"] for line in open(out / "dropped.jsonl")] == [PLANTED]

@@ -13,7 +13,7 @@ DESCRIPTION = (
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral mine") -> int:
-    from ..cli import CommandParser, fail, run
+    from ..cli import CommandParser, fail, log_lines, run
     from ..errors import E5MistralError
     from .hard_negatives import MiningArguments, mine
     from .judge import JudgeArguments
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral mine") -> in
         args.dataset = args.dataset or positionals.source
     except E5MistralError as err:  # raised by MiningArguments.__post_init__
         return fail(prog, err, code=2)
-    logging.basicConfig(level=logging.INFO if not args.no_progress else logging.WARNING, format=f"{prog}: %(message)s")
+    log_lines(prog, logging.INFO if not args.no_progress else logging.WARNING)
 
     def _mine() -> int:
         report = mine(args, judge)

@@ -215,7 +215,7 @@ def _write(output: Path, kept: list[dict], dropped: list[dict], report: dict) ->
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral filter") -> int:
-    from ..cli import CommandParser, fail, run
+    from ..cli import CommandParser, fail, log_lines, run
     from .judge import JudgeArguments
 
     parser = CommandParser([FilterArguments, JudgeArguments], prog=prog, description=__doc__.splitlines()[0])
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral filter") -> 
         args.dataset = args.dataset or positionals.source
     except E5MistralError as err:
         return fail(prog, err, code=2)
-    logging.basicConfig(level=logging.INFO, format=f"{prog}: %(message)s")
+    log_lines(prog)
 
     def _filter() -> int:
         report = consistency_filter(args, judge)["filter"]

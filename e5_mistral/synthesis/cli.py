@@ -69,7 +69,7 @@ def _generate(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral generate") -> int:
-    from ..cli import CommandParser, fail, run
+    from ..cli import CommandParser, fail, log_lines, run
     from ..errors import E5MistralError
     from .config import SynthesisArguments
 
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral generate") -
         args.check_runnable()
     except E5MistralError as err:  # a bad flag: the same exit code as argparse's own usage errors
         return fail(prog, err, code=2)
-    logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(message)s")
+    log_lines(prog, logging.WARNING)
     return run(prog, _generate, args)
 
 

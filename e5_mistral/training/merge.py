@@ -102,14 +102,14 @@ def merge(paths: Sequence[str], args: MergeArguments) -> Path:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral merge") -> int:
-    from ..cli import CommandParser, fail, run
+    from ..cli import CommandParser, fail, log_lines, run
 
     parser = CommandParser([MergeArguments], prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="two or more LoRA checkpoints")
     args, positionals = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
     if len(positionals.checkpoints) < 2:
         return fail(prog, E5MistralError("merge needs at least two checkpoints (CHECKPOINT CHECKPOINT ...)"), code=2)
-    logging.basicConfig(level=logging.INFO, format=f"{prog}: %(message)s")
+    log_lines(prog)
 
     def _merge() -> int:
         output = merge(positionals.checkpoints, args)
