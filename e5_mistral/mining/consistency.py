@@ -201,10 +201,11 @@ def _write(output: Path, kept: list[dict], dropped: list[dict], report: dict) ->
     """The filter's files in ``output``, replacing earlier ones; the judge's journal stays for a rerun."""
     from ..synthesis.dataset import write_hub_folder
 
-    for name in ("dataset", "dropped.jsonl", "report.json"):
-        path = output / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    if not (output / JUDGE_FOLDER).is_dir():  # no journal: checked replaceable, so the folder is the filter's
+    if (output / JUDGE_FOLDER).is_dir():  # the judge's journal stays; only the filter's own files are replaced
+        for name in ("dataset", "dropped.jsonl", "report.json"):
+            path = output / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    else:  # no journal: checked replaceable, so the folder is the filter's
         shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)
     with open(output / "dropped.jsonl", "w", encoding="utf-8") as handle:
