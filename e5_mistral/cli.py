@@ -79,6 +79,15 @@ class CommandParser(HfArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(remaining)}")
         return tuple(parsed)
 
+    def parse_with_dataset(self, argv: Sequence[str] | None, verb: str) -> tuple:
+        """Parse a command whose first dataclass has ``dataset``, given once: as DATASET or as ``--dataset``."""
+        self.add_argument("source", nargs="?", metavar="DATASET", help=f"the dataset to {verb} (or --dataset)")
+        *parsed, positionals = self.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+        if (parsed[0].dataset is None) == (positionals.source is None):
+            raise E5MistralError(f"give the dataset to {verb} once: as DATASET or as --dataset")
+        parsed[0].dataset = parsed[0].dataset or positionals.source
+        return tuple(parsed)
+
 
 HTTP_CLIENT_LOGGERS = ("httpx", "httpx2")  # the openai client's HTTP library: httpx, or httpx2 as openai 3 installs it
 

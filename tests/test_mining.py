@@ -242,11 +242,18 @@ def test_judge_options_mirror_generate_and_are_checked_before_mining(tmp_path):
     assert code != 0 and not (tmp_path / "o" / "default").exists()
 
 
-def test_the_dataset_is_the_first_argument_or_dataset_once(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "command, missing_error",
+    [("mine", "missing.jsonl not found"), ("filter", "missing.jsonl is not a dataset written by e5-mistral generate")],
+)
+def test_the_dataset_is_the_first_argument_or_dataset_once(tmp_path, capsys, command, missing_error):
     from e5_mistral.mining.cli import main as mine_main
+    from e5_mistral.mining.consistency import main as filter_main
 
-    assert mine_main(["a.jsonl", "--dataset", "b.jsonl", "--output", str(tmp_path / "o")]) == 2
-    assert mine_main(["--output", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err.count("give the dataset to mine once: as DATASET or as --dataset") == 2
-    assert mine_main([str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")]) == 1
-    assert "missing.jsonl not found" in capsys.readouterr().err
+    main = {"mine": mine_main, "filter": filter_main}[command]
+    assert main(["a.jsonl", "--dataset", "b.jsonl", "--output", str(tmp_path / "o")]) == 2
+    assert main(["--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.count(f"give the dataset to {command} once: as DATASET or as --dataset") == 2
+    assert main([str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")]) == 1
+    assert missing_error in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -19,13 +19,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral mine") -> in
     from .judge import JudgeArguments
 
     parser = CommandParser([MiningArguments, JudgeArguments], prog=prog, description=DESCRIPTION)
-    parser.add_argument("source", nargs="?", metavar="DATASET", help="the dataset to mine (or --dataset)")
     try:
-        args, judge, positionals = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-        if (args.dataset is None) == (positionals.source is None):
-            raise E5MistralError("give the dataset to mine once: as DATASET or as --dataset")
-        args.dataset = args.dataset or positionals.source
-    except E5MistralError as err:  # raised by MiningArguments.__post_init__
+        args, judge = parser.parse_with_dataset(argv, "mine")
+    except E5MistralError as err:  # also raised by MiningArguments.__post_init__
         return fail(prog, err, code=2)
     log_lines(prog, logging.INFO if not args.no_progress else logging.WARNING)
 

@@ -220,12 +220,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral filter") -> 
     from .judge import JudgeArguments
 
     parser = CommandParser([FilterArguments, JudgeArguments], prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("source", nargs="?", metavar="DATASET", help="the dataset to filter (or --dataset)")
     try:
-        args, judge, positionals = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-        if (args.dataset is None) == (positionals.source is None):
-            raise E5MistralError("give the dataset to filter once: as DATASET or as --dataset")
-        args.dataset = args.dataset or positionals.source
+        args, judge = parser.parse_with_dataset(argv, "filter")
     except E5MistralError as err:
         return fail(prog, err, code=2)
     log_lines(prog)
