@@ -7,6 +7,7 @@ and is trained under two seeds.
 
     python -m benchmarks.method_study --benchmarks-dir ../shared/benchmarks            # every cell, then the page
     python -m benchmarks.method_study --benchmarks-dir ../shared/benchmarks --cells base-100 data-300
+    python -m benchmarks.method_study --benchmarks-dir ../shared/benchmarks --wide     # + retrieval, classification
     python -m benchmarks.method_study --report-only                                   # the page from saved scores
 
 Every stage is cached under ``--output`` (default ``outputs/study``) and skipped when its result is there, so the
@@ -37,6 +38,11 @@ SEEDS = (42, 7)
 # so an evenly spread 1,000 of them, as the quickstart evaluates (a Spearman correlation's standard error is about
 # 0.02 there). all-MiniLM-L6-v2 is scored on the same items.
 TASKS = (("STSBenchmark", None), ("SICK-R", 1000))
+# Beyond STS (--wide): retrieval and classification on their whole test sets, about 8 minutes a model, so for the
+# cells of the amount question only; encoded in bfloat16, as the quickstart does.
+WIDE_TASKS = (("SciFact", None), ("Banking77Classification", None))
+WIDE_CELLS = ("lr-2e-3-90-100", "data-300-lr-2e-3-90", "data-1000-lr-2e-3-90", "subset-100-of-1000-lr-2e-3-90")
+WIDE_DTYPE = "bfloat16"
 REFERENCE = "all-MiniLM-L6-v2"
 
 
@@ -252,11 +258,18 @@ def dataset(cell: Cell, out: Path) -> Path:
             temperature=cell.temperature,
         )
         generate(settings, target, Step({}))
-        kept.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(target / "synthetic" / "dataset", kept / "dataset", dirs_exist_ok=True)
-        for name in ("report.json", "rejected.jsonl"):
-            shutil.copy2(target / "synthetic" / name, kept / name)
+        keep(target / "synthetic", ("dataset", "report.json", "rejected.jsonl"), kept)
     return kept / "dataset"
+
+
+def keep(source: Path, names: tuple[str, ...], kept: Path) -> None:
+    """Copy the named files and folders of ``source`` into ``kept`` (under benchmarks/study_data)."""
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, kept / name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source / name, kept / name)
 
 
 def training_data(cell: Cell, out: Path) -> Path:
@@ -292,9 +305,7 @@ def judged(data: Path, cell: Cell, out: Path) -> Path:
             argv = [*E5, "filter", data, "--output", target, "--top-k", 0, "--judge-model", cell.judge]
             # cache_prompt off: each verdict is read from its whole prompt, whichever server answers
             run(argv + ["--judge-base-url", base_url, "--judge-concurrency", 2, "--judge-extra-body", CACHE_OFF])
-        (STUDY_DATA / name).mkdir(parents=True, exist_ok=True)
-        for file in ("report.json", "dropped.jsonl"):
-            shutil.copy2(target / file, STUDY_DATA / name / file)
+        keep(target, ("report.json", "dropped.jsonl"), STUDY_DATA / name)
     return target / "dataset"
 
 
@@ -342,125 +353,127 @@ def export(checkpoint: Path, target: Path) -> Path:
     return target
 
 
-def score(model: Path, key: str, benchmarks: Path, out: Path, scores: dict, instructions: str = "paper") -> dict:
-    """{task: score} of one model on the study's tasks, cached in scores.json under ``key``."""
+def score(model: Path, key: str, benchmarks: Path, out: Path, scores: dict, tasks=TASKS, **settings) -> dict:
+    """{task: score} of one model on ``tasks``, cached in scores.json under ``key`` (``settings``: evaluate's)."""
     from e5_mistral.evaluation.evaluate import evaluate
 
-    if key in scores and all(task in scores[key] for task, _ in TASKS):
-        return scores[key]
-    result = {}
-    for task, rows in TASKS:
-        folder = out / "eval" / key / task
-        result.update(
-            evaluate(
-                str(model),
-                [task],
-                folder,
-                benchmarks,
-                instructions=instructions,
-                max_rows=rows,
-                batch_size=32,
-                show_progress_bar=False,
-            )
-        )
+    result = dict(scores.get(key, {}))
+    for task, rows in tasks:
+        if task not in result:
+            folder = out / "eval" / key / task
+            kwargs = {"max_rows": rows, "batch_size": 32, "show_progress_bar": False, **settings}
+            result.update(evaluate(str(model), [task], folder, benchmarks, **kwargs))
+    if result == scores.get(key):
+        return result
     scores[key] = result
     STUDY_DATA.mkdir(parents=True, exist_ok=True)
     SCORES.write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
     return result
 
 
-def run_cell(cell: Cell, benchmarks: Path, out: Path, scores: dict, seeds=SEEDS) -> None:
+def run_cell(cell: Cell, benchmarks: Path, out: Path, scores: dict, seeds=SEEDS, tasks=TASKS, **settings) -> None:
     checkpoints = []
     for seed in seeds:
         started = time.monotonic()
         checkpoint = train(cell, seed, out)
         checkpoints.append(checkpoint)
-        score(export(checkpoint, checkpoint.parent / "export"), f"{cell.name}/seed{seed}", benchmarks, out, scores)
+        model = export(checkpoint, checkpoint.parent / "export")
+        score(model, f"{cell.name}/seed{seed}", benchmarks, out, scores, tasks, **settings)
         print(f"[study] {cell.name} seed {seed}: {time.monotonic() - started:.0f} s", flush=True)
     if cell.merge and len(checkpoints) > 1:
         merged = out / "runs" / cell.name / "merged"
         if not (merged / "model" / "e5_mistral_config.json").is_file():
             run([*E5, "merge", *checkpoints, "--output", merged / "model", "--overwrite"])
-        score(export(merged / "model", merged / "export"), f"{cell.name}/merged", benchmarks, out, scores)
+        model = export(merged / "model", merged / "export")
+        score(model, f"{cell.name}/merged", benchmarks, out, scores, tasks, **settings)
 
 
-def references(benchmarks: Path, out: Path, scores: dict) -> None:
+def references(benchmarks: Path, out: Path, scores: dict, tasks=TASKS, **settings) -> None:
     """all-MiniLM-L6-v2 and the raw backbone, on the same items."""
     from e5_mistral.local_models import minilm_path, smollm2_path
 
-    score(minilm_path(), REFERENCE, benchmarks, out, scores, instructions="none")  # as published, no instruction
-    score(export(smollm2_path(), out / "raw-export"), "raw SmolLM2-135M", benchmarks, out, scores)
+    score(minilm_path(), REFERENCE, benchmarks, out, scores, tasks, instructions="none")  # as published
+    score(export(smollm2_path(), out / "raw-export"), "raw SmolLM2-135M", benchmarks, out, scores, tasks, **settings)
 
 
 # -- the page ------------------------------------------------------------------------------------------------------
-def _mean_ratio(values: dict, reference: dict) -> float:
-    return sum(values[t] / reference[t] for t, _ in TASKS) / len(TASKS)
+def _scored(values: dict | None, tasks=TASKS) -> bool:
+    return values is not None and all(task in values for task, _ in tasks)
 
 
-def summary_rows(scores: dict) -> list[dict]:
-    """One row per cell (and merged model) with both seeds' scores, their mean, spread and MiniLM ratio."""
-    reference = scores.get(REFERENCE)
+def _mean_ratio(values: dict, reference: dict, tasks=TASKS) -> float:
+    return sum(values[t] / reference[t] for t, _ in tasks) / len(tasks)
+
+
+def summary_rows(scores: dict, tasks=TASKS) -> list[dict]:
+    """One row per cell (and merged model) scored on ``tasks``: both seeds' mean, spread and MiniLM ratio."""
+    reference = scores[REFERENCE] if _scored(scores.get(REFERENCE), tasks) else None
     rows = []
     for cell in CELLS:
-        seeds = [found for s in SEEDS if (found := scores.get(f"{cell.name}/seed{s}"))]
+        seeds = [scores[key] for s in SEEDS if _scored(scores.get(key := f"{cell.name}/seed{s}"), tasks)]
         if not seeds:
             continue
         row = {"cell": cell.name, "question": cell.question, "data": cell.data, "seeds": len(seeds)}
-        for task, _ in TASKS:
+        for task, _ in tasks:
             values = [s[task] for s in seeds]
             row[task] = (sum(values) / len(values), max(values) - min(values))
         if reference:
-            ratios = [_mean_ratio(s, reference) for s in seeds]
+            ratios = [_mean_ratio(s, reference, tasks) for s in seeds]
             row["ratio"] = (sum(ratios) / len(ratios), max(ratios) - min(ratios))
         rows.append(row)
         merged = scores.get(f"{cell.name}/merged")
-        if merged:
+        if _scored(merged, tasks):
             rows.append(
                 {
                     "cell": f"{cell.name} merged",
                     "question": "merging: the linear merge of the two seeds' adapters",
                     "data": cell.data,
-                    **{task: (merged[task], 0.0) for task, _ in TASKS},
-                    **({"ratio": (_mean_ratio(merged, reference), 0.0)} if reference else {}),
+                    **{task: (merged[task], 0.0) for task, _ in tasks},
+                    **({"ratio": (_mean_ratio(merged, reference, tasks), 0.0)} if reference else {}),
                 }
             )
     return rows
 
 
-def write_page(scores: dict) -> None:
-    rows = summary_rows(scores)
-    header = ["cell", "what changes", *[t for t, _ in TASKS], f"ratio to {REFERENCE}"]
+def table(scores: dict, tasks=TASKS) -> str:
+    """The page's table of every cell scored on ``tasks``, then the references."""
+    header = ["cell", "what changes", *[t for t, _ in tasks], f"ratio to {REFERENCE}"]
     lines = ["| " + " | ".join(header) + " |", "| --- | --- |" + " ---: |" * (len(header) - 2)]
 
     def cell_text(value):
         return "n/a" if value is None else f"{value[0]:.4f} ± {value[1] / 2:.4f}" if value[1] else f"{value[0]:.4f}"
 
-    for row in rows:
-        values = [cell_text(row.get(t)) for t, _ in TASKS] + [cell_text(row.get("ratio"))]
+    for row in summary_rows(scores, tasks):
+        values = [cell_text(row.get(t)) for t, _ in tasks] + [cell_text(row.get("ratio"))]
         name = row["cell"] + (" (1 seed)" if row.get("seeds") == 1 else "")
         lines.append(f"| {name} | {row['question']} | " + " | ".join(values) + " |")
-    refs = [
-        f"| {name} | reference | " + " | ".join(f"{scores[name][t]:.4f}" for t, _ in TASKS) + " | |"
-        for name in (REFERENCE, "raw SmolLM2-135M")
-        if name in scores
-    ]
-    table = "\n".join(lines + refs)
-    write_between_markers(PAGE, table)
+    for name in (REFERENCE, "raw SmolLM2-135M"):
+        if _scored(scores.get(name), tasks):
+            lines.append(f"| {name} | reference | " + " | ".join(f"{scores[name][t]:.4f}" for t, _ in tasks) + " | |")
+    return "\n".join(lines)
+
+
+def write_page(scores: dict) -> None:
+    main_table, wide_table = table(scores), table(scores, WIDE_TASKS)
+    write_between_markers(PAGE, main_table, TABLE_MARKERS)
+    write_between_markers(PAGE, wide_table, WIDE_TABLE_MARKERS)
     plot(scores)
-    print(table)
+    print(main_table + "\n\n" + wide_table)
 
 
-TABLE_START, TABLE_END = "<!-- study table: written by benchmarks/method_study.py -->", "<!-- end of study table -->"
+TABLE_MARKERS = ("<!-- study table: written by benchmarks/method_study.py -->", "<!-- end of study table -->")
+WIDE_TABLE_MARKERS = ("<!-- wide table: written by benchmarks/method_study.py -->", "<!-- end of wide table -->")
 
 
-def write_between_markers(page: Path, table: str) -> None:
-    """Put ``table`` between the page's markers (the prose around it is written by hand)."""
-    text = (
-        page.read_text(encoding="utf-8") if page.is_file() else f"# The method study\n\n{TABLE_START}\n{TABLE_END}\n"
-    )
-    before, _, rest = text.partition(TABLE_START)
-    _, _, after = rest.partition(TABLE_END)
-    page.write_text(f"{before}{TABLE_START}\n\n{table}\n\n{TABLE_END}{after}", encoding="utf-8")
+def write_between_markers(page: Path, table: str, markers: tuple[str, str]) -> None:
+    """Put ``table`` between the page's ``markers``, added at the end if missing (the prose is written by hand)."""
+    start, end = markers
+    text = page.read_text(encoding="utf-8") if page.is_file() else "# The method study\n"
+    if start not in text:
+        text = f"{text.rstrip()}\n\n{start}\n{end}\n"
+    before, _, rest = text.partition(start)
+    _, _, after = rest.partition(end)
+    page.write_text(f"{before}{start}\n\n{table}\n\n{end}{after}", encoding="utf-8")
 
 
 # The plot's series: the recipes the amount and generator cells were trained with, and how each is drawn.
@@ -523,18 +536,25 @@ def main(argv=None) -> int:
     parser.add_argument("--cells", nargs="+", default=None, help=f"cells to run: {', '.join(c.name for c in CELLS)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds (a screen: one)")
     parser.add_argument("--report-only", action="store_true", help="write the page from the saved scores")
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help=f"score on {', '.join(t for t, _ in WIDE_TASKS)} instead (cells: {', '.join(WIDE_CELLS)} unless --cells)",
+    )
     args = parser.parse_args(argv)
     scores = json.loads(SCORES.read_text()) if SCORES.is_file() else {}
     if not args.report_only:
         if args.benchmarks_dir is None:
             parser.error("--benchmarks-dir is required to run cells")
-        chosen = [c for c in CELLS if args.cells is None or c.name in args.cells]
+        names = args.cells or (WIDE_CELLS if args.wide else [c.name for c in CELLS])
+        chosen = [c for c in CELLS if c.name in names]
         unknown = set(args.cells or []) - {c.name for c in CELLS}
         if unknown:
             parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
-        references(args.benchmarks_dir, args.output, scores)
+        tasks, settings = (WIDE_TASKS, {"dtype": WIDE_DTYPE}) if args.wide else (TASKS, {})
+        references(args.benchmarks_dir, args.output, scores, tasks, **settings)
         for cell in chosen:
-            run_cell(cell, args.benchmarks_dir, args.output, scores, args.seeds)
+            run_cell(cell, args.benchmarks_dir, args.output, scores, args.seeds, tasks, **settings)
     write_page(scores)
     return 0
 
