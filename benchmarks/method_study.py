@@ -13,7 +13,8 @@ and is trained under two seeds.
 Every stage is cached under ``--output`` (default ``outputs/study``) and skipped when its result is there, so the
 study runs in pieces. What it needs to go on without that folder is kept in ``benchmarks/study_data/``: each
 generated dataset (the Hub layout, ``report.json``, ``rejected.jsonl``), the LLM judge's ``report.json`` and
-``dropped.jsonl`` and ``scores.json``, every score so far. A dataset found there is not generated again. The page is ``docs/study.md`` with its plot ``docs/study.png``.
+``dropped.jsonl`` and ``scores.json``, every score so far. A dataset found there is not generated again. The page
+is ``docs/study.md`` with its plot ``docs/study.png``.
 """
 
 from __future__ import annotations
