@@ -210,11 +210,16 @@ class TestEvaluateCLI:
         self, minilm_dir, tiny_tasks, tmp_path, monkeypatch
     ):
         evaluate_module = importlib.import_module("e5_mistral.evaluation.evaluate")
-        widths = []
+        widths, norms = [], []
         real_wrap = evaluate_module._wrap
-        monkeypatch.setattr(
-            evaluate_module, "_wrap", lambda st, *a: widths.append(st.encode(["x"]).shape[-1]) or real_wrap(st, *a)
-        )
+
+        def wrap(st, *a):
+            embedding = st.encode(["x"])
+            widths.append(embedding.shape[-1])
+            norms.append(float((embedding**2).sum()) ** 0.5)
+            return real_wrap(st, *a)
+
+        monkeypatch.setattr(evaluate_module, "_wrap", wrap)
         tasks = ["TinyClassification", "TinySTS"]
         truncated = evaluate_module.evaluate(
             str(minilm_dir),
@@ -226,6 +231,9 @@ class TestEvaluateCLI:
             show_progress_bar=False,
         )
         assert widths == [96, 96]  # the STS encoder and the classification one (before Normalize)
+        # the normalised encoder is normalised after the cut, as training scores it (dot products, clustering, pair
+        # classification see unit vectors); the classification one stays raw, as the paper classifies
+        assert norms[0] == pytest.approx(1.0, abs=1e-5) and norms[1] != pytest.approx(1.0, abs=1e-3)
         assert json.loads((tmp_path / "96" / "evaluation.json").read_text())["truncate_dim"] == 96
         full = evaluate_module.evaluate(
             str(minilm_dir),

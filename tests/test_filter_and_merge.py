@@ -198,3 +198,88 @@ def test_adapters_of_different_bases_are_refused(tiny_model_dir, tmp_path, capsy
     assert not (tmp_path / "m").exists()
     with pytest.raises(E5MistralError, match="3 weights for 2 checkpoints"):
         merge([str(first), str(first)], MergeArguments(output=str(tmp_path / "m"), weights=[1, 1, 1]))
+
+
+@pytest.mark.parametrize("method", ["linear", "ties"])
+def test_merging_an_adapter_with_itself_gives_its_own_update(tiny_model_dir, tmp_path, method):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    first = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    out = tmp_path / "merged"
+    # default weights; density 1 keeps every entry, so nothing but the merge's own arithmetic can change the update
+    assert merge_main([str(first), str(first), "--output", str(out), "--method", method, "--density", "1"]) == 0
+    base = AutoModel.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload().state_dict()
+    module = "layers.0.self_attn.q_proj"
+    expected = original[f"{module}.weight"] + _lora_update(first, module)
+    assert torch.allclose(merged[f"{module}.weight"], expected, atol=1e-5)
+    recorded = json.loads((out / "e5_mistral_config.json").read_text())["lora"]
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert (recorded["r"], recorded["lora_alpha"]) == (saved["r"], saved["lora_alpha"])  # what the adapter really is
+    assert recorded["r"] == (8 if method == "linear" else 4)  # cat: the sum of the ranks; ties_svd: the largest
+
+
+def test_checkpoints_that_export_differently_are_refused(tiny_model_dir, tmp_path, capsys):
+    first = _adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    second = _adapter(tiny_model_dir, tmp_path / "b", seed=2)
+    metadata = json.loads((second / "e5_mistral_config.json").read_text())
+    (second / "e5_mistral_config.json").write_text(json.dumps({**metadata, "pooling": "mean"}))
+    assert merge_main([str(first), str(second), "--output", str(tmp_path / "m")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "disagree on pooling" in error and "'lasttoken'" in error and "'mean'" in error
+    assert not (tmp_path / "m").exists()
+
+
+class _RecordingModel:
+    """Encodes texts as seeded random unit vectors and records what it was asked to encode."""
+
+    def __init__(self):
+        self.texts = []
+
+    def encode(self, texts, **kwargs):
+        import numpy as np
+
+        self.texts += list(texts)
+        vectors = np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=16) for t in texts])
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype("float32")
+
+
+def test_symmetric_pairs_are_prefixed_alike_and_ranks_do_not_depend_on_the_chunk(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from e5_mistral.mining import consistency
+
+    _dataset(tmp_path / "run")
+    rows = pq.read_table(tmp_path / "run" / "dataset" / "all" / "train-00000-of-00001.parquet").to_pylist()
+    args = FilterArguments(dataset="x", output="y", corpus_prompt="passage: ")
+    model = _RecordingModel()
+    sts = [r for r in rows if r["family"] == "sts"]
+    consistency.positive_ranks(model, sts, args)
+    assert model.texts and all(t.startswith("passage: ") for t in model.texts)  # S1 as S2 and S3 are
+    whole = consistency.positive_ranks(_RecordingModel(), rows, args)
+    monkeypatch.setattr(consistency, "QUERY_CHUNK", 2)
+    chunked = consistency.positive_ranks(_RecordingModel(), rows, args)
+    assert whole[0].tolist() == chunked[0].tolist() and whole[1] == pytest.approx(chunked[1], abs=1e-6)
+
+
+def test_filter_keeps_the_sources_settings_and_never_replaces_a_mine_output(minilm_dir, tmp_path):
+    _dataset(tmp_path / "run")
+    (tmp_path / "run" / "run_config.json").write_text(
+        json.dumps(
+            {"temperature": 0.7, "top_p": 0.9, "max_tokens": 300, "seed": 5, "generator_license": "Qwen: Apache-2.0"}
+        )
+    )
+    out = tmp_path / "filtered"
+    consistency_filter(FilterArguments(dataset=str(tmp_path / "run"), output=str(out), teacher=str(minilm_dir)))
+    card = (out / "dataset" / "README.md").read_text()
+    assert "temperature 0.7, top_p 0.9, max_tokens 300; seed 5" in card and "Qwen: Apache-2.0" in card
+    # a mine output with its paid judge's journal: filtering into it would replace mine's report
+    mined = tmp_path / "mined"
+    (mined / "judge" / "journal").mkdir(parents=True)
+    (mined / "report.json").write_text('{"configs": {}, "settings": {}}')
+    with pytest.raises(E5MistralError, match="holds a journal of LLM answers"):
+        consistency_filter(FilterArguments(dataset=str(tmp_path / "run"), output=str(mined), teacher=str(minilm_dir)))
+    assert json.loads((mined / "report.json").read_text()) == {"configs": {}, "settings": {}}

@@ -82,3 +82,27 @@ def test_the_estimate_bounds_a_mixed_run_at_each_models_price(fake_openai, tmp_p
     report = generate(args).report
     assert report["cost_priced"] and 0 < report["estimated_cost_usd"] <= bound.cost_usd
     assert report["per_model"]["small"]["estimated_cost_usd"] < report["per_model"]["big"]["estimated_cost_usd"]
+
+
+def test_a_reasoning_model_in_the_mix_gets_its_own_request_parameters(fake_openai, tmp_path):
+    fake_openai.responder = responder
+    args = run_args(
+        fake_openai,
+        tmp_path / "out",
+        num_examples=12,
+        model="gpt-4o-mini",
+        generator_mix=json.dumps({"gpt-4o-mini": 1, "o3-mini": 1}),
+        families=["sts"],
+    )
+    run = SynthesisRun(args)
+    run.detection = {"chosen": "none", "refused": {}, "max_tokens_param": "max_tokens"}
+    bodies = {m: [] for m in ("gpt-4o-mini", "o3-mini")}
+    for fp in run.plan({}):
+        for request, _ in fp.examples:
+            bodies[request.params["model"]].append(request.body())
+    assert bodies["o3-mini"] and bodies["gpt-4o-mini"]
+    for body in bodies["o3-mini"]:  # as OpenAI's reasoning models take them: refused otherwise
+        assert "temperature" not in body and "top_p" not in body and "max_tokens" not in body
+        assert body["max_completion_tokens"] == args.max_tokens
+    for body in bodies["gpt-4o-mini"]:
+        assert body["temperature"] == args.temperature and body["max_tokens"] == args.max_tokens

@@ -96,3 +96,30 @@ def test_the_budget_binds_what_is_written(fake_openai, tmp_path):
         json.loads(x) for p in (output / "vllm-batch").glob("input-*.jsonl") for x in p.read_text().splitlines()
     ]
     assert result.report["budget_stopped"] and 1 <= len(written) <= 2
+
+
+def test_quoted_commands_unfinished_files_wait_and_foreign_lines_are_skipped(fake_openai, tmp_path, caplog):
+    import shlex
+
+    output = tmp_path / "my runs" / "out"  # a space in the path
+    args = run_args(fake_openai, output, num_examples=6, backend="vllm-batch", base_url=None, families=["sts"])
+    caplog.set_level(logging.WARNING)
+    generate(args)
+    (path,) = sorted((output / "vllm-batch").glob("input-*.jsonl"))
+    command = next(r.getMessage() for r in caplog.records if "vllm run-batch" in r.getMessage())
+    argv = shlex.split(command.split("to answer: ", 1)[1])  # pastes into a shell as it is
+    assert argv[:6] == ["vllm", "run-batch", "-i", str(path), "-o", str(output_of(path))]
+
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    answers = [vllm_line(x["custom_id"], x["body"], fail=i == 0) for i, x in enumerate(lines)]
+    output_of(path).write_text("\n".join(answers[:2]) + "\n" + answers[2][:40])  # vLLM still writing
+    unfinished = generate(args)
+    assert unfinished.report["batches_running"] == 1 and not list(Journal(output / "journal").records())
+    foreign = vllm_line("not-a-request-of-this-file", lines[0]["body"], fail=True)
+    output_of(path).write_text("\n".join(answers + [foreign]) + "\n")
+    generate(args)
+    generate(args)  # the file is imported once: its failed line is journaled once, the foreign one never
+    records = list(Journal(output / "journal").records())
+    assert sum(r["status"] == "failed" for r in records) == 1
+    assert all(r["request_id"] != "not-a-request-of-this-file" for r in records)
+    assert output_of(path).with_suffix(".imported").is_file()

@@ -132,12 +132,32 @@ def encoding_pool(st_model, devices: Sequence[str] | None):
 
 
 def _truncate(st_model, dim: int | None, name: str) -> None:
+    """Score the first ``dim`` dimensions, normalised again when the model normalises (sentence-transformers
+    truncates after its last module, so a final Normalize would otherwise leave shorter, non-unit vectors), as
+    Matryoshka training scores them."""
+    from sentence_transformers.models import Normalize
+
     if dim is None:
         return
     width = st_model.get_embedding_dimension()
     if dim > width:
         raise E5MistralError(f"--truncate-dim {dim} is larger than the embedding of {name} ({width} dimensions)")
     st_model.truncate_dim = dim
+    last = list(st_model._modules)[-1] if len(st_model) else None
+    if last is not None and type(st_model._modules[last]) is Normalize:
+        st_model._modules[last] = truncated_normalize(dim)
+
+
+def truncated_normalize(dim: int):
+    """sentence-transformers' Normalize of the first ``dim`` dimensions (``without_normalize`` still drops it)."""
+    from sentence_transformers.models import Normalize
+
+    class TruncatedNormalize(Normalize):
+        def forward(self, features):
+            features[self.module_input_name] = features[self.module_input_name][..., :dim]
+            return super().forward(features)
+
+    return TruncatedNormalize()
 
 
 def without_normalize(st_model):

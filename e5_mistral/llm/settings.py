@@ -134,24 +134,26 @@ class EndpointArguments:
         response_format: str = "none",
         max_tokens_param: str | None = None,
         default_sampling: bool = False,
+        model: str | None = None,
     ) -> dict:
-        """The parameters of every request (part of its id; never the key or the URL): the model, ``sampling``
+        """The parameters of every request (part of its id; never the key or the URL): the model (``model``, else
+        ``--model``), ``sampling``
         (the stage's temperature and top_p; none sent when ``default_sampling``: the model takes only its defaults,
         as OpenAI's reasoning models), the completion cap under its resolved name, the resolved response format
         (only when one is used) and the extra body."""
-        cap = max_tokens_param or self.default_max_tokens_param()
-        params = {"model": self.model, **({} if default_sampling else sampling), cap: self.max_tokens}
+        cap = max_tokens_param or self.default_max_tokens_param(model)
+        params = {"model": model or self.model, **({} if default_sampling else sampling), cap: self.max_tokens}
         if response_format != "none":
             params["response_format"] = response_format
         if self.extra_body:
             params["extra_body"] = json.loads(self.extra_body)
         return params
 
-    def default_max_tokens_param(self) -> str:
+    def default_max_tokens_param(self, model: str | None = None) -> str:
         """The cap's parameter before the endpoint says otherwise: by name for models known to refuse max_tokens."""
         if self.max_tokens_param != "auto":
             return self.max_tokens_param
-        return "max_completion_tokens" if REASONING_MODELS.match(self.model or "") else "max_tokens"
+        return "max_completion_tokens" if is_reasoning_model(model or self.model) else "max_tokens"
 
     def api_key(self) -> str:
         """The key from ``api_key_env``; loopback endpoints (vLLM, transformers serve) accept any key."""
@@ -168,6 +170,11 @@ class EndpointArguments:
     def public_dict(self) -> dict:
         """Settings safe to write to disk and cards (the key is never a field, only its variable's name)."""
         return asdict(self)
+
+
+def is_reasoning_model(model: str | None) -> bool:
+    """OpenAI's reasoning models, by name: they take max_completion_tokens and only their default sampling."""
+    return bool(REASONING_MODELS.match(model or ""))
 
 
 def check_json_object(flag: str, value: str) -> dict:

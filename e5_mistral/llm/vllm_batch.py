@@ -3,14 +3,16 @@
 A run writes the requests it still needs (no ``ok`` record, in no file still waiting for its results) to
 ``OUTPUT/vllm-batch/input-RRR-PPPP.jsonl``, in the OpenAI batch format that ``vllm run-batch`` reads, logs the
 command that answers each file, and returns: those files count as running. The next run journals every results file
-it finds beside its input (``input-RRR-PPPP.out.jsonl``), through the journal, resume and accounting every back end
-uses, marks it imported, and writes what is still unanswered (failed or missing lines) to new files.
+it finds beside its input (``input-RRR-PPPP.out.jsonl``) once it answers every request of the input (a file vLLM is
+still writing waits), through the journal, resume and accounting every back end uses, marks it imported, and writes
+what is still unanswered (failed lines) to new files. Lines of requests the input never held are skipped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Iterable
 
@@ -33,6 +35,20 @@ def output_of(path: Path) -> Path:
 def _custom_ids(path: Path) -> set[str]:
     with open(path, encoding="utf-8") as handle:
         return {json.loads(line)["custom_id"] for line in handle if line.strip()}
+
+
+def _complete(path: Path) -> bool:
+    """Whether the results file beside input ``path`` answers every request of it (finished lines only)."""
+    results = output_of(path)
+    if not results.is_file():
+        return False
+    answered = set()
+    for line in results.read_text(encoding="utf-8").split("\n"):
+        try:
+            answered.add(json.loads(line)["custom_id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a blank line, or the last one, still being written
+    return _custom_ids(path) <= answered
 
 
 def _model_of(path: Path) -> str:
@@ -72,10 +88,11 @@ class VllmBatchBackend:
             write_batch_files(
                 todo, self.directory, f"input-{round_index:03d}", max_lines=self.max_lines, max_bytes=self.max_bytes
             )
-        unanswered = [p for p in self._inputs() if not output_of(p).is_file() and _custom_ids(p) & by_id.keys()]
+        unanswered = [p for p in self._inputs() if not _complete(p) and _custom_ids(p) & by_id.keys()]
         self.running = len(unanswered)
         for path in unanswered:
-            logger.warning("to answer: vllm run-batch -i %s -o %s --model %s", path, output_of(path), _model_of(path))
+            command = ["vllm", "run-batch", "-i", str(path), "-o", str(output_of(path)), "--model", _model_of(path)]
+            logger.warning("to answer: %s", shlex.join(command))
         if unanswered:
             logger.warning("then rerun the same command to import the answers")
 
@@ -87,15 +104,19 @@ class VllmBatchBackend:
         waiting: set[str] = set()
         for path in self._inputs():
             results, marker = output_of(path), output_of(path).with_suffix(IMPORTED_SUFFIX)
-            if not results.is_file():
+            if marker.is_file():
+                continue
+            if not _complete(path):  # no results yet, or vLLM is still writing them
                 waiting |= _custom_ids(path)
-            elif not marker.is_file():
-                answers = read_results(results.read_text(encoding="utf-8"), str(results))
-                counts = journal_results(answers, by_id, journal, journal.done_ids(), source=SOURCE)
-                if counts["unknown"]:  # another stage's file: imported when that stage's requests come
-                    continue
-                marker.write_text(json.dumps(counts) + "\n", encoding="utf-8")
-                logger.info("imported %s: %s", results, counts)
+                continue
+            asked = _custom_ids(path)
+            if not asked <= by_id.keys() | journal.done_ids():  # another stage's file: imported with its requests
+                continue
+            answers = read_results(results.read_text(encoding="utf-8"), str(results))
+            answers = {rid: answer for rid, answer in answers.items() if rid in asked}  # lines it never asked for
+            counts = journal_results(answers, by_id, journal, journal.done_ids(), source=SOURCE)
+            marker.write_text(json.dumps(counts) + "\n", encoding="utf-8")
+            logger.info("imported %s: %s", results, counts)
         return waiting
 
     def _within_budget(self, todo: list[Request], waiting: list[Request]) -> list[Request]:

@@ -4,7 +4,8 @@ The ranking-consistency filter of KaLM-Embedding: a row is kept when its positiv
 documents for its query, the candidates being every document of the row's family in the dataset (positives and
 hard negatives). ``--min-score`` adds Qwen3-Embedding's rule (the pair's cosine above a threshold). Queries of the
 asymmetric families carry their instruction (``Instruct: {task}\\nQuery: {query}``), as in training; the symmetric
-families (STS, bitext) compare their own two texts, bare.
+families (STS, bitext) compare their own two texts, both bare or both with ``--corpus-prompt``. Queries are scored
+in chunks, so memory holds the documents' embeddings and one chunk's scores, never the whole score matrix.
 
 ``--judge-model`` adds an LLM judge (:mod:`.judge`): each row kept so far is shown to it with its task, and a row
 whose positive it finds not to satisfy the query is dropped. ``--top-k 0`` leaves the judge alone. The judge's
@@ -32,11 +33,14 @@ from ..families import FAMILY_SPECS
 from ..instructions import format_query
 from ..local_data import fresh_read_options
 from ..options import option
-from ..output_folders import JOURNAL_FOLDER, check_apart, check_replaceable
+from ..output_folders import check_apart, check_replaceable
+from ..synthesis.schema import ALL_CONFIG, columns
 
 
 logger = logging.getLogger(__name__)
 JUDGE_FOLDER = "judge"  # the LLM judge's journal and lock, kept across reruns
+QUERY_CHUNK = 1024  # queries scored at once: memory is this many rows of scores against every document
+OWN_FILES = ("dataset", "dropped.jsonl", "report.json")  # what the filter writes beside the judge's journal
 
 
 @dataclass
@@ -96,6 +100,8 @@ def _pair(row: dict, args: FilterArguments) -> tuple[str, str, list[str]]:
     query = row[query_key]
     if spec.brainstorms:
         query = args.query_prompt + query if args.query_prompt is not None else format_query(row["task"], query)
+    else:  # symmetric: the query is a text like the documents, and is prefixed as they are
+        query = (args.corpus_prompt or "") + query
     documents = [row[positive_key]] + ([row[negative_key]] if negative_key and row.get(negative_key) else [])
     return query, row[positive_key], documents
 
@@ -109,9 +115,14 @@ def positive_ranks(model, rows: Sequence[dict], args: FilterArguments) -> tuple[
     encode = dict(batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True, prompt="")
     queries = model.encode([q for q, _, _ in pairs], **encode)
     corpus = model.encode([(args.corpus_prompt or "") + d for d in documents], **encode)
-    scores = queries @ corpus.T
-    positive = scores[np.arange(len(pairs)), [index[p] for _, p, _ in pairs]]
-    return (scores > positive[:, None]).sum(axis=1), positive
+    positives = np.array([index[p] for _, p, _ in pairs])
+    ranks, cosines = np.empty(len(pairs), dtype=np.int64), np.empty(len(pairs), dtype=np.float32)
+    for start in range(0, len(pairs), QUERY_CHUNK):
+        rows = slice(start, start + QUERY_CHUNK)
+        scores = queries[rows] @ corpus.T
+        positive = scores[np.arange(scores.shape[0]), positives[rows]]
+        ranks[rows], cosines[rows] = (scores > positive[:, None]).sum(axis=1), positive
+    return ranks, cosines
 
 
 def filter_rows(model, rows: list[dict], args: FilterArguments) -> tuple[list[dict], list[dict]]:
@@ -172,7 +183,7 @@ def consistency_filter(args: FilterArguments, judge=None) -> dict:
     source = dataset_folder(args.dataset)
     run_folder = source.parent if (source.parent / "report.json").is_file() else source  # a synthesis output
     output = check_apart(args.output, [source, run_folder])
-    if not (output / JUDGE_FOLDER / JOURNAL_FOLDER).is_dir():  # else a judged run to resume, its answers reused
+    if not _filter_output(output):  # a folder this command wrote is resumed (its judge's answers reused)
         check_replaceable(output, args.overwrite)
     rows = read_rows(source)
     if args.teacher is None and ranking:
@@ -183,6 +194,7 @@ def consistency_filter(args: FilterArguments, judge=None) -> dict:
     synthesis_report = run_folder / "report.json"
     report = json.loads(synthesis_report.read_text()) if synthesis_report.is_file() else {}
     report["filter"] = {"settings": {k: v for k, v in asdict(args).items() if k != "overwrite"}, "source": str(source)}
+    settings = generation_settings(run_folder)
     if judging:
         kept, judged_off, counts = judge_rows(kept, judge, output / JUDGE_FOLDER)
         dropped += judged_off
@@ -193,16 +205,35 @@ def consistency_filter(args: FilterArguments, judge=None) -> dict:
         per_family=_counts(kept, dropped, "family"),
         per_language=_counts(kept, dropped, "language"),
     )
-    _write(output, kept, dropped, report)
+    _write(output, kept, dropped, report, settings)
     return report
 
 
-def _write(output: Path, kept: list[dict], dropped: list[dict], report: dict) -> None:
+def _filter_output(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier output of this command (its report names the filter's settings)."""
+    try:
+        return "filter" in json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, TypeError):
+        return False
+
+
+def generation_settings(run_folder: Path) -> dict:
+    """The generation settings the source's card states (the run's ``run_config.json``), carried to the output's."""
+    from ..synthesis.dataset import CARD_SETTINGS
+
+    path = run_folder / "run_config.json"
+    if not path.is_file():
+        return {}
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    return {k: stored[k] for k in CARD_SETTINGS if k in stored}
+
+
+def _write(output: Path, kept: list[dict], dropped: list[dict], report: dict, settings: dict) -> None:
     """The filter's files in ``output``, replacing earlier ones; the judge's journal stays for a rerun."""
     from ..synthesis.dataset import write_hub_folder
 
     if (output / JUDGE_FOLDER).is_dir():  # the judge's journal stays; only the filter's own files are replaced
-        for name in ("dataset", "dropped.jsonl", "report.json"):
+        for name in OWN_FILES:
             path = output / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     else:  # no journal: checked replaceable, so the folder is the filter's
@@ -212,7 +243,10 @@ def _write(output: Path, kept: list[dict], dropped: list[dict], report: dict) ->
         for row in dropped:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     (output / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_hub_folder(kept, output / "dataset", report)
+    # columns a stage added to the schema's (the passage ids of `e5-mistral adapt`) travel with the kept rows
+    known = {*columns(ALL_CONFIG), "filter_reason"}
+    extra = tuple(dict.fromkeys(k for row in kept[:1] + dropped[:1] for k in row if k not in known))
+    write_hub_folder(kept, output / "dataset", report, settings, extra_columns=extra)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral filter") -> int:

@@ -195,7 +195,11 @@ class SynthesisArguments(EndpointArguments):
         return {"temperature": self.temperature, "top_p": self.top_p}
 
     def generation_params(
-        self, response_format: str = "none", max_tokens_param: str | None = None, default_sampling: bool = False
+        self,
+        response_format: str = "none",
+        max_tokens_param: str | None = None,
+        default_sampling: bool = False,
+        model: str | None = None,
     ) -> dict:
         """The request parameters that go into every request id (never the key or the URL).
 
@@ -204,7 +208,7 @@ class SynthesisArguments(EndpointArguments):
         ``default_sampling``: the model takes only its default temperature and top_p (OpenAI's reasoning models),
         so neither is sent.
         """
-        params = self.request_params(self.sampling(), response_format, max_tokens_param, default_sampling)
+        params = self.request_params(self.sampling(), response_format, max_tokens_param, default_sampling, model)
         if self.sampling_seed is not None:  # only when set, as the system prompt
             params["sampling_seed"] = self.sampling_seed
         if self.system_prompt:  # only when set, so the ids of runs without one stay as they were

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from ..llm.journal import STATUS_OK, Request
+from ..llm.settings import is_reasoning_model
 from ..text import match_key
 from .config import SynthesisArguments
 from .parsing import Rejected, parse_brainstorm_answer
@@ -101,8 +102,14 @@ class Planner:
         )
 
     def _params_for(self, model: str) -> dict:
-        """The request parameters with ``model`` (unchanged for ``--model``: ids of single-model runs stay)."""
-        return self.params if model == self.params.get("model") else {**self.params, "model": model}
+        """The request parameters of one generator: ``--model``'s as the endpoint answered its probe; another model
+        of ``--generator-mix`` resolved the same way by its name (a reasoning model gets max_completion_tokens and
+        no sampling), with the response format the probe found."""
+        if model == self.params.get("model"):
+            return self.params
+        reasoning = is_reasoning_model(model)
+        cap = "max_completion_tokens" if reasoning else self.args.default_max_tokens_param(model)
+        return self.args.generation_params(self.params.get("response_format", "none"), cap, reasoning, model=model)
 
     def _model(self, family: str, key) -> str:
         """The generator of one request: ``--model``, or a seeded draw from ``--generator-mix``."""

@@ -64,12 +64,20 @@ def _cosines(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
 
 
 def _masked_cross_entropy(
-    scores: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, temperature: float
+    scores: torch.Tensor,
+    keep: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of ``scores / temperature`` over the kept columns; each row's label is always kept."""
+    """Mean cross-entropy of ``scores / temperature`` over the kept columns; each row's label is always kept. With
+    ``rows``, the mean is over those rows only (the others are left out, not counted as zeros)."""
     keep[torch.arange(len(labels), device=labels.device), labels] = True
     logits = (scores / temperature).masked_fill(~keep, torch.finfo(scores.dtype).min)
-    return F.cross_entropy(logits, labels)
+    if rows is None:
+        return F.cross_entropy(logits, labels)
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    return (losses * rows).sum() / rows.sum().clamp(min=1)
 
 
 def info_nce_loss(
@@ -168,7 +176,7 @@ def document_to_query_loss(
     if positive_hash is not None:
         keep &= all_positive_hash.unsqueeze(0) != positive_hash.unsqueeze(1)
     labels = rank * batch + torch.arange(batch, device=query.device)
-    return _masked_cross_entropy(scores, keep, labels, temperature)
+    return _masked_cross_entropy(scores, keep, labels, temperature, rows=in_batch_negatives.to(scores.dtype))
 
 
 def truncated(embeddings: torch.Tensor | None, dim: int) -> torch.Tensor | None:

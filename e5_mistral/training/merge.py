@@ -2,9 +2,11 @@
 
 peft's ``add_weighted_adapter`` does the arithmetic. ``linear`` is the weighted sum of the adapters' weight
 updates, exactly (peft's ``cat``: the merged adapter's rank is the sum of theirs); ``ties`` is TIES merging of the
-updates (peft's ``ties_svd``: trimmed to ``--density``, sign-elected, refactored by SVD to the largest rank). The
-output is a checkpoint as training writes it (adapter, tokenizer, ``e5_mistral_config.json`` naming what was
-merged), which ``e5-mistral export`` takes.
+updates (peft's ``ties_svd``: trimmed to ``--density``, sign-elected, refactored by SVD to the largest rank; its
+disjoint merge already averages the agreeing updates, so the weights are scaled to a mean of 1 there, and two copies
+of one adapter merge into that adapter). The output is a checkpoint as training writes it (adapter, tokenizer,
+``e5_mistral_config.json`` naming what was merged and the merged adapter's real rank), which ``e5-mistral export``
+takes. Checkpoints that disagree on what the export depends on (pooling, EOS, lengths, ...) are refused.
 """
 
 from __future__ import annotations
@@ -41,6 +43,31 @@ def _base_key(base_model: str) -> str:
     return str(path.resolve()) if path.exists() else base_model
 
 
+# What the export reads from a checkpoint's run metadata: merged checkpoints must agree on every one of them.
+EXPORT_FIELDS = (
+    "pooling",
+    "normalize",
+    "append_eos",
+    "max_seq_length",
+    "query_max_length",
+    "matryoshka_dims",
+    "rope_theta",
+    "instructed_queries",
+)
+
+
+def _check_agreement(checkpoints: list) -> None:
+    first = checkpoints[0]
+    for checkpoint in checkpoints[1:]:
+        for name in EXPORT_FIELDS:
+            mine, theirs = getattr(first.run_config, name), getattr(checkpoint.run_config, name)
+            if mine != theirs:
+                raise E5MistralError(
+                    f"the checkpoints disagree on {name} ({first.path}: {mine!r}, {checkpoint.path}: {theirs!r}); "
+                    "merge takes checkpoints that export alike"
+                )
+
+
 def _check(checkpoints: list, args: MergeArguments) -> list[float]:
     if len(checkpoints) < 2:
         raise E5MistralError("merge needs at least two checkpoints")
@@ -62,6 +89,7 @@ def _check(checkpoints: list, args: MergeArguments) -> list[float]:
             + ", ".join(f"{c.path}: {c.base_model}" for c in checkpoints)
             + "): merge takes adapters of one base model"
         )
+    _check_agreement(checkpoints)
     return weights
 
 
@@ -83,7 +111,9 @@ def merge(paths: Sequence[str], args: MergeArguments) -> Path:
     model = PeftModel.from_pretrained(base, str(first.path), adapter_name=names[0])
     for name, checkpoint in zip(names[1:], checkpoints[1:]):
         model.load_adapter(str(checkpoint.path), adapter_name=name)
-    model.add_weighted_adapter(names, weights, "default", combination_type=METHODS[args.method], density=args.density)
+    # ties averages the agreeing updates itself: weights of mean 1 keep a single update's size (1/n would n-fold it)
+    scaled = [w * len(weights) for w in weights] if args.method == "ties" else weights
+    model.add_weighted_adapter(names, scaled, "default", combination_type=METHODS[args.method], density=args.density)
     for name in names:
         model.delete_adapter(name)
 
@@ -97,7 +127,9 @@ def merge(paths: Sequence[str], args: MergeArguments) -> Path:
     merged = {"checkpoints": [str(c.path) for c in checkpoints], "weights": weights, "method": args.method}
     if args.method == "ties":
         merged["density"] = args.density
-    replace(first.run_config, merged=merged).save(output)
+    adapter = model.peft_config["default"]
+    lora = {**(first.run_config.lora or {}), "r": adapter.r, "lora_alpha": adapter.lora_alpha}
+    replace(first.run_config, merged=merged, lora=lora).save(output)
     return output
 
 
