@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "e5_mistral.synthesis.cli",
         "synthesize training data with an LLM behind any OpenAI-compatible endpoint",
     ),
+    "adapt": (
+        "e5_mistral.adaptation.cli",
+        "generate retrieval training data from your own documents (queries, relabelled positives, hard negatives)",
+    ),
     "mine": ("e5_mistral.mining.cli", "add hard negatives mined with an embedder to a dataset"),
     "filter": (
         "e5_mistral.mining.consistency",
@@ -47,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "find (and remove) training rows that match test sets",
     ),
     "quickstart": ("e5_mistral.quickstart", "run the whole pipeline offline on SmolLM2-135M-Instruct"),
+    "quickstart-adapt": (
+        "e5_mistral.adaptation.quickstart",
+        "adapt all-MiniLM-L6-v2 (and SmolLM2) to a corpus offline, scored on its test queries before and after",
+    ),
 }
 
 # Errors that are the user's to fix are printed as one line, never as a traceback (set E5_MISTRAL_DEBUG=1 for one);
@@ -79,22 +87,37 @@ class CommandParser(HfArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(remaining)}")
         return tuple(parsed)
 
-    def parse_with_dataset(self, argv: Sequence[str] | None, verb: str) -> tuple:
-        """Parse a command whose first dataclass has ``dataset``, given once: as DATASET or as ``--dataset``."""
-        self.add_argument("source", nargs="?", metavar="DATASET", help=f"the dataset to {verb} (or --dataset)")
+    def parse_with_dataset(self, argv: Sequence[str] | None, verb: str, field: str = "dataset") -> tuple:
+        """Parse a command whose first dataclass has ``field`` (the input), given once: as the first argument or as
+        ``--FIELD``."""
+        metavar = field.upper()
+        self.add_argument("source", nargs="?", metavar=metavar, help=f"the {field} to {verb} (or --{field})")
         *parsed, positionals = self.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-        if (parsed[0].dataset is None) == (positionals.source is None):
-            raise E5MistralError(f"give the dataset to {verb} once: as DATASET or as --dataset")
-        parsed[0].dataset = parsed[0].dataset or positionals.source
+        if (getattr(parsed[0], field) is None) == (positionals.source is None):
+            raise E5MistralError(f"give the {field} to {verb} once: as {metavar} or as --{field}")
+        setattr(parsed[0], field, getattr(parsed[0], field) or positionals.source)
         return tuple(parsed)
 
 
 HTTP_CLIENT_LOGGERS = ("httpx", "httpx2")  # the openai client's HTTP library: httpx, or httpx2 as openai 3 installs it
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a line is logged: a command run inside another
+    program (a test, a notebook) may see stderr replaced, and closed, after it set logging up."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def log_lines(prog: str, level: int = logging.INFO) -> None:
     """Log ``prog: message`` lines to stderr, without the HTTP client's line per request of an LLM endpoint."""
-    logging.basicConfig(level=level, format=f"{prog}: %(message)s")
+    logging.basicConfig(level=level, format=f"{prog}: %(message)s", handlers=[_StderrHandler()])
     for name in HTTP_CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

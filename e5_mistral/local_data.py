@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+from .errors import E5MistralError
 
 
 def fresh_read_options(path: str | os.PathLike, data_files=None) -> dict:
@@ -34,3 +37,22 @@ def write_jsonl(path: str | os.PathLike, rows) -> None:
     import json
 
     Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSON Lines file; a bad line is an error naming the file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise E5MistralError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise E5MistralError(f"{path}: line {number} is not a JSON object")
+            rows.append(row)
+    if not rows:
+        raise E5MistralError(f"{path} holds no rows")
+    return rows

@@ -357,7 +357,9 @@ def evaluation_runs(args: QuickstartArguments, heldout: Path) -> list[tuple[str,
     return runs
 
 
-def evaluate_commands(models: dict[str, Path], runs, target: Path) -> list[tuple[Path, list[str]]]:
+def evaluate_commands(
+    models: dict[str, Path], runs, target: Path, dtype: str = EVAL_DTYPE
+) -> list[tuple[Path, list[str]]]:
     """(summary.json, `e5-mistral` arguments) of each evaluate call: one per group of tasks, every column's model in it (one
     start and one data load per group); the caller skips those whose summary already has every model."""
     commands = []
@@ -375,7 +377,7 @@ def evaluate_commands(models: dict[str, Path], runs, target: Path) -> list[tuple
             "16",
             # bf16 matrix products: 1.6x the texts a second of float32 on a 2-core AVX512-BF16 CPU (48 vs 29)
             "--dtype",
-            EVAL_DTYPE,
+            dtype,
             *extra,
         ]
         commands.append((target / name / "summary.json", argv))
@@ -430,6 +432,14 @@ TRAIN_ON_CPU = [
     "-m",
     "e5_mistral.training.run",
 ]
+
+
+def print_step_times(timings: dict[str, float], began: float) -> None:
+    print(
+        "\nstep times (s): "
+        + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items())
+        + f"; total {time.monotonic() - began:.0f}"
+    )
 
 
 def _train(step: Step, config: Path, model_dir: Path, target: Path, args: QuickstartArguments) -> None:
@@ -508,11 +518,7 @@ def quickstart(args: QuickstartArguments) -> int:
 
     text = markdown_table(table, sorted({task for scores in table.values() for task in scores}), paired)
     print("\n" + text)
-    print(
-        "\nstep times (s): "
-        + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items())
-        + f"; total {time.monotonic() - began:.0f}"
-    )
+    print_step_times(timings, began)
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(
         json.dumps(

@@ -80,6 +80,8 @@ class RunMetadata:
     query_max_length: int | None = None
     temperature: float | None = None
     matryoshka_dims: list[int] | None = None  # sizes trained to work truncated (the first d dimensions)
+    rope_theta: float | None = None  # the RoPE base trained at, when not the backbone's own
+    instructed_queries: bool = True  # False: trained on bare queries (no instruction prompts on export)
     lora: dict[str, Any] | None = None
     datasets: list[dict[str, Any]] = field(default_factory=list)
     training: TrainingHyperparameters = field(default_factory=TrainingHyperparameters)

@@ -257,3 +257,69 @@ def test_the_dataset_is_the_first_argument_or_dataset_once(tmp_path, capsys, com
     assert main([str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")]) == 1
     assert missing_error in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _rows_file(tmp_path, n=24):
+    from tests.helpers import sentence
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(
+        "".join(json.dumps({"query": f"find {sentence(i)}", "positive": sentence(i)}) + "\n" for i in range(n))
+    )
+    return path
+
+
+def test_mine_never_replaces_a_folder_it_did_not_write(tmp_path, minilm_dir, capsys):
+    from e5_mistral.mining.cli import main as mine_main
+
+    rows, out = _rows_file(tmp_path), tmp_path / "out"
+    (out / "default").mkdir(parents=True)
+    (out / "default" / "mine.txt").write_text("the user's file")
+    (out / "report.json").write_text('{"something": "else"}')  # a foreign report: no KeyError traceback
+    argv = [str(rows), "--output", str(out), "--teacher", str(minilm_dir), "--no-progress", "--range-max", "5"]
+    assert mine_main(argv) == 1
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert (out / "default" / "mine.txt").read_text() == "the user's file"
+    assert mine_main([*argv, "--overwrite"]) == 0 and not (out / "default" / "mine.txt").exists()
+    with pytest.raises(E5MistralError, match="config name '..' is not a plain folder name"):
+        mining.check_config_names(["short_long", ".."], "some/dataset")
+
+
+def test_a_rerun_with_other_settings_is_refused_and_the_report_says_what_each_config_used(tmp_path, minilm_dir):
+    rows, out = _rows_file(tmp_path), tmp_path / "out"
+    base = dict(dataset=str(rows), output=str(out), teacher=str(minilm_dir), no_progress=True, range_max=5)
+    report = mine(MiningArguments(**base, num_negatives=1))
+    assert report["configs"]["default"]["settings"]["num_negatives"] == 1
+    with pytest.raises(E5MistralError, match=r"was mined with other settings \(num_negatives\)"):
+        mine(MiningArguments(**base, num_negatives=2))
+    again = mine(MiningArguments(**base, num_negatives=2, overwrite=True))
+    assert again["configs"]["default"]["settings"]["num_negatives"] == 2
+    assert json.loads((out / "report.json").read_text())["configs"]["default"]["settings"]["num_negatives"] == 2
+
+
+def test_random_sampling_follows_the_seed_and_teachers_never_share_a_cache(tmp_path, minilm_dir):
+    import pyarrow.parquet as pq
+
+    rows = _rows_file(tmp_path)
+
+    def negatives(name, seed):
+        args = MiningArguments(
+            dataset=str(rows),
+            output=str(tmp_path / name),
+            teacher=str(minilm_dir),
+            seed=seed,
+            sampling_strategy="random",
+            range_max=8,
+            num_negatives=2,
+            relative_margin=None,
+            no_progress=True,
+        )
+        mine(args)
+        return pq.read_table(tmp_path / name / "default" / mining.DATA_FILE).column("negative").to_pylist()
+
+    assert negatives("a", 1) == negatives("b", 1)
+    assert negatives("c", 2) != negatives("a", 1)
+    other = tmp_path / "other-teacher"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"x")
+    assert mining.teacher_cache(tmp_path, str(minilm_dir), "c") != mining.teacher_cache(tmp_path, str(other), "c")

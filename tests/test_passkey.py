@@ -85,3 +85,20 @@ def test_the_rope_base_is_set_for_evaluation_export_and_training(tiny_model_dir,
 
     with pytest.raises(E5MistralError, match="no rotary position embedding"):
         load_model(str(minilm_dir), rope_theta=1e5)
+
+
+def test_a_lora_run_at_another_rope_base_exports_at_that_base(tiny_model_dir, tmp_path):
+    from e5_mistral.evaluation.evaluate import load_model
+    from e5_mistral.export import ExportArguments, export_checkpoint
+    from e5_mistral.training.run import main as train_main
+    from tests.helpers.training import tiny_config, write_synthetic_folder, write_yaml
+
+    data = write_synthetic_folder(tmp_path / "data")
+    config = tiny_config(tiny_model_dir, data, tmp_path / "run", max_steps=1, rope_theta=5e4)
+    assert train_main([str(write_yaml(tmp_path / "train.yaml", config))]) == 0
+    assert (tmp_path / "run" / "adapter_config.json").is_file()  # an adapter carries no config.json of its own
+    assert json.loads((tmp_path / "run" / "e5_mistral_config.json").read_text())["rope_theta"] == 5e4
+    out = export_checkpoint(ExportArguments(checkpoint_dir=str(tmp_path / "run"), output_dir=str(tmp_path / "st")))
+    assert json.loads((out / "config.json").read_text())["rope_parameters"]["rope_theta"] == 5e4
+    assert load_model(str(out))[0].auto_model.config.rope_parameters["rope_theta"] == 5e4
+    assert "| RoPE base | 50000.0" in (out / "README.md").read_text()

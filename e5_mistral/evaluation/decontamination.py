@@ -205,7 +205,7 @@ def _read_rows(path: Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    from .offline_tasks import read_jsonl
+    from ..local_data import read_jsonl
 
     if path.suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))

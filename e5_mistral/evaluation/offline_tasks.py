@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from ..compat import load_task_data
 from ..errors import E5MistralError, MissingFileError
+from ..local_data import read_jsonl
 
 
 logger = logging.getLogger(__name__)
@@ -47,25 +48,6 @@ MAIN_SCORES = {
 TASK_FILE = "task.json"  # optional, beside the data: {"main_score": ...}
 # Documents kept per query when a retrieval corpus is subsampled (besides the relevant ones).
 CORPUS_SAMPLE_PER_QUERY = 10
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON Lines file; a bad line is an error naming the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise E5MistralError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise E5MistralError(f"{path}: line {number} is not a JSON object")
-            rows.append(row)
-    if not rows:
-        raise E5MistralError(f"{path} holds no rows")
-    return rows
 
 
 def _first_fields(path: Path) -> set[str]:

@@ -144,8 +144,28 @@ def check_architecture(checkpoint: Checkpoint) -> None:
         load_config(checkpoint.path, str(checkpoint.path / "config.json"))
 
 
-def load_merged_backbone(checkpoint: Checkpoint):
-    """The backbone as an fp32 ``AutoModel`` in eval mode, with any LoRA adapter merged into its weights."""
+def load_merged_backbone(checkpoint: Checkpoint, interpolate: float = 1.0):
+    """The backbone as an fp32 ``AutoModel`` in eval mode, with any LoRA adapter merged into its weights; with
+    ``interpolate`` below 1, the weights ``base + interpolate * (trained - base)`` (WiSE-FT, LM-Cocktail: a share
+    of the fine-tuning, to trade the gain in its domain against what the starting model did elsewhere)."""
+    import torch
+    from transformers import AutoModel
+
+    model = _merged(checkpoint)
+    if interpolate != 1.0:
+        base_path = checkpoint.base_model or checkpoint.run_config.base_model_name_or_path
+        if not base_path:
+            raise E5MistralError(f"--interpolate: {checkpoint.path} does not name the model it was trained from")
+        base = AutoModel.from_pretrained(str(base_path), config=model.config, dtype=torch.float32).state_dict()
+        with torch.no_grad():
+            for name, weight in model.state_dict().items():
+                if name in base and weight.is_floating_point():
+                    weight.copy_(base[name] + interpolate * (weight - base[name]))
+    model.eval()
+    return model
+
+
+def _merged(checkpoint: Checkpoint):
     import torch
     from transformers import AutoModel
 
@@ -165,5 +185,4 @@ def load_merged_backbone(checkpoint: Checkpoint):
     else:
         config = load_config(checkpoint.path, str(checkpoint.path / "config.json"))
         model = AutoModel.from_pretrained(str(checkpoint.path), config=config, dtype=torch.float32)
-    model.eval()
     return model

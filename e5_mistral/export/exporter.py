@@ -67,6 +67,11 @@ class ExportArguments:
     rope_theta: float | None = option(
         "Save the model with this RoPE base (the paper's context extension: 10^4 -> 10^5).", None
     )
+    interpolate: float = option(
+        "Keep this share of the fine-tuning: base + w x (trained - base), w in (0, 1] (WiSE-FT; 0.5 trades part of a "
+        "domain's gain for the starting model's strength elsewhere).",
+        1.0,
+    )
     overwrite: bool = option("Replace OUTPUT_DIR if it already holds files.", False)
 
     def __post_init__(self):
@@ -77,6 +82,8 @@ class ExportArguments:
         if self.private and not self.push_to_hub:
             raise E5MistralError("--private only applies together with --push-to-hub REPO")
         query_prompt(self.query_instruction)  # rejects an empty instruction early
+        if not 0 < self.interpolate <= 1:
+            raise E5MistralError(f"--interpolate must be in (0, 1], got {self.interpolate}")
 
 
 MTEB_REVISIONS = (".v2", ".v3")
@@ -96,10 +103,13 @@ def mteb_task_names(name: str) -> list[str]:
     return names
 
 
-def build_prompts(query_instruction: str) -> dict[str, str]:
+def build_prompts(query_instruction: str, instructed: bool = True) -> dict[str, str]:
     """The prompts that make sentence-transformers and stock mteb encode as the paper does, with no help from this
     package: ``query`` (``encode_query``), a bare ``document`` (``encode_document``), and for every MTEB task of the
-    paper's evaluation table (and its mteb 2 revisions) the keys mteb looks up (see ``task_prompts``)."""
+    paper's evaluation table (and its mteb 2 revisions) the keys mteb looks up (see ``task_prompts``). A model
+    trained without instructions (``instructed`` False) gets empty ``query`` and ``document`` prompts only."""
+    if not instructed:
+        return {"query": "", "document": ""}
     prompts = {"query": query_prompt(query_instruction), "document": ""}
     for name, instruction in EVALUATION_INSTRUCTIONS.items():
         for task_name in mteb_task_names(name):
@@ -164,9 +174,10 @@ def _save_sentence_transformer(args: ExportArguments, checkpoint, staging: Path)
     run = checkpoint.run_config
     max_seq_length = args.max_seq_length or run.max_seq_length
     tokenizer, affixes = _contract_tokenizer(checkpoint, max_seq_length)
-    model = load_merged_backbone(checkpoint)
-    if args.rope_theta is not None:
-        model.config.rope_parameters = rope_parameters(model.config, args.rope_theta, str(checkpoint.path))
+    model = load_merged_backbone(checkpoint, args.interpolate)
+    rope_theta = args.rope_theta if args.rope_theta is not None else run.rope_theta  # a LoRA run's base, recorded
+    if rope_theta is not None:
+        model.config.rope_parameters = rope_parameters(model.config, rope_theta, str(checkpoint.path))
     architecture = ", ".join(model.config.architectures or []) or model.config.model_type
     embedding_dim = model.config.hidden_size
     torch_dtype = getattr(torch, args.dtype)
@@ -207,7 +218,7 @@ def _sentence_transformer(backbone_dir: Path, run, max_seq_length: int, torch_dt
     return SentenceTransformer(
         modules=modules,
         device="cpu",
-        prompts=build_prompts(args.query_instruction),
+        prompts=build_prompts(args.query_instruction, run.instructed_queries),
         default_prompt_name=None,
         similarity_fn_name="cosine",
     )
@@ -240,7 +251,7 @@ def _model_card(args, checkpoint, output_dir, tokenizer, affixes, architecture, 
 
     run = checkpoint.run_config
     eval_results, eval_source = evaluation
-    prompts = build_prompts(args.query_instruction)
+    prompts = build_prompts(args.query_instruction, run.instructed_queries)
     special = [tokenizer.convert_ids_to_tokens(i) for i in affixes.prefix] + ["$TEXT"]
     special += [tokenizer.convert_ids_to_tokens(i) for i in affixes.suffix]
     return render_model_card(
@@ -263,6 +274,8 @@ def _model_card(args, checkpoint, output_dir, tokenizer, affixes, architecture, 
         eval_settings=load_eval_settings(eval_source) if eval_source else None,
         license=args.license,
         version=__version__,
+        rope_theta=args.rope_theta if args.rope_theta is not None else run.rope_theta,
+        interpolate=args.interpolate,
     )
 
 

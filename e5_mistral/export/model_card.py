@@ -152,6 +152,8 @@ def render_model_card(
     eval_settings: dict | None = None,
     license: str | None = None,
     version: str = "",
+    rope_theta: float | None = None,
+    interpolate: float = 1.0,
 ) -> str:
     """Render the template into README.md text (YAML metadata + markdown)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -206,6 +208,9 @@ def render_model_card(
         adapter_included=adapter_included,
         temperature=run_config.temperature,
         matryoshka_dims=run_config.matryoshka_dims,
+        rope_theta=rope_theta,
+        interpolate=interpolate,
+        instructed=run_config.instructed_queries,
         max_seq_length=max_seq_length,
         dtype=dtype,
         special_tokens_template=special_tokens_template,

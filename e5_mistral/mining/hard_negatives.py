@@ -15,9 +15,12 @@ mined and written on its own, and embeddings are cached, so a killed run resumes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import random
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +29,9 @@ from typing import ClassVar, Optional
 from ..errors import E5MistralError, MissingFileError
 from ..families import FAMILY_SPECS
 from ..instructions import format_query
-from ..local_data import fresh_read_options
+from ..local_data import fresh_read_options, write_parquet
 from ..options import option
-from ..output_folders import check_apart
+from ..output_folders import check_apart, check_replaceable
 
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 DATA_FILE = "train-00000-of-00001.parquet"
 DONE_MARKER = ".mined"  # written last in a config's folder: the config is finished
 SAMPLING_STRATEGIES = ("top", "random")
+CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name inside the output, never "." or ".."
 
 
 @dataclass
@@ -60,8 +64,9 @@ class MiningArguments:
             "absolute_margin",
             "max_score",
             "sampling_strategy",
+            "seed",
         ),
-        "Hub and progress": ("push_to_hub", "private", "no_progress"),
+        "Hub and progress": ("push_to_hub", "private", "no_progress", "overwrite"),
     }
     dataset: Optional[str] = option(
         "Hub id, a local folder in the Hub layout, a synthesis output folder, or a JSON Lines file (on the command "
@@ -105,6 +110,7 @@ class MiningArguments:
     absolute_margin: Optional[float] = option("keep a negative only if its score <= the positive's - margin", None)
     max_score: Optional[float] = option("keep a negative only if its score <= this", None)
     sampling_strategy: str = option("top (the closest allowed) or random (among the allowed)", "top")
+    seed: int = option("seed of --sampling-strategy random", 0)
     cross_encoder: Optional[str] = option("a CrossEncoder that rescores the candidates", None)
     batch_size: int = option("encoding batch size", 32)
     devices: Optional[list[str]] = option(
@@ -116,6 +122,9 @@ class MiningArguments:
     push_to_hub: Optional[str] = option("push the mined dataset to this Hub repo id", None)
     private: bool = option("make the Hub repo private", False)
     no_progress: bool = option("hide progress bars", False)
+    overwrite: bool = option(
+        "replace a non-empty --output that is not this command's, or was mined with other settings", False
+    )
 
     def __post_init__(self):
         if self.output is None:
@@ -135,6 +144,13 @@ class MiningArguments:
                 raise E5MistralError("--columns must be a JSON object (old name: new name)")
         if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
             raise E5MistralError(f"--relative-margin must be in [0, 1), got {self.relative_margin}")
+
+
+# The settings a mined config depends on: a rerun with other values of any of these mines nothing into the old folder.
+MINING_SETTINGS = (
+    *("split", "columns", "instruction", "query_prompt", "corpus_prompt", "corpus", "cross_encoder"),
+    *MiningArguments.HELP_GROUPS["which negatives"],
+)
 
 
 # -- input ---------------------------------------------------------------------------------------------------------
@@ -204,7 +220,8 @@ def training_pair(row: dict, where: str, default_instruction: str | None) -> dic
         if family not in FAMILY_SPECS:
             raise E5MistralError(f"{where}: field 'family' is {family!r}, expected one of {', '.join(FAMILY_SPECS)}")
         query_key, positive_key, negative_key = FAMILY_SPECS[family].fields
-        negatives = [_text(row, negative_key, where)] if negative_key else []
+        # a row may lack its negative (written by `e5-mistral adapt --negatives none`)
+        negatives = [_text(row, negative_key, where)] if negative_key and row.get(negative_key) is not None else []
         return {
             "query": _text(row, query_key, where),
             "positive": _text(row, positive_key, where),
@@ -267,7 +284,7 @@ def mine_config(
         todo = [i for i, a in enumerate(anchors) if (a, pairs[i]["positive"]) not in found]
         if not todo:
             break
-        mined = mine_hard_negatives(
+        mined = _seeded(args.seed, mine_hard_negatives)(
             dataset.select(todo),
             model,
             anchor_column_name="anchor",
@@ -314,6 +331,72 @@ def mine_config(
     return rows, counts
 
 
+def _seeded(seed: int, function):
+    """``function`` run with Python's ``random`` (which sentence-transformers' random sampling draws from) seeded, and
+    its state restored after: the draw repeats, nothing else's randomness changes."""
+
+    def call(*args, **kwargs):
+        state = random.getstate()
+        random.seed(seed)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            random.setstate(state)
+
+    return call
+
+
+def check_config_names(configs: list[str], dataset: str) -> None:
+    for name in configs:
+        if not CONFIG_NAME.match(name):
+            raise E5MistralError(f"{dataset}: config name {name!r} is not a plain folder name; refusing to write it")
+
+
+def mining_settings(args: MiningArguments, teacher: str) -> dict:
+    """What a mined config depends on, recorded per config in the report."""
+    return {"teacher": teacher, **{name: getattr(args, name) for name in MINING_SETTINGS}}
+
+
+def teacher_cache(output: Path, teacher: str, config: str) -> Path:
+    """The embedding cache of one teacher: sentence-transformers keys its cache by the model's Hub name, which a local
+    folder lacks, so two teachers never share a folder here."""
+    path = Path(teacher).expanduser()
+    identity = str(path.resolve()) if path.exists() else teacher
+    if path.is_dir():  # a folder's content, not only its name: a retrained export at the same path is another teacher
+        identity += "".join(
+            f":{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.glob("*.safetensors"))
+        )
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
+    return output / ".cache" / digest / config
+
+
+def previous_report(output: Path, overwrite: bool) -> dict | None:
+    """The report of an earlier mine run into ``output``, to resume; None for an empty folder. A folder that is not a
+    mine output is refused (unless ``overwrite``, when it is replaced)."""
+    path = output / "report.json"
+    report = None
+    if path.is_file():
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            report = None
+    if isinstance(report, dict) and isinstance(report.get("configs"), dict) and "settings" in report:
+        return report
+    check_replaceable(output, overwrite)  # someone else's folder: only with --overwrite
+    if output.is_dir() and any(output.iterdir()):
+        shutil.rmtree(output)
+    return None
+
+
+def _empty(args: MiningArguments, config: str) -> bool:
+    """Whether a local Hub-layout config holds no rows (read from its parquet footers; datasets refuses to load one)."""
+    import pyarrow.parquet as pq
+
+    source, data_file = _source(args.dataset)
+    files = list((Path(source) / config).glob("*.parquet")) if data_file is None and Path(source).is_dir() else []
+    return bool(files) and not any(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
 def _features():
     from datasets import Features, Sequence, Value
 
@@ -336,7 +419,12 @@ def _write(rows: list[dict], folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    Dataset.from_list(rows, features=_features()).to_parquet(str(tmp / DATA_FILE))
+    features = _features()
+    rows_or_none = rows or {name: [] for name in features}  # a config without rows keeps its typed columns
+    dataset = (
+        Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(rows_or_none, features=features)
+    )
+    write_parquet(dataset.data.table, tmp / DATA_FILE)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -358,33 +446,49 @@ def mine(args: MiningArguments, judge=None) -> dict:
     judging = judge is not None and judge.judge_model is not None
     if judge is not None:
         check_judge(judge)
-    with OutputLock(output, "e5-mistral mine"):
-        configs = input_configs(args)
-        teacher = args.teacher
-        if teacher is None:
-            from ..local_models import minilm_path
+    configs = input_configs(args)
+    check_config_names(configs, args.dataset)
+    teacher = args.teacher
+    if teacher is None:
+        from ..local_models import minilm_path
 
-            teacher = str(minilm_path())
+        teacher = str(minilm_path())
+    settings = mining_settings(args, teacher)
+    previous = previous_report(output, args.overwrite)
+    with OutputLock(output, "e5-mistral mine"):
         model = corpus = cross_encoder = None
         report = {
-            "settings": {k: v for k, v in asdict(args).items() if k not in ("push_to_hub", "private")},
+            "settings": {k: v for k, v in asdict(args).items() if k not in ("push_to_hub", "private", "overwrite")},
             "judge": judge_settings(judge) if judging else None,
             "teacher": teacher,
-            "configs": {},
+            "configs": dict(previous["configs"]) if previous else {},
         }
-        previous = output / "report.json"
-        if previous.is_file():
-            report["configs"].update(json.loads(previous.read_text())["configs"])
+        # written before any work, so a run killed mid-way leaves a folder the next run knows as its own
+        (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         for config in configs:
             folder = output / config
-            if (folder / DONE_MARKER).is_file() and config in report["configs"]:
+            before = report["configs"].get(config)
+            if before is not None and before.get("settings", settings) != settings and not args.overwrite:
+                changed = sorted(k for k in settings if before["settings"].get(k) != settings[k])
+                raise E5MistralError(
+                    f"{output / config} was mined with other settings ({', '.join(changed)}); pass --overwrite to "
+                    "mine it again with these, or choose another --output"
+                )
+            if (folder / DONE_MARKER).is_file() and before is not None and before.get("settings") == settings:
                 logger.info("%s: already mined (delete %s to mine it again)", config, folder)
                 continue
+            (folder / DONE_MARKER).unlink(missing_ok=True)
             where = f"{args.dataset}" + ("" if config == "default" else f" config {config}") + f" split {args.split}"
             pairs = [
                 training_pair(row, f"{where}, row {i}", args.instruction)
-                for i, row in enumerate(load_rows(args, config))
+                for i, row in enumerate(load_rows(args, config) if not _empty(args, config) else [])
             ]
+            if not pairs:  # a family the dataset has no rows of: an empty config, nothing to mine
+                _write([], folder)
+                empty = dict.fromkeys(("rows", "mined_negatives", "rows_with_fewer", "rows_without"), 0)
+                report["configs"][config] = {**empty, "settings": settings}
+                (folder / DONE_MARKER).write_text("")
+                continue
             if model is None:
                 model = load_model(teacher, flag="--teacher")
                 corpus = read_corpus(args.corpus) if args.corpus else None
@@ -393,7 +497,10 @@ def mine(args: MiningArguments, judge=None) -> dict:
                     if args.cross_encoder
                     else None
                 )
-            rows, counts = mine_config(pairs, model, args, output / ".cache" / config, corpus, cross_encoder)
+            rows, counts = mine_config(
+                pairs, model, args, teacher_cache(output, teacher, config), corpus, cross_encoder
+            )
+            counts["settings"] = settings
             if judging:  # a killed or budget-stopped run mines again from the cached embeddings, judges only the rest
                 rows, counts["judge"] = judge_negatives(rows, judge, output / "judge", args.no_progress)
                 mined = [sum(score is not None for score in row["negative_scores"]) for row in rows]

@@ -36,17 +36,21 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)  # readers never see half a file
 
 
+# The generation settings a dataset card states; every command that writes a dataset carries them forward.
+CARD_SETTINGS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "system_prompt",
+    "accept_text_task_lists",
+    "generator_license",
+)
+
+
 def run_settings(args) -> dict:
     """The generation settings the dataset card states."""
-    return {
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "max_tokens": args.max_tokens,
-        "seed": args.seed,
-        "system_prompt": args.system_prompt,
-        "accept_text_task_lists": args.accept_text_task_lists,
-        "generator_license": args.generator_license,
-    }
+    return {name: getattr(args, name) for name in CARD_SETTINGS}
 
 
 class HubFolderWriter:
@@ -55,13 +59,16 @@ class HubFolderWriter:
     list of rows is ever held. ``close`` writes the card and swaps the folder in; until then readers see the old
     folder, and ``abort`` leaves it as it was."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, extra_columns: tuple[str, ...] = ()):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.folder = Path(folder)
         self.tmp = self.folder.with_name(self.folder.name + ".tmp")
         shutil.rmtree(self.tmp, ignore_errors=True)
-        self.schemas = {config: features(config).arrow_schema for config in CONFIG_NAMES}
+        self.extra_columns = tuple(extra_columns)  # string columns a stage adds after the schema's (null if unset)
+        extra = [pa.field(name, pa.string()) for name in self.extra_columns]
+        self.schemas = {config: _with_fields(features(config).arrow_schema, extra) for config in CONFIG_NAMES}
         self.files, self.pending = {}, {}
         for config, schema in self.schemas.items():
             (self.tmp / config).mkdir(parents=True)
@@ -79,7 +86,7 @@ class HubFolderWriter:
         self.generators.add(row["generator_model"])
         for config in (row["family"], ALL_CONFIG):
             self.counts[config] += 1
-            self.pending[config].append(conform(row, config))
+            self.pending[config].append({**conform(row, config), **{k: row.get(k) for k in self.extra_columns}})
             if len(self.pending[config]) >= ROWS_PER_BATCH:
                 self._flush(config)
 
@@ -109,15 +116,23 @@ class HubFolderWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _with_fields(schema, fields: list):
+    for extra in fields:
+        schema = schema.append(extra)
+    return schema
+
+
 def write_hub_folder(
     rows: Iterable[dict],
     folder: str | os.PathLike,
     report: dict | None = None,
     settings: dict | None = None,
     repo_id: str | None = None,
+    extra_columns: tuple[str, ...] = (),
 ) -> Path:
-    """Write the Hub layout for ``rows`` (accepted rows of the schema) to ``folder``, replacing it."""
-    writer = HubFolderWriter(folder)
+    """Write the Hub layout for ``rows`` (accepted rows of the schema, plus ``extra_columns``) to ``folder``,
+    replacing it."""
+    writer = HubFolderWriter(folder, extra_columns)
     try:
         for row in rows:
             writer.add(row)

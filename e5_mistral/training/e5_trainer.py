@@ -58,6 +58,7 @@ class E5Trainer(Trainer):
         processing_class: the tokenizer (saved with every checkpoint).
         dataset_infos: what the mixture holds, written to ``e5_mistral_config.json``.
         base_model_name_or_path: recorded in ``e5_mistral_config.json`` (default: from the model config).
+        rope_theta: the RoPE base the model was loaded with, when set (recorded, so the export applies it).
     """
 
     # The loss is a per-batch mean; the Trainer divides it by the accumulation steps.
@@ -73,6 +74,7 @@ class E5Trainer(Trainer):
         processing_class=None,
         dataset_infos=None,
         base_model_name_or_path: str | None = None,
+        rope_theta: float | None = None,
         **kwargs,
     ):
         if not isinstance(args, E5TrainingConfig):
@@ -89,6 +91,7 @@ class E5Trainer(Trainer):
             )
         self.dataset_infos = [i.to_dict() if hasattr(i, "to_dict") else dict(i) for i in (dataset_infos or [])]
         self.base_model_name_or_path = base_model_name_or_path
+        self.rope_theta = rope_theta
         super().__init__(
             model=model,
             args=args,
@@ -276,6 +279,9 @@ class E5Trainer(Trainer):
             query_max_length=args.query_max_length,
             temperature=args.temperature,
             matryoshka_dims=args.matryoshka_dims,
+            rope_theta=self.rope_theta,
+            instructed_queries=any(info.get("instructed_queries", True) for info in self.dataset_infos)
+            or not self.dataset_infos,
             lora=lora,
             datasets=self.dataset_infos,
             training=TrainingHyperparameters.from_training_args(args),

@@ -101,6 +101,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
         processing_class=tokenizer,
         dataset_infos=infos,
         base_model_name_or_path=model_args.model_name_or_path,
+        rope_theta=model_args.rope_theta,
     )
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint in ("latest", "last", True, "True", "true"):
