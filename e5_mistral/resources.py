@@ -17,6 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_FILES = (
     "model_card_template.md",
     "recipes/smollm2-135m/cpu.yaml",
+    "recipes/smollm2-135m/adapt.yaml",
+    "recipes/all-minilm-l6-v2/adapt.yaml",
     "recipes/accelerate_configs/ddp.yaml",
     "recipes/accelerate_configs/deepspeed_zero3.yaml",
     "recipes/accelerate_configs/fsdp.yaml",

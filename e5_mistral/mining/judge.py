@@ -15,17 +15,15 @@ never clash with the teacher's): ``--judge-model``, ``--judge-base-url``, ``--ju
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from pathlib import Path
 
 from ..errors import E5MistralError
 from ..llm.answers import Rejected, extract_json
-from ..llm.cost import usage_totals
-from ..llm.formats import REASONING_ROOM, wrap_schema
-from ..llm.journal import STATUS_OK, Request, chat_request, needs_sending, request_id
-from ..llm.session import EndpointSession
-from ..llm.settings import EndpointArguments, prefixed
+from ..llm.ask import ask
+from ..llm.formats import wrap_schema
+from ..llm.journal import STATUS_OK, Request, chat_request, request_id
+from ..llm.settings import prefixed
 
 
 NEGATIVE_PROMPT = (Path(__file__).parent / "judge_negative_prompt.txt").read_text(encoding="utf-8")
@@ -82,7 +80,24 @@ def judge_pairs(
     prompt: str, pairs: list[tuple[str, str, str]], args, folder: Path, command: str, hide_progress: bool = True
 ) -> tuple[list[bool | None], dict]:
     """The judge's verdict on each (task, query, document), and the counts (with tokens and cost)."""
-    return asyncio.run(_judge(prompt, pairs, args.endpoint(), folder, command, hide_progress))
+    _, records, counts = ask(
+        args.endpoint(),
+        folder,
+        SAMPLING,
+        lambda params: [judge_request(prompt, pair, params) for pair in pairs],
+        command,
+        desc="judging",
+        hide_progress=hide_progress,
+    )
+    verdicts = [verdict(record) for record in records]
+    counts = {
+        "judged": sum(v is not None for v in verdicts),
+        "unjudged": sum(v is None for v in verdicts),
+        **{k: v for k, v in counts.items() if k != "requests"},
+    }
+    if not counts["unjudged"]:
+        counts.pop("failed_requests", None)
+    return verdicts, counts
 
 
 def judge_negatives(rows: list[dict], args, folder: Path, hide_progress: bool = True) -> tuple[list[dict], dict]:
@@ -96,50 +111,6 @@ def judge_negatives(rows: list[dict], args, folder: Path, hide_progress: bool = 
     verdicts, counts = judge_pairs(NEGATIVE_PROMPT, pairs, args, folder, "e5-mistral mine (judge)", hide_progress)
     dropped = {pair for pair, relevant in zip(where, verdicts) if relevant is True}
     return _without(rows, dropped), {"candidates": len(pairs), "dropped": len(dropped), **counts}
-
-
-async def _judge(
-    prompt: str, pairs: list[tuple[str, str, str]], settings: EndpointArguments, folder, command, hide_progress
-):
-    from tqdm.auto import tqdm
-
-    async with EndpointSession(settings, folder, SAMPLING, command=command) as session:
-        detection = await session.resolve_format()
-        # a verdict is a few tokens, but a reasoning model (max_completion_tokens, or only its default sampling)
-        # spends its hidden reasoning out of the same cap first
-        if detection.get("default_sampling") or detection.get("max_tokens_param") == "max_completion_tokens":
-            settings = dataclasses.replace(settings, max_tokens=max(settings.max_tokens, REASONING_ROOM))
-        params = settings.request_params(
-            SAMPLING, detection["chosen"], detection.get("max_tokens_param"), detection.get("default_sampling", False)
-        )
-        ids = [judge_request(prompt, pair, params) for pair in pairs]
-        requests = {request.request_id: request for request in ids}
-        latest = session.journal.latest()
-        pending = [r for rid, r in requests.items() if needs_sending(latest.get(rid), settings.retry_refused)]
-        if pending:
-            bar = tqdm(total=len(pending), desc="judging", unit="pair", disable=hide_progress)
-            session.journal.listeners.append(lambda record: bar.update(1))
-            try:
-                await session.send(pending)
-            finally:
-                bar.close()
-        stopped = session.stopped_by_budget
-    latest = session.journal.latest()
-    verdicts = [verdict(latest.get(request.request_id)) for request in ids]
-    paid = [r for r in session.journal.records() if r["request_id"] in requests]
-    counts = {
-        "judged": sum(v is not None for v in verdicts),
-        "unjudged": sum(v is None for v in verdicts),
-        "requests_sent": sum(int(r.get("attempts") or 0) for r in paid),
-        **usage_totals(paid, session.prices),
-        "budget_stopped": stopped,
-        "response_format": detection["chosen"],
-        "model": settings.model,
-    }
-    failed = sum(1 for rid in requests if latest.get(rid) is None or latest[rid]["status"] != STATUS_OK)
-    if counts["unjudged"] and not stopped and failed:
-        counts["failed_requests"] = failed
-    return verdicts, counts
 
 
 def _without(rows: list[dict], dropped: set[tuple[int, int]]) -> list[dict]:

@@ -44,6 +44,7 @@ class DatasetInfo:
     instruction: str | None
     num_rows: int
     instructed_documents: bool = False
+    instructed_queries: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -78,7 +79,8 @@ def convert_row(
         instruction = _text(row, "task", where)
         query = _text(row, query_key, where)
         positive = _text(row, pos_key, where)
-        negatives = [_text(row, neg_key, where)] if neg_key else []
+        # a row may lack its negative (corpus-adapted rows written without one)
+        negatives = [n for n in [_text(row, neg_key, where, required=False) if neg_key else None] if n]
     else:
         query = _text(row, "query", where)
         positive = _text(row, "positive", where)
@@ -105,7 +107,7 @@ def convert_row(
     family = row.get("family") if isinstance(row.get("family"), str) else None
     document_instruction = instruction if config.instructed_documents else None
     return {
-        "query": format_query(instruction, query),
+        "query": format_query(instruction if config.instructed_queries else None, query),
         "positive": format_query(document_instruction, positive),
         "negatives": [format_query(document_instruction, text) for text in negatives[:num_hard_negatives]],
         "family": family,
@@ -230,6 +232,7 @@ def build_mixture(
                 config.instruction,
                 len(converted),
                 config.instructed_documents,
+                config.instructed_queries,
             )
         )
         logger.info("dataset %s: %d rows after sampling ratio %s", config.label, len(converted), config.sampling_ratio)

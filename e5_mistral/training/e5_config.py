@@ -44,6 +44,9 @@ class E5DatasetConfig:
     # The instruction on documents too (positive and negatives), as symmetric tasks (STS, bitext) are evaluated: the
     # paper leaves documents bare, but scores STS with the instruction on both sides.
     instructed_documents: bool = False
+    # False: queries bare too, the rows' instructions unused (an encoder such as all-MiniLM-L6-v2, trained and scored
+    # without instructions).
+    instructed_queries: bool = True
 
     def __post_init__(self):
         if not isinstance(self.path, str) or not self.path:
@@ -62,10 +65,11 @@ class E5DatasetConfig:
                 f"dataset_mixture: {self.path}: in_batch_negatives must be true, false or a mapping of family names "
                 f'or task texts to true/false ("*" for the rest), got {policy!r}'
             )
-        if not isinstance(self.instructed_documents, bool):
-            raise E5MistralError(
-                f"dataset_mixture: {self.path}: instructed_documents must be true or false, got {self.instructed_documents!r}"
-            )
+        for name in ("instructed_documents", "instructed_queries"):
+            if not isinstance(getattr(self, name), bool):
+                raise E5MistralError(
+                    f"dataset_mixture: {self.path}: {name} must be true or false, got {getattr(self, name)!r}"
+                )
         if self.group_batches_by not in BATCH_GROUPS:
             raise E5MistralError(
                 f"dataset_mixture: {self.path}: group_batches_by must be family or task (or left out), "

@@ -1,0 +1,213 @@
+"""What corpus adaptation is worth, one lever at a time, against the seed spread: SciFact's corpus only.
+
+The data is one `e5-mistral adapt` run on SciFact's documents (Qwen2.5-Coder-0.5B-Instruct on llama.cpp, kept in
+``benchmarks/adapt_data/``); each cell trains a student on a share of it, under two seeds, and scores it on
+SciFact's 300 test queries (nDCG@10; the encoder in float32, SmolLM2 in bf16), with a paired interval against all-MiniLM-L6-v2 zero-shot on the same
+queries. The test queries and relevance labels are read by the scoring only.
+
+    python -m benchmarks.adapt_study --benchmarks-dir ../shared/benchmarks                 # every cell, then the page
+    python -m benchmarks.adapt_study --benchmarks-dir ../shared/benchmarks --cells q100 q300
+    python -m benchmarks.adapt_study --report-only                                        # the page from saved scores
+
+Models are cached under ``--output`` (default ``outputs/adapt-study``); scores go to
+``benchmarks/adapt_data/scores.json`` as each is made, so the study runs in pieces. The page is ``docs/adapt.md``
+(between its markers) with the plot ``docs/adapt.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA = REPO_ROOT / "benchmarks" / "adapt_data" / "scifact"  # the adapt run's dataset/, report.json, passages.jsonl
+SCORES = REPO_ROOT / "benchmarks" / "adapt_data" / "scores.json"
+PAGE = REPO_ROOT / "docs" / "adapt.md"
+PLOT = REPO_ROOT / "docs" / "adapt.png"
+MARKERS = ("<!-- adapt-study table -->", "<!-- end adapt-study table -->")
+TASK = "SciFact"
+SEEDS = (42, 7)
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    question: str
+    passages: int  # rows whose seed passage is among the first N drawn
+    student: str = "minilm"
+    negatives: bool = True
+    interpolate: float = 1.0
+
+
+CELLS = (
+    Cell("q100", "queries: 100", 100),
+    Cell("q200", "queries: 200", 200),
+    Cell("q300", "queries: 300", 300),
+    Cell("q300-no-negative", "negatives: none (in-batch only)", 300, negatives=False),
+    Cell("q300-interpolated", "interpolation with the starting model (0.5)", 300, interpolate=0.5),
+    Cell("q300-smollm2", "student: SmolLM2-135M (LoRA, instructed)", 300, student="smollm2"),
+)
+
+
+def subset(cell: Cell, out: Path) -> Path:
+    """The cell's rows, written in the Hub layout training reads."""
+    import pyarrow.parquet as pq
+
+    from e5_mistral.adaptation.run import EXTRA_COLUMNS
+    from e5_mistral.synthesis.dataset import write_hub_folder
+
+    target = out / "data" / f"{cell.passages}{'' if cell.negatives else '-no-negative'}"
+    if (target / "README.md").is_file():
+        return target
+    order = [json.loads(line)["passage_id"] for line in (DATA / "passages.jsonl").read_text().splitlines()]
+    drawn = set(order[: cell.passages])
+    rows = [r for r in pq.read_table(DATA / "dataset" / "short_long").to_pylist() if r["passage_id"] in drawn]
+    if not cell.negatives:
+        rows = [{**r, "hard_negative_document": None, "negative_passage_id": None} for r in rows]
+    return write_hub_folder(rows, target, {"adaptation": None}, extra_columns=EXTRA_COLUMNS)
+
+
+def model(cell: Cell, seed: int, out: Path) -> Path:
+    """The cell's exported student (trained once per seed; an interpolated cell exports the same checkpoint)."""
+    from e5_mistral.adaptation.quickstart import STUDENTS, train_and_export
+    from e5_mistral.quickstart import Step, _e5
+
+    folder = out / f"{cell.student}-{cell.passages}{'' if cell.negatives else '-nn'}-seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    step = Step({})
+    export = train_and_export(
+        SimpleNamespace(train_seed=seed), STUDENTS[cell.student], subset(cell, out), folder, step
+    )
+    if cell.interpolate == 1.0:
+        return export
+    target = folder / f"export-{cell.student}-w{cell.interpolate}"
+    if not (target / "modules.json").is_file():
+        argv = ["export", str(folder / f"model-{cell.student}"), str(target), "--overwrite"]
+        step.command("export", _e5(*argv, "--interpolate", str(cell.interpolate)))
+    return target
+
+
+def score(path: Path, key: str, student, benchmarks: Path, out: Path, scores: dict) -> None:
+    """nDCG@10 on SciFact and the paired difference from the zero-shot MiniLM, saved into ``scores``."""
+    from e5_mistral.evaluation.evaluate import evaluate, resolve_tasks
+    from e5_mistral.evaluation.paired import paired_difference
+
+    if key in scores:
+        return
+    folder = out / "eval" / key
+    started = time.monotonic()
+    result = evaluate(
+        str(path),
+        [TASK],
+        folder,
+        benchmarks_dir=benchmarks,
+        instructions=student.instructions,
+        dtype=student.eval_dtype,
+        batch_size=16,
+        show_progress_bar=False,
+    )
+    entry = {"ndcg_at_10": result[TASK], "eval_seconds": round(time.monotonic() - started)}
+    if key != ZERO_SHOT:
+        (task,) = resolve_tasks([TASK], benchmarks)
+        difference = paired_difference(task, folder / "predictions", out / "eval" / ZERO_SHOT / "predictions")
+        entry["minus_zero_shot"] = difference.to_dict() if difference else None
+    scores[key] = entry
+    SCORES.write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
+
+
+def run(cells: list[Cell], benchmarks: Path, out: Path, scores: dict) -> None:
+    from e5_mistral.adaptation.quickstart import STUDENTS
+    from e5_mistral.local_models import minilm_path
+
+    score(minilm_path(), ZERO_SHOT, STUDENTS["minilm"], benchmarks, out, scores)
+    for cell in cells:
+        for seed in SEEDS:
+            score(model(cell, seed, out), f"{cell.name}/{seed}", STUDENTS[cell.student], benchmarks, out, scores)
+
+
+def table(scores: dict) -> str:
+    zero = scores[ZERO_SHOT]["ndcg_at_10"]
+    lines = [
+        "| cell | what changes | nDCG@10 (seeds 42, 7) | mean | mean - zero-shot | each seed - zero-shot (95 % CI) |",
+        "|---|---|---:|---:|---:|---|",
+        f"| {ZERO_SHOT} | all-MiniLM-L6-v2 as it ships | {100 * zero:.2f} | {100 * zero:.2f} | | |",
+    ]
+    for cell in CELLS:
+        runs = [scores.get(f"{cell.name}/{seed}") for seed in SEEDS]
+        if not all(runs):
+            continue
+        values = [r["ndcg_at_10"] for r in runs]
+        mean = sum(values) / len(values)
+        intervals = ", ".join(_interval(r.get("minus_zero_shot")) for r in runs)
+        seeds = ", ".join(f"{100 * v:.2f}" for v in values)
+        lines.append(
+            f"| {cell.name} | {cell.question} | {seeds} | {100 * mean:.2f} | {100 * (mean - zero):+.2f} | {intervals} |"
+        )
+    return "\n".join(lines)
+
+
+def _interval(d: dict | None) -> str:
+    if not d:
+        return "n/a"
+    text = f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+    return f"**{text}**" if d["low"] > 0 or d["high"] < 0 else text
+
+
+def write_page(scores: dict) -> None:
+    text = PAGE.read_text(encoding="utf-8")
+    start, end = (text.index(m) for m in MARKERS)
+    figure = "\n\n![nDCG@10 against the number of generated queries](adapt.png)"
+    PAGE.write_text(
+        text[: start + len(MARKERS[0])] + "\n" + table(scores) + figure + "\n" + text[end:], encoding="utf-8"
+    )
+    plot(scores)
+
+
+def plot(scores: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [c for c in CELLS if c.name in ("q100", "q200", "q300")]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for seed, marker in zip(SEEDS, "os"):
+        points = [
+            (c.passages, scores[f"{c.name}/{seed}"]["ndcg_at_10"]) for c in sizes if f"{c.name}/{seed}" in scores
+        ]
+        if points:
+            ax.plot(*zip(*points), marker=marker, label=f"adapted MiniLM, seed {seed}")
+    ax.axhline(scores[ZERO_SHOT]["ndcg_at_10"], color="grey", linestyle="--", label="MiniLM zero-shot")
+    ax.set_xlabel("generated queries (SciFact corpus)")
+    ax.set_ylabel("SciFact nDCG@10")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--benchmarks-dir", type=Path)
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "outputs" / "adapt-study")
+    parser.add_argument("--cells", nargs="*", help=f"cells to run (default: all): {', '.join(c.name for c in CELLS)}")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    scores = json.loads(SCORES.read_text()) if SCORES.is_file() else {}
+    if not args.report_only:
+        if args.benchmarks_dir is None:
+            parser.error("--benchmarks-dir is required (or --report-only)")
+        chosen = [c for c in CELLS if not args.cells or c.name in args.cells]
+        run(chosen, args.benchmarks_dir.resolve(), args.output.resolve(), scores)
+    write_page(scores)
+    print(table(scores))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
