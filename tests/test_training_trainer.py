@@ -165,6 +165,7 @@ def test_checkpoints_resume_and_eval(tiny_model_dir, data_dir, tmp_path):
             "instruction": None,
             "num_rows": 24,
             "instructed_documents": False,
+            "instructed_queries": True,
         }
     ]
     assert meta["training"]["world_size"] == 1 and meta["training"]["global_batch_size"] == 4
