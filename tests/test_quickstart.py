@@ -176,6 +176,21 @@ def test_the_sample_column_trains_on_the_bundled_sample_and_generated_runs_on_th
     assert all(e["path"].endswith("e5_mistral/data/synthetic_sample") for e in sample) and len(sample) == 6
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_bf16_is_used_only_on_a_cpu_with_bf16_units(tmp_path, monkeypatch, capsys, has_bf16):
+    from e5_mistral import precision
+    from e5_mistral.quickstart import QuickstartArguments, evaluate_commands, training_config
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    config = yaml.safe_load(training_config(QuickstartArguments(output_dir=str(tmp_path)), None, tmp_path).read_text())
+    assert config["bf16"] is has_bf16  # the recipe asks for bf16 autocast
+    assert ("has no bf16 units" in capsys.readouterr().out) is not has_bf16
+    runs = [("sts", tmp_path, ["STSBenchmark"], [])]
+    ((_, argv),) = evaluate_commands({"before": tmp_path / "m"}, runs, tmp_path / "eval")
+    assert argv[argv.index("--dtype") + 1] == ("bfloat16" if has_bf16 else "float32")
+    assert precision.cpu_dtype("float16") == "float16"
+
+
 def test_failing_step_is_named_and_earlier_results_stay(tmp_path, smollm2_dir):
     out = tmp_path / "qs"
     recipe = tmp_path / "bad.yaml"

@@ -71,12 +71,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    from ..precision import cpu_has_bf16
     from ..versions import check_versions
     from .data import build_mixture
     from .e5_trainer import E5Trainer
     from .model import load_backbone, load_tokenizer
 
     check_versions()  # before any minute is spent: an unpinned install can break at the first adapter call
+    if training_args.bf16 and training_args.device.type == "cpu" and not cpu_has_bf16():
+        logger.warning("bf16 on a CPU without bf16 units is emulated, many times slower than float32: set bf16 false")
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args)
     # Validate every row on the main process first; the others then read the datasets cache.
