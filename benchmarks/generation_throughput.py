@@ -42,6 +42,7 @@ from pathlib import Path
 
 import openai
 
+from e5_mistral.families import FAMILY_SPECS
 from e5_mistral.llm.online import HTTP_CLIENTS, OnlineBackend, make_http_client
 from e5_mistral.synthesis.parsing import Rejected, parse_example
 from e5_mistral.synthesis.plan import example_request, sample_slots
@@ -57,18 +58,14 @@ _counter = itertools.count()
 
 
 def responder(body: dict) -> str:
-    """A valid short_long example (or a task list for a brainstorm prompt); every answer is unique."""
+    """A valid example of the family the prompt asks for (its JSON keys are named in the prompt), or a task list for
+    a brainstorm prompt; every answer is unique."""
     n = next(_counter)
     prompt = body["messages"][0]["content"]
     if prompt.startswith("Brainstorm"):
         return json.dumps([f"Retrieve documents answering question type {n}-{i}." for i in range(20)])
-    return json.dumps(
-        {
-            "user_query": f"query number {n}",
-            "positive_document": f"A document that answers query number {n} in detail.",
-            "hard_negative_document": f"A document that looks related to query {n} but is not.",
-        }
-    )
+    keys = next(s.output_keys for s in FAMILY_SPECS.values() if all(f'"{k}"' in prompt for k in s.output_keys))
+    return json.dumps({key: f"text {k} of answer number {n}, {key}" for k, key in enumerate(keys)})
 
 
 def _serve(latency: float, conn) -> None:
