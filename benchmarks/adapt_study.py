@@ -43,6 +43,11 @@ class Cell:
     student: str = "minilm"
     negatives: bool = True
     interpolate: float = 1.0
+    round_trip: bool = False  # `e5-mistral filter --top-k 1`: keep a query only when its passage ranks first
+
+    @property
+    def data_name(self) -> str:
+        return f"{self.passages}{'' if self.negatives else '-no-negative'}{'-round-trip' if self.round_trip else ''}"
 
 
 CELLS = (
@@ -51,6 +56,12 @@ CELLS = (
     Cell("q300", "queries: 300", 300),
     Cell("q300-no-negative", "negatives: none (in-batch only)", 300, negatives=False),
     Cell("q300-interpolated", "interpolation with the starting model (0.5)", 300, interpolate=0.5),
+    Cell(
+        "q300-round-trip",
+        "round-trip filter (teacher: MiniLM zero-shot, among the rows' passages)",
+        300,
+        round_trip=True,
+    ),
     Cell("q300-smollm2", "student: SmolLM2-135M (LoRA, instructed)", 300, student="smollm2"),
 )
 
@@ -60,11 +71,13 @@ def subset(cell: Cell, out: Path) -> Path:
     import pyarrow.parquet as pq
 
     from e5_mistral.adaptation.run import EXTRA_COLUMNS
-    from e5_mistral.synthesis.dataset import write_hub_folder
+    from e5_mistral.hub.writer import write_hub_folder
 
-    target = out / "data" / f"{cell.passages}{'' if cell.negatives else '-no-negative'}"
+    target = out / "data" / cell.data_name
     if (target / "README.md").is_file():
         return target
+    if cell.round_trip:
+        return round_trip(subset(Cell("all", "", cell.passages, negatives=cell.negatives), out), target.parent)
     order = [json.loads(line)["passage_id"] for line in (DATA / "passages.jsonl").read_text().splitlines()]
     drawn = set(order[: cell.passages])
     rows = [r for r in pq.read_table(DATA / "dataset" / "short_long").to_pylist() if r["passage_id"] in drawn]
@@ -73,12 +86,25 @@ def subset(cell: Cell, out: Path) -> Path:
     return write_hub_folder(rows, target, {"adaptation": None}, extra_columns=EXTRA_COLUMNS)
 
 
+def round_trip(source: Path, out: Path) -> Path:
+    """``source`` through `e5-mistral filter --top-k 1` with the zero-shot MiniLM: the rows whose seed passage it
+    ranks first for their query, among every row's passages (the filter's candidates)."""
+    from e5_mistral.local_models import minilm_path
+    from e5_mistral.mining.consistency import FilterArguments, consistency_filter
+
+    output = out / f"{source.name}-round-trip-run"
+    if (output / "dataset" / "README.md").is_file():
+        return output / "dataset"
+    consistency_filter(FilterArguments(dataset=str(source), output=str(output), teacher=str(minilm_path()), top_k=1))
+    return output / "dataset"
+
+
 def model(cell: Cell, seed: int, out: Path) -> Path:
     """The cell's exported student (trained once per seed; an interpolated cell exports the same checkpoint)."""
     from e5_mistral.adaptation.quickstart import STUDENTS, train_and_export
     from e5_mistral.quickstart import Step, _e5
 
-    folder = out / f"{cell.student}-{cell.passages}{'' if cell.negatives else '-nn'}-seed{seed}"
+    folder = out / f"{cell.student}-{cell.data_name}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     step = Step({})
     export = train_and_export(
