@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from e5_mistral.mining.hard_negatives import MiningArguments, mine_config, training_pair
+from e5_mistral.mining.hard_negatives import MiningArguments, mine_config
+from e5_mistral.mining.inputs import training_pair
 
 
 def beir_rows(folder: Path) -> tuple[list[dict], list[str]]:

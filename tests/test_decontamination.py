@@ -75,7 +75,7 @@ class TestDecontaminateCLI:
         """One planted leak in short_long (altered case/spacing) and one in sts: found once each, removed everywhere."""
         from datasets import load_dataset
 
-        from e5_mistral.synthesis.dataset import write_hub_folder
+        from e5_mistral.hub.writer import write_hub_folder
 
         rows = _sample_rows()
         short_long = next(r for r in rows if r["family"] == "short_long")

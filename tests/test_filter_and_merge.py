@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from e5_mistral.errors import E5MistralError
+from e5_mistral.hub.writer import write_hub_folder
 from e5_mistral.mining.consistency import FilterArguments, consistency_filter
 from e5_mistral.mining.consistency import main as filter_main
-from e5_mistral.synthesis.dataset import write_hub_folder
 from e5_mistral.training.merge import MergeArguments, merge
 from e5_mistral.training.merge import main as merge_main
 from tests.helpers.training import synthetic_row
@@ -87,6 +87,51 @@ def test_filter_refuses_unsafe_outputs_and_keeps_everything(minilm_dir, tmp_path
     nothing = FilterArguments(dataset=str(tmp_path / "run"), output=str(tmp_path / "none"), top_k=0)
     with pytest.raises(E5MistralError, match="--top-k 0 filters nothing without --min-score or --judge-model"):
         consistency_filter(nothing)
+
+
+def test_filter_reads_what_mine_reads_and_names_a_row_that_lacks_a_text(minilm_dir, tmp_path):
+    """A folder someone else wrote (one parquet file, no `all/` config, none of the metadata columns) and a JSON
+    Lines file of labeled rows are filtered like a synthesis output; a row without its query is one line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    rows = [
+        {"family": "short_long", "task": "Find the answer.", "user_query": q, "positive_document": p}
+        for q, p in QUERIES.items()
+    ]
+    rows.append(
+        {
+            "family": "short_long",
+            "task": "Find the answer.",
+            "user_query": PLANTED,
+            "positive_document": "Bond yields rose as investors sold technology stocks on Tuesday.",
+        }
+    )
+    (tmp_path / "theirs" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "theirs" / "data" / "train-00000-of-00001.parquet")
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_text(
+        "".join(json.dumps({"query": r["user_query"], "positive": r["positive_document"]}) + "\n" for r in rows)
+    )
+    for name, source, extra in [("theirs", tmp_path / "theirs", []), ("labeled", labeled, ["--instruction", "Find."])]:
+        out = tmp_path / f"filtered-{name}"
+        argv = [str(source), "--output", str(out), "--teacher", str(minilm_dir), "--top-k", "1", *extra]
+        assert filter_main(argv) == 0, name
+        kept = load_dataset(str(out / "dataset"), "short_long", split="train", cache_dir=str(tmp_path / "c" / name))
+        assert sorted(kept["user_query"]) == sorted(QUERIES), name
+        assert kept["generator_model"] == [None] * len(QUERIES)  # metadata it never had stays null
+        assert [json.loads(line)["user_query"] for line in open(out / "dropped.jsonl")] == [PLANTED]
+    with pytest.raises(
+        E5MistralError, match=r"labeled.jsonl, config default, row 0: a labeled row needs field 'instruction'"
+    ):
+        consistency_filter(FilterArguments(dataset=str(labeled), output=str(tmp_path / "x"), teacher=str(minilm_dir)))
+    rows[3]["user_query"] = None
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "theirs" / "data" / "train-00000-of-00001.parquet")
+    args = FilterArguments(dataset=str(tmp_path / "theirs"), output=str(tmp_path / "y"), teacher=str(minilm_dir))
+    with pytest.raises(E5MistralError, match=r"config default, row 3: a short_long row needs field 'user_query'"):
+        consistency_filter(args)
+    assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()  # nothing half-written
 
 
 def _positive_judge(prompts: list):
@@ -261,8 +306,26 @@ def test_symmetric_pairs_are_prefixed_alike_and_ranks_do_not_depend_on_the_chunk
     assert model.texts and all(t.startswith("passage: ") for t in model.texts)  # S1 as S2 and S3 are
     whole = consistency.positive_ranks(_RecordingModel(), rows, args)
     monkeypatch.setattr(consistency, "QUERY_CHUNK", 2)
+    monkeypatch.setattr(consistency, "DOCUMENT_CHUNK", 3)
     chunked = consistency.positive_ranks(_RecordingModel(), rows, args)
     assert whole[0].tolist() == chunked[0].tolist() and whole[1] == pytest.approx(chunked[1], abs=1e-6)
+
+
+def test_ranks_scored_in_blocks_equal_the_whole_matrix(monkeypatch):
+    import numpy as np
+
+    from e5_mistral.mining import consistency
+
+    rng = np.random.default_rng(0)
+    queries, corpus = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(70, 8)).astype(np.float32)
+    positives = rng.integers(0, 70, size=50)
+    scores = queries @ corpus.T
+    expected = (scores > scores[np.arange(50), positives][:, None]).sum(axis=1)
+    monkeypatch.setattr(consistency, "QUERY_CHUNK", 7)
+    monkeypatch.setattr(consistency, "DOCUMENT_CHUNK", 11)
+    ranks, cosines = consistency.count_above(queries, corpus, positives)
+    assert ranks.tolist() == expected.tolist()
+    assert cosines == pytest.approx(scores[np.arange(50), positives], abs=1e-5)
 
 
 def test_filter_keeps_the_sources_settings_and_never_replaces_a_mine_output(minilm_dir, tmp_path):

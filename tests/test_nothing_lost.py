@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from e5_mistral.errors import E5MistralError
-from e5_mistral.synthesis.dataset import write_hub_folder
+from e5_mistral.hub.writer import write_hub_folder
 from tests.helpers.training import synthetic_row, write_synthetic_folder
 
 
@@ -131,7 +131,7 @@ def test_generate_pushes_an_unfinished_dataset_only_when_asked(tmp_path, monkeyp
 def test_a_failed_push_is_one_line_and_keeps_the_data(tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
-    from e5_mistral.synthesis.dataset import push_to_hub
+    from e5_mistral.hub.writer import push_to_hub
 
     folder = write_hub_folder(_rows(), tmp_path / "dataset")
 
@@ -213,8 +213,8 @@ def test_mine_gives_each_text_exactly_one_prompt(minilm_dir, tmp_path, monkeypat
 
 
 def test_generator_license_reaches_the_card(tmp_path):
+    from e5_mistral.hub.writer import run_settings
     from e5_mistral.synthesis.config import SynthesisArguments
-    from e5_mistral.synthesis.dataset import run_settings
 
     args = SynthesisArguments(model="m", output=str(tmp_path), generator_license="Apache-2.0, the Qwen team")
     write_hub_folder(_rows(n=1), tmp_path / "dataset", {"accepted": 2}, run_settings(args))
@@ -222,7 +222,8 @@ def test_generator_license_reaches_the_card(tmp_path):
 
 
 def test_mining_reads_a_rewritten_folder_afresh(tmp_path):
-    from e5_mistral.mining.hard_negatives import MiningArguments, load_rows
+    from e5_mistral.mining.hard_negatives import MiningArguments
+    from e5_mistral.mining.inputs import load_rows
 
     data = write_hub_folder(_rows(n=2), tmp_path / "dataset")
     args = MiningArguments(dataset=str(data), output=str(tmp_path / "o"))

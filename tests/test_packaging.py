@@ -154,3 +154,12 @@ def test_an_incompatible_set_is_named_with_its_fix(monkeypatch):
         E5MistralError, match=r"transformers 5.24.0 needs peft >= 0.22.0, but peft 0.21.2 .*constraints.txt"
     ):
         versions.check_versions()
+
+
+def test_data_flows_one_way_the_later_stages_import_no_synthesis_module():
+    """The Hub layout, mining, filtering and adaptation sit on the shared layer, not on synthesis's modules."""
+    stages = ["e5_mistral.hub.writer", "e5_mistral.mining.hard_negatives", "e5_mistral.mining.consistency"]
+    stages += ["e5_mistral.adaptation.run", "e5_mistral.training.run"]
+    code = f"import sys; [__import__(m) for m in {stages!r}]; print([m for m in sys.modules if '.synthesis' in m])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from e5_mistral.synthesis import dataset as dataset_module
+from e5_mistral.hub import writer as dataset_module
+from e5_mistral.hub.schema import CONFIG_NAMES, columns
 from e5_mistral.synthesis.builder import SyntheticEmbeddingData
 from e5_mistral.synthesis.runner import generate
-from e5_mistral.synthesis.schema import CONFIG_NAMES, columns
 from tests.helpers.synthesis_fakes import responder, run_args
 
 

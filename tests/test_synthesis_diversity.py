@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from e5_mistral.synthesis.diversity import distinct_n, diversity_report
+from e5_mistral.hub.diversity import distinct_n, diversity_report
 
 
 def row(family, task, language, **fields):

@@ -7,9 +7,9 @@ import json
 
 import pyarrow.parquet as pq
 
+from e5_mistral.hub import writer as dataset_module
 from e5_mistral.llm.journal import Journal, JournalEntry, ObservedJournal
 from e5_mistral.synthesis import collect as collect_module
-from e5_mistral.synthesis import dataset as dataset_module
 from e5_mistral.synthesis import plan as plan_module
 from e5_mistral.synthesis.runner import generate
 from tests.helpers.synthesis_fakes import responder, run_args

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from e5_mistral.hub.schema import default_languages, slot_values
 from e5_mistral.synthesis import templates
-from e5_mistral.synthesis.templates import FAMILIES, placeholders, slot_values, template_text
+from e5_mistral.synthesis.templates import FAMILIES, placeholders, template_text
 
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "paper.md"
@@ -122,7 +123,7 @@ def test_json_keys_named_in_templates():
 
 
 def test_languages_are_the_93_xlmr_names_with_figure_2_weights():
-    weights = templates.default_languages()
+    weights = default_languages()
     assert len(weights) == 93
     assert sum(weights.values()) == pytest.approx(1.0, abs=1e-6)
     assert weights["English"] == 0.431 and weights["Polish"] == 0.030 and weights["Arabic"] == 0.027

@@ -13,10 +13,10 @@ import hashlib
 import random
 from pathlib import Path
 
+from ..hub.schema import slot_values
 from ..llm.answers import Rejected, extract_json
 from ..llm.formats import wrap_schema
 from ..llm.journal import STATUS_OK, Request, chat_request, request_id
-from ..synthesis.templates import slot_values
 from ..text import match_key
 from .corpus import Passage
 

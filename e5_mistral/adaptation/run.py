@@ -197,7 +197,7 @@ def generate_queries(args: AdaptArguments, drawn: list[Passage], output: Path) -
 def adapt(args: AdaptArguments, judge=None) -> dict:
     """Run (or resume) the adaptation of ``args.corpus`` into ``args.output``; returns the report."""
     from ..evaluation.evaluate import load_model
-    from ..synthesis.dataset import write_hub_folder, write_json
+    from ..hub.writer import write_hub_folder, write_json
 
     if not args.corpus:
         raise E5MistralError("the corpus is required (CORPUS, or --corpus)")

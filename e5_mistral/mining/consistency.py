@@ -5,15 +5,16 @@ documents for its query, the candidates being every document of the row's family
 hard negatives). ``--min-score`` adds Qwen3-Embedding's rule (the pair's cosine above a threshold). Queries of the
 asymmetric families carry their instruction (``Instruct: {task}\\nQuery: {query}``), as in training; the symmetric
 families (STS, bitext) compare their own two texts, both bare or both with ``--corpus-prompt``. Queries are scored
-in chunks, so memory holds the documents' embeddings and one chunk's scores, never the whole score matrix.
+against documents in blocks, so memory holds the embeddings and one block of scores, never the whole score matrix.
 
 ``--judge-model`` adds an LLM judge (:mod:`.judge`): each row kept so far is shown to it with its task, and a row
 whose positive it finds not to satisfy the query is dropped. ``--top-k 0`` leaves the judge alone. The judge's
 journal of paid answers is kept in ``OUTPUT/judge/``: a rerun into the same folder asks only what is not answered.
 
-The output mirrors ``e5-mistral generate``'s: ``OUTPUT/dataset/`` in the Hub layout training reads,
-``OUTPUT/report.json`` with what was kept and dropped per family and language, and ``OUTPUT/dropped.jsonl`` with
-every dropped row and its reason.
+The input is anything ``mine`` reads (:mod:`.inputs`): rows of the families, or labeled rows that become rows of
+their family (short_long when they name none). The output mirrors ``e5-mistral generate``'s: ``OUTPUT/dataset/`` in
+the Hub layout training reads, ``OUTPUT/report.json`` with what was kept and dropped per family and language, and
+``OUTPUT/dropped.jsonl`` with every dropped row and its reason.
 """
 
 from __future__ import annotations
@@ -28,28 +29,24 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import E5MistralError, MissingFileError
+from ..errors import E5MistralError
 from ..families import FAMILY_SPECS
+from ..hub.schema import ALL_CONFIG, columns
 from ..instructions import format_query
-from ..local_data import fresh_read_options
 from ..options import option
 from ..output_folders import check_apart, check_replaceable
-from ..synthesis.schema import ALL_CONFIG, columns
+from .inputs import DatasetInput, dataset_source, family_row, input_configs, load_rows
 
 
 logger = logging.getLogger(__name__)
 JUDGE_FOLDER = "judge"  # the LLM judge's journal and lock, kept across reruns
-QUERY_CHUNK = 1024  # queries scored at once: memory is this many rows of scores against every document
+QUERY_CHUNK = 1024  # queries and documents scored at once: a block of scores is 1024 x 16384 floats, 64 MB
+DOCUMENT_CHUNK = 16384
 OWN_FILES = ("dataset", "dropped.jsonl", "report.json")  # what the filter writes beside the judge's journal
 
 
 @dataclass
-class FilterArguments:
-    dataset: Optional[str] = option(
-        "a synthesis output folder (or its dataset/ folder) of e5-mistral generate (on the command line also as the "
-        "first argument)",
-        None,
-    )
+class FilterArguments(DatasetInput):
     output: Optional[str] = option("folder for the filtered output (dataset/, report.json, dropped.jsonl)", None)
     teacher: Optional[str] = option(
         "sentence-transformers model that ranks the documents (default: the bundled all-MiniLM-L6-v2)", None
@@ -67,6 +64,7 @@ class FilterArguments:
     overwrite: bool = option("replace a non-empty --output folder", False)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.output is None:
             raise E5MistralError("--output is required")
         if self.top_k < 0:
@@ -77,20 +75,24 @@ class FilterArguments:
             raise E5MistralError(f"--min-score is a cosine, between -1 and 1, got {self.min_score}")
 
 
-def dataset_folder(dataset: str) -> Path:
-    """The Hub-layout folder of a synthesis output (``OUTPUT`` or ``OUTPUT/dataset``)."""
-    path = Path(dataset)
-    folder = path / "dataset" if (path / "dataset" / "README.md").is_file() else path
-    if not (folder / "README.md").is_file() or not (folder / "all").is_dir():
-        raise MissingFileError(f"{dataset} is not a dataset written by e5-mistral generate (no all/ config)")
-    return folder
+def read_rows(args: FilterArguments) -> list[dict]:
+    """Every row of the input's configs, as rows of the families (see :func:`.inputs.family_row`)."""
+    rows = []
+    for config in input_configs(args):
+        for i, row in enumerate(load_rows(args, config)):
+            rows.append(family_row(row, f"{args.dataset}, config {config}, row {i}", args.instruction))
+    return rows
 
 
-def read_rows(folder: Path) -> list[dict]:
-    """The rows of the ``all`` config, with only the keys of each row's family (others are null there)."""
-    from datasets import load_dataset
-
-    return load_dataset(str(folder), "all", split="train", **fresh_read_options(folder)).to_list()
+def run_folder(args: FilterArguments) -> Path | None:
+    """The local folder whose report.json and run_config.json (of generate or adapt) the output carries forward."""
+    source, data_file = dataset_source(args.dataset)
+    path = Path(data_file or source)
+    if not path.exists():
+        return None  # a Hub id
+    if path.is_file():
+        return None
+    return path.parent if path.name == "dataset" and (path.parent / "report.json").is_file() else path
 
 
 def _pair(row: dict, args: FilterArguments) -> tuple[str, str, list[str]]:
@@ -115,13 +117,23 @@ def positive_ranks(model, rows: Sequence[dict], args: FilterArguments) -> tuple[
     encode = dict(batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True, prompt="")
     queries = model.encode([q for q, _, _ in pairs], **encode)
     corpus = model.encode([(args.corpus_prompt or "") + d for d in documents], **encode)
-    positives = np.array([index[p] for _, p, _ in pairs])
-    ranks, cosines = np.empty(len(pairs), dtype=np.int64), np.empty(len(pairs), dtype=np.float32)
-    for start in range(0, len(pairs), QUERY_CHUNK):
+    positives = np.array([index[p] for _, p, _ in pairs], dtype=np.int64)
+    return count_above(queries, corpus, positives)
+
+
+def count_above(queries: np.ndarray, corpus: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(how many documents score above each query's positive, the positive's score), in blocks of ``QUERY_CHUNK``
+    queries by ``DOCUMENT_CHUNK`` documents: memory holds the embeddings and one block of scores."""
+    cosines = np.einsum("ij,ij->i", queries, corpus[positives]).astype(np.float32)
+    ranks = np.zeros(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), QUERY_CHUNK):
         rows = slice(start, start + QUERY_CHUNK)
-        scores = queries[rows] @ corpus.T
-        positive = scores[np.arange(scores.shape[0]), positives[rows]]
-        ranks[rows], cosines[rows] = (scores > positive[:, None]).sum(axis=1), positive
+        for first in range(0, len(corpus), DOCUMENT_CHUNK):
+            scores = queries[rows] @ corpus[first : first + DOCUMENT_CHUNK].T
+            above = scores > cosines[rows, None]
+            own = np.flatnonzero((positives[rows] >= first) & (positives[rows] < first + DOCUMENT_CHUNK))
+            above[own, positives[rows][own] - first] = False  # a positive never outranks itself (rounding aside)
+            ranks[rows] += above.sum(axis=1)
     return ranks, cosines
 
 
@@ -162,8 +174,10 @@ def judge_rows(rows: list[dict], judge, folder: Path) -> tuple[list[dict], list[
 
 
 def _counts(kept: list[dict], dropped: list[dict], key: str) -> dict[str, dict[str, int]]:
-    kept_n, dropped_n = Counter(r[key] for r in kept), Counter(r[key] for r in dropped)
-    return {k: {"kept": kept_n[k], "dropped": dropped_n[k]} for k in sorted(set(kept_n) | set(dropped_n))}
+    kept_n, dropped_n = Counter(r.get(key) for r in kept), Counter(r.get(key) for r in dropped)
+    return {
+        str(k): {"kept": kept_n[k], "dropped": dropped_n[k]} for k in sorted(set(kept_n) | set(dropped_n), key=str)
+    }
 
 
 def consistency_filter(args: FilterArguments, judge=None) -> dict:
@@ -180,21 +194,22 @@ def consistency_filter(args: FilterArguments, judge=None) -> dict:
         raise E5MistralError("--top-k 0 filters nothing without --min-score or --judge-model")
     if judge is not None:
         check_judge(judge)
-    source = dataset_folder(args.dataset)
-    run_folder = source.parent if (source.parent / "report.json").is_file() else source  # a synthesis output
-    output = check_apart(args.output, [source, run_folder])
+    source, data_file = dataset_source(args.dataset)
+    run = run_folder(args)
+    local = [Path(p) for p in (data_file or source, run) if p is not None and Path(p).exists()]
+    output = check_apart(args.output, local)
     if not _filter_output(output):  # a folder this command wrote is resumed (its judge's answers reused)
         check_replaceable(output, args.overwrite)
-    rows = read_rows(source)
+    rows = read_rows(args)
     if args.teacher is None and ranking:
         from ..local_models import minilm_path
 
         args.teacher = str(minilm_path())
     kept, dropped = filter_rows(load_model(args.teacher) if ranking else None, rows, args)
-    synthesis_report = run_folder / "report.json"
-    report = json.loads(synthesis_report.read_text()) if synthesis_report.is_file() else {}
-    report["filter"] = {"settings": {k: v for k, v in asdict(args).items() if k != "overwrite"}, "source": str(source)}
-    settings = generation_settings(run_folder)
+    source_report = run / "report.json" if run else None
+    report = json.loads(source_report.read_text()) if source_report and source_report.is_file() else {}
+    report["filter"] = {"settings": {k: v for k, v in asdict(args).items() if k != "overwrite"}, "source": source}
+    settings = generation_settings(run) if run else {}
     if judging:
         kept, judged_off, counts = judge_rows(kept, judge, output / JUDGE_FOLDER)
         dropped += judged_off
@@ -219,7 +234,7 @@ def _filter_output(folder: Path) -> bool:
 
 def generation_settings(run_folder: Path) -> dict:
     """The generation settings the source's card states (the run's ``run_config.json``), carried to the output's."""
-    from ..synthesis.dataset import CARD_SETTINGS
+    from ..hub.writer import CARD_SETTINGS
 
     path = run_folder / "run_config.json"
     if not path.is_file():
@@ -230,7 +245,7 @@ def generation_settings(run_folder: Path) -> dict:
 
 def _write(output: Path, kept: list[dict], dropped: list[dict], report: dict, settings: dict) -> None:
     """The filter's files in ``output``, replacing earlier ones; the judge's journal stays for a rerun."""
-    from ..synthesis.dataset import write_hub_folder
+    from ..hub.writer import write_hub_folder
 
     if (output / JUDGE_FOLDER).is_dir():  # the judge's journal stays; only the filter's own files are replaced
         for name in OWN_FILES:
@@ -246,6 +261,7 @@ def _write(output: Path, kept: list[dict], dropped: list[dict], report: dict, se
     # columns a stage added to the schema's (the passage ids of `e5-mistral adapt`) travel with the kept rows
     known = {*columns(ALL_CONFIG), "filter_reason"}
     extra = tuple(dict.fromkeys(k for row in kept[:1] + dropped[:1] for k in row if k not in known))
+    extra = tuple(k for k in extra if all(isinstance(row.get(k), (str, type(None))) for row in kept))  # text only
     write_hub_folder(kept, output / "dataset", report, settings, extra_columns=extra)
 
 

@@ -26,12 +26,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Optional
 
-from ..errors import E5MistralError, MissingFileError
+from ..errors import E5MistralError
 from ..families import FAMILY_SPECS
 from ..instructions import format_query
-from ..local_data import fresh_read_options, write_parquet
+from ..local_data import write_parquet
 from ..options import option
 from ..output_folders import check_apart, check_replaceable
+from .inputs import DatasetInput, dataset_source, input_configs, load_rows, read_corpus, training_pair
 
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name insid
 
 
 @dataclass
-class MiningArguments:
+class MiningArguments(DatasetInput):
     HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "input and output": ("dataset", "output", "configs", "split", "columns", "instruction"),
         "teacher": (
@@ -68,11 +69,6 @@ class MiningArguments:
         ),
         "Hub and progress": ("push_to_hub", "private", "no_progress", "overwrite"),
     }
-    dataset: Optional[str] = option(
-        "Hub id, a local folder in the Hub layout, a synthesis output folder, or a JSON Lines file (on the command "
-        "line also as the first argument)",
-        None,
-    )
     output: Optional[str] = option(
         "folder for the mined dataset (Hub layout, one config per input config, plus a card)", None
     )
@@ -81,18 +77,9 @@ class MiningArguments:
         "default: the bundled all-MiniLM-L6-v2)",
         None,
     )
-    configs: Optional[list[str]] = option(
-        "configs to mine (default: every config; for synthesis output, the six families, and `all` is rebuilt)",
-        None,
-    )
-    split: str = option("split to mine", "train")
     corpus: Optional[str] = option(
         "candidate documents: a text file (one a line) or JSON Lines with a `text` field (default: the positives)",
         None,
-    )
-    instruction: Optional[str] = option("instruction for labeled rows that carry none", None)
-    columns: Optional[str] = option(
-        'JSON object renaming input columns, e.g. {"question": "query", "answer": "positive"}', None
     )
     query_prompt: Optional[str] = option(
         "a fixed prefix for queries instead of their instruction (a teacher trained otherwise, e.g. 'query: ' for "
@@ -127,6 +114,7 @@ class MiningArguments:
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.output is None:
             raise E5MistralError("--output is required")
         if self.num_negatives < 1 or self.batch_size < 1 or self.range_min < 0:
@@ -135,13 +123,6 @@ class MiningArguments:
             raise E5MistralError(f"--range-max ({self.range_max}) must be above --range-min ({self.range_min})")
         if self.sampling_strategy not in SAMPLING_STRATEGIES:
             raise E5MistralError(f"--sampling-strategy must be top or random, not {self.sampling_strategy!r}")
-        if self.columns is not None:
-            try:
-                mapping = json.loads(self.columns)
-            except json.JSONDecodeError as err:
-                raise E5MistralError(f"--columns is not valid JSON: {err}") from None
-            if not isinstance(mapping, dict):
-                raise E5MistralError("--columns must be a JSON object (old name: new name)")
         if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
             raise E5MistralError(f"--relative-margin must be in [0, 1), got {self.relative_margin}")
 
@@ -151,112 +132,6 @@ MINING_SETTINGS = (
     *("split", "columns", "instruction", "query_prompt", "corpus_prompt", "corpus", "cross_encoder"),
     *MiningArguments.HELP_GROUPS["which negatives"],
 )
-
-
-# -- input ---------------------------------------------------------------------------------------------------------
-def _source(dataset: str) -> tuple[str, str | None]:
-    """(what load_dataset takes, data file or None): a synthesis output's dataset/ folder, a folder, a file, an id."""
-    path = Path(dataset)
-    if path.is_file():
-        return "json", str(path)
-    if path.is_dir():
-        return (str(path / "dataset") if (path / "dataset" / "README.md").is_file() else str(path)), None
-    if path.suffix in (".jsonl", ".json") or dataset.startswith((".", "/", "~")):
-        raise MissingFileError(f"dataset {dataset} not found")
-    return dataset, None  # a Hub id
-
-
-def input_configs(args: MiningArguments) -> list[str]:
-    from datasets import get_dataset_config_names
-
-    source, data_file = _source(args.dataset)
-    if data_file is not None:
-        return ["default"]
-    names = list(get_dataset_config_names(source))
-    if args.configs:
-        unknown = [c for c in args.configs if c not in names]
-        if unknown:
-            raise E5MistralError(f"{args.dataset} has no config {', '.join(unknown)} (it has {', '.join(names)})")
-        return list(args.configs)
-    if set(FAMILY_SPECS) <= set(names):  # synthesis layout: `all` is the union of the families, rebuilt after
-        return [n for n in names if n != "all"]
-    return names
-
-
-def load_rows(args: MiningArguments, config: str) -> list[dict]:
-    from datasets import load_dataset
-
-    source, data_file = _source(args.dataset)
-    if data_file is not None:
-        dataset = load_dataset("json", data_files=data_file, split="train", **fresh_read_options(data_file))
-    else:
-        dataset = load_dataset(source, config, split=args.split, **fresh_read_options(source))
-    if args.columns:
-        mapping = json.loads(args.columns)
-        missing = [c for c in mapping if c not in dataset.column_names]
-        if missing:
-            raise E5MistralError(
-                f"{args.dataset}: columns to rename not found: {', '.join(missing)} "
-                f"(has {', '.join(dataset.column_names)})"
-            )
-        dataset = dataset.rename_columns(mapping)
-    return dataset.to_list()
-
-
-def _text(row: dict, key: str, where: str) -> str:
-    value = row.get(key)
-    if not isinstance(value, str) or not value.strip():
-        problem = (
-            "is missing" if value is None else "is empty" if isinstance(value, str) else f"is a {type(value).__name__}"
-        )
-        raise E5MistralError(f"{where}: field {key!r} {problem}, expected a non-empty string")
-    return value
-
-
-def training_pair(row: dict, where: str, default_instruction: str | None) -> dict:
-    """(query, positive, own negatives, instruction, family) of a synthesis row or a labeled row."""
-    family = row.get("family")
-    if family is not None and row.get("query") is None:
-        if family not in FAMILY_SPECS:
-            raise E5MistralError(f"{where}: field 'family' is {family!r}, expected one of {', '.join(FAMILY_SPECS)}")
-        query_key, positive_key, negative_key = FAMILY_SPECS[family].fields
-        # a row may lack its negative (written by `e5-mistral adapt --negatives none`)
-        negatives = [_text(row, negative_key, where)] if negative_key and row.get(negative_key) is not None else []
-        return {
-            "query": _text(row, query_key, where),
-            "positive": _text(row, positive_key, where),
-            "negatives": negatives,
-            "instruction": _text(row, "task", where),
-            "family": family,
-        }
-    raw = row.get("negative")
-    negatives = [] if raw is None else [raw] if isinstance(raw, str) else list(raw)
-    for k, negative in enumerate(negatives):
-        if not isinstance(negative, str) or not negative.strip():
-            raise E5MistralError(f"{where}: field 'negative'[{k}] must be a non-empty string")
-    return {
-        "query": _text(row, "query", where),
-        "positive": _text(row, "positive", where),
-        "negatives": negatives,
-        "instruction": row.get("instruction") or default_instruction,
-        "family": family,
-    }
-
-
-def read_corpus(path: str) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise MissingFileError(f"corpus file {path} not found")
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if file.suffix != ".jsonl":
-        return lines
-    texts = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            texts.append(_text(json.loads(line), "text", f"{path}, line {number}"))
-        except json.JSONDecodeError as err:
-            raise E5MistralError(f"{path}, line {number}: not JSON ({err})") from None
-    return texts
 
 
 # -- mining --------------------------------------------------------------------------------------------------------
@@ -388,15 +263,6 @@ def previous_report(output: Path, overwrite: bool) -> dict | None:
     return None
 
 
-def _empty(args: MiningArguments, config: str) -> bool:
-    """Whether a local Hub-layout config holds no rows (read from its parquet footers; datasets refuses to load one)."""
-    import pyarrow.parquet as pq
-
-    source, data_file = _source(args.dataset)
-    files = list((Path(source) / config).glob("*.parquet")) if data_file is None and Path(source).is_dir() else []
-    return bool(files) and not any(pq.ParquetFile(f).metadata.num_rows for f in files)
-
-
 def _features():
     from datasets import Features, Sequence, Value
 
@@ -440,7 +306,7 @@ def mine(args: MiningArguments, judge=None) -> dict:
 
     if not args.dataset:
         raise E5MistralError("the dataset to mine is required (DATASET, or --dataset)")
-    source, data_file = _source(args.dataset)
+    source, data_file = dataset_source(args.dataset)
     local_input = data_file or (source if Path(source).exists() else None)
     output = check_apart(args.output, [local_input] if local_input else [])
     judging = judge is not None and judge.judge_model is not None
@@ -481,7 +347,7 @@ def mine(args: MiningArguments, judge=None) -> dict:
             where = f"{args.dataset}" + ("" if config == "default" else f" config {config}") + f" split {args.split}"
             pairs = [
                 training_pair(row, f"{where}, row {i}", args.instruction)
-                for i, row in enumerate(load_rows(args, config) if not _empty(args, config) else [])
+                for i, row in enumerate(load_rows(args, config))
             ]
             if not pairs:  # a family the dataset has no rows of: an empty config, nothing to mine
                 _write([], folder)
@@ -522,7 +388,7 @@ def mine(args: MiningArguments, judge=None) -> dict:
         (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         write_card(output, report, [c for c in report["configs"]])
     if args.push_to_hub:
-        from ..synthesis.dataset import push_to_hub
+        from ..hub.writer import push_to_hub
 
         # The dataset layout and its card only: not the embedding cache, the judge's journal and settings (its
         # endpoint), the lock or the report's local paths.

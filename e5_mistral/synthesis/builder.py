@@ -22,9 +22,9 @@ import datasets
 from datasets.builder import Key
 
 from ..errors import E5MistralError
+from ..hub.schema import ALL_CONFIG, CONFIG_NAMES, features
+from ..hub.writer import DATA_FILE
 from .config import SynthesisArguments
-from .dataset import DATA_FILE
-from .schema import ALL_CONFIG, CONFIG_NAMES, features
 
 
 CITATION = """@inproceedings{wang2024improving,

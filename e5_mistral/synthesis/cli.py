@@ -15,7 +15,7 @@ DESCRIPTION = (
 
 def _generate(args) -> int:
     from ..errors import E5MistralError
-    from .dataset import push_to_hub
+    from ..hub.writer import push_to_hub
     from .runner import SynthesisRun
 
     run = SynthesisRun(args)

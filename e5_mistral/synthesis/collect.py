@@ -15,14 +15,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, TextIO, TypedDict
 
+from ..hub.schema import ALL_CONFIG
+from ..hub.writer import DATA_FILE, HubFolderWriter, run_settings, write_json
 from ..llm.cost import price_for, usage_totals
 from ..llm.journal import STATUS_OK, STATUS_REFUSED
 from ..text import match_key
 from .config import SynthesisArguments
-from .dataset import DATA_FILE, HubFolderWriter, run_settings, write_json
 from .parsing import Rejected, parse_example
 from .planner import Planner
-from .schema import ALL_CONFIG
 from .templates import DEDUP_KEY
 
 

@@ -12,19 +12,10 @@ import random
 from typing import Iterable, Mapping, Sequence
 
 from ..errors import E5MistralError
+from ..hub.schema import LANGUAGE_SLOT, default_languages, slot_values
 from ..llm.journal import Request, chat_request, request_id
 from .structured import response_format
-from .templates import (
-    ASYMMETRIC_FAMILIES,
-    FAMILIES,
-    FIXED_TASKS,
-    LANGUAGE_SLOT,
-    check_family,
-    default_languages,
-    render,
-    slot_values,
-    template_version,
-)
+from .templates import ASYMMETRIC_FAMILIES, FAMILIES, FIXED_TASKS, check_family, render, template_version
 
 
 # Paper Figure 2 counts (thousands): the default family mix.

@@ -1,4 +1,4 @@
-"""The paper's prompt templates (Tables 8-13), slot value sets and XLM-R languages, loaded from data files.
+"""The paper's prompt templates (Tables 8-13), loaded from data files (the slot value sets and languages: hub.schema).
 
 The texts live in ``templates/*.txt`` verbatim, with the paper's ``{slot}`` placeholders; a template's
 version is a hash of its text, so editing a template gives new request ids instead of silently reusing
@@ -8,7 +8,6 @@ answers generated from the old text.
 from __future__ import annotations
 
 import hashlib
-import json
 import string
 from functools import lru_cache
 from pathlib import Path
@@ -23,8 +22,6 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 FIXED_TASKS = {name: spec.fixed_task for name, spec in FAMILY_SPECS.items() if spec.fixed_task}
 OUTPUT_KEYS: dict[str, tuple[str, ...]] = {name: spec.output_keys for name, spec in FAMILY_SPECS.items()}
 DEDUP_KEY = {name: spec.dedup_key for name, spec in FAMILY_SPECS.items()}
-
-LANGUAGE_SLOT = "languages"  # marker in slots.json: the slot draws from the language distribution
 
 
 def check_family(family: str) -> str:
@@ -56,22 +53,3 @@ def render(family: str, kind: str, values: dict[str, str]) -> str:
     if missing or unused:
         raise E5MistralError(f"{family} {kind} template: missing slots {sorted(missing)}, unused {sorted(unused)}")
     return text.format_map(values)
-
-
-@lru_cache(maxsize=None)
-def _slots() -> dict:
-    data = json.loads((TEMPLATE_DIR / "slots.json").read_text(encoding="utf-8"))
-    data.pop("_comment", None)
-    return data
-
-
-def slot_values(family: str) -> dict[str, list[str] | str]:
-    """Slot name -> the paper's value set, or ``"languages"`` for language slots."""
-    return dict(_slots()[check_family(family)])
-
-
-@lru_cache(maxsize=None)
-def default_languages() -> dict[str, float]:
-    """The 93 XLM-R language names with the default (Figure 2) weights."""
-    data = json.loads((TEMPLATE_DIR / "languages.json").read_text(encoding="utf-8"))
-    return {entry["name"]: float(entry["weight"]) for entry in data["languages"]}

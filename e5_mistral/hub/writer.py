@@ -18,8 +18,7 @@ from typing import Iterable
 
 from ..errors import E5MistralError, MissingFileError
 from .diversity import DiversityTally
-from .schema import ALL_CONFIG, CONFIG_NAMES, conform, features, output_keys
-from .templates import TEMPLATE_DIR
+from .schema import ALL_CONFIG, CONFIG_NAMES, HUB_DIR, check_row, conform, features, language_codes, output_keys
 
 
 logger = logging.getLogger(__name__)
@@ -79,11 +78,14 @@ class HubFolderWriter:
         self.diversity = DiversityTally()
 
     def add(self, row: dict) -> None:
-        """One accepted row of the schema."""
+        """One row of a family (see ``check_row``); metadata columns it lacks are written as null."""
+        check_row(row, f"{self.folder}: row {self.counts[ALL_CONFIG] + 1}")
         self.diversity.add(row)
-        self.languages[row["language"]] += 1
+        if row.get("language") is not None:
+            self.languages[row["language"]] += 1
         self.slots.update(f"{k} = {v}" for k, v in (row.get("slots") or {}).items())
-        self.generators.add(row["generator_model"])
+        if row.get("generator_model") is not None:
+            self.generators.add(row["generator_model"])
         for config in (row["family"], ALL_CONFIG):
             self.counts[config] += 1
             self.pending[config].append({**conform(row, config), **{k: row.get(k) for k in self.extra_columns}})
@@ -130,8 +132,7 @@ def write_hub_folder(
     repo_id: str | None = None,
     extra_columns: tuple[str, ...] = (),
 ) -> Path:
-    """Write the Hub layout for ``rows`` (accepted rows of the schema, plus ``extra_columns``) to ``folder``,
-    replacing it."""
+    """Write the Hub layout for ``rows`` (rows of the families, plus ``extra_columns``) to ``folder``, replacing it."""
     writer = HubFolderWriter(folder, extra_columns)
     try:
         for row in rows:
@@ -153,7 +154,7 @@ def dataset_card(written: HubFolderWriter, report: dict, settings: dict, repo_id
     """The card of what ``written`` holds."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    codes = _language_codes()
+    codes = language_codes()
     card_data = DatasetCardData(
         configs=[
             {"config_name": c, "data_files": [{"split": "train", "path": f"{c}/*.parquet"}]} for c in CONFIG_NAMES
@@ -177,7 +178,7 @@ def dataset_card(written: HubFolderWriter, report: dict, settings: dict, repo_id
     }
     return DatasetCard.from_template(
         card_data,
-        template_path=str(TEMPLATE_DIR / "dataset_card.md"),
+        template_path=str(HUB_DIR / "dataset_card.md"),
         total_rows=written.counts[ALL_CONFIG],
         config_rows=config_rows,
         repo_id=repo_id,
@@ -195,11 +196,6 @@ def dataset_card(written: HubFolderWriter, report: dict, settings: dict, repo_id
         accept_text_task_lists=bool(settings.get("accept_text_task_lists")),
         generator_license=settings.get("generator_license"),
     )
-
-
-def _language_codes() -> dict[str, str]:
-    data = json.loads((TEMPLATE_DIR / "languages.json").read_text(encoding="utf-8"))
-    return {entry["name"]: entry["code"] for entry in data["languages"]}
 
 
 def push_to_hub(

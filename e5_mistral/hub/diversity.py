@@ -10,9 +10,8 @@ from collections import Counter
 from typing import Iterable
 
 from ..errors import E5MistralError
-from ..families import all_output_keys
+from ..families import FAMILY_SPECS, all_output_keys
 from ..text import match_key
-from .templates import DEDUP_KEY
 
 
 NGRAM_ORDERS = (1, 2, 3)
@@ -39,8 +38,8 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
 
 def query_text(row: dict) -> str | None:
     """The query-side text of a row: user_query, input_text, input or S1 by family."""
-    key = DEDUP_KEY.get(row.get("family"))
-    value = row.get(key) if key else None
+    spec = FAMILY_SPECS.get(row.get("family"))
+    value = row.get(spec.dedup_key) if spec else None
     return value if isinstance(value, str) else None
 
 
@@ -81,8 +80,8 @@ class DiversityTally:
 
     def add(self, row: dict) -> None:
         family = row.get("family")
-        if family not in DEDUP_KEY:
-            raise E5MistralError(f"rows have unknown family {family!r}; expected one of {', '.join(DEDUP_KEY)}")
+        if family not in FAMILY_SPECS:
+            raise E5MistralError(f"rows have unknown family {family!r}; expected one of {', '.join(FAMILY_SPECS)}")
         self.rows += 1
         self.families[family] += 1
         self.languages[row.get("language")] += 1
