@@ -64,8 +64,9 @@ def responder(body: dict) -> str:
     prompt = body["messages"][0]["content"]
     if prompt.startswith("Brainstorm"):
         return json.dumps([f"Retrieve documents answering question type {n}-{i}." for i in range(20)])
-    keys = next(s.output_keys for s in FAMILY_SPECS.values() if all(f'"{k}"' in prompt for k in s.output_keys))
-    return json.dumps({key: f"text {k} of answer number {n}, {key}" for k, key in enumerate(keys)})
+    named = (s for s in FAMILY_SPECS.values() if all(f'"{k}"' in prompt for k in s.output_keys))
+    spec = next(named, FAMILY_SPECS[FAMILY])  # a probe of the response format names no family
+    return json.dumps({key: f"text {k} of answer number {n}, {key}" for k, key in enumerate(spec.output_keys)})
 
 
 def _serve(latency: float, conn) -> None:

@@ -244,7 +244,7 @@ def test_judge_options_mirror_generate_and_are_checked_before_mining(tmp_path):
 
 @pytest.mark.parametrize(
     "command, missing_error",
-    [("mine", "missing.jsonl not found"), ("filter", "missing.jsonl is not a dataset written by e5-mistral generate")],
+    [("mine", "missing.jsonl not found"), ("filter", "missing.jsonl not found")],
 )
 def test_the_dataset_is_the_first_argument_or_dataset_once(tmp_path, capsys, command, missing_error):
     from e5_mistral.mining.cli import main as mine_main

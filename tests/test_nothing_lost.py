@@ -115,7 +115,8 @@ class _FakeRun:
 
 
 def test_generate_pushes_an_unfinished_dataset_only_when_asked(tmp_path, monkeypatch, capsys):
-    from e5_mistral.synthesis import cli, dataset, runner
+    from e5_mistral.hub import writer as dataset
+    from e5_mistral.synthesis import cli, runner
 
     pushed = []
     monkeypatch.setattr(runner, "SynthesisRun", _FakeRun)
@@ -328,8 +329,8 @@ def test_every_option_reaches_the_code_that_applies_it():
 
     package = REPO_ROOT / "e5_mistral"
     consumers = {
-        MiningArguments: ["mining/hard_negatives.py", "mining/cli.py"],
-        FilterArguments: ["mining/consistency.py"],
+        MiningArguments: ["mining/hard_negatives.py", "mining/cli.py", "mining/inputs.py"],
+        FilterArguments: ["mining/consistency.py", "mining/inputs.py"],
         EvaluateArguments: ["evaluation/cli.py"],
         SynthesisArguments: [str(p.relative_to(package)) for p in (package / "synthesis").glob("*.py")]
         + ["mining/judge.py"],
