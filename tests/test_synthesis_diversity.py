@@ -88,3 +88,29 @@ def test_empty_and_bad_rows():
     assert empty["examples"] == 0 and empty["tasks_per_example"] == 0.0 and empty["distinct_1"] == 0.0
     with pytest.raises(ValueError, match="unknown family 'retrieval'"):
         diversity_report([row("retrieval", "t", "English")])
+
+
+def test_the_tally_of_long_documents_keeps_8_bytes_an_ngram():
+    """distinct-n over 2,000 texts a field is bounded, and small: at generate's defaults the long-document fields
+    dominated a run's memory (a set of Python ints costs about 60 bytes an n-gram)."""
+    import random
+    import tracemalloc
+
+    from e5_mistral.hub.diversity import DiversityTally
+
+    rng = random.Random(0)
+    vocabulary = [f"w{i}" for i in range(5000)]
+    rows = [
+        {"family": "long_long", "task": f"t{i}", "language": "English", "input": " ".join(rng.choices(vocabulary, k=200)),
+         "positive_document": " ".join(rng.choices(vocabulary, k=200))}
+        for i in range(500)
+    ]  # fmt: skip
+    tracemalloc.start()
+    tally = DiversityTally()
+    for row in rows:
+        tally.add(row)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    ngrams = 3 * 2 * 2 * 500 * 199  # orders x (queries + each field) x rows x n-grams a text, about
+    assert held < 12 * ngrams, held  # 8 bytes an n-gram and the arrays' slack
+    assert 0.9 < tally.report()["per_field"]["input"]["distinct_3"] <= 1.0
