@@ -35,6 +35,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import random
 import sys
 import tempfile
 import time
@@ -53,6 +54,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 FAMILY = "short_long"
+SHORT_KEYS = {"user_query", "label", "misleading_label", "input"}  # the others are documents or sentences
 PARAMS = {"model": "fake", "temperature": 1.0, "top_p": 1.0, "max_tokens": 512}
 _counter = itertools.count()
 
@@ -66,7 +68,15 @@ def responder(body: dict) -> str:
         return json.dumps([f"Retrieve documents answering question type {n}-{i}." for i in range(20)])
     named = (s for s in FAMILY_SPECS.values() if all(f'"{k}"' in prompt for k in s.output_keys))
     spec = next(named, FAMILY_SPECS[FAMILY])  # a probe of the response format names no family
-    return json.dumps({key: f"text {k} of answer number {n}, {key}" for k, key in enumerate(spec.output_keys)})
+    return json.dumps({key: _text(n, k, key) for k, key in enumerate(spec.output_keys)})
+
+
+def _text(n: int, k: int, key: str) -> str:
+    """Answer ``n``'s text for ``key``, as long as the prompts ask: a few words for queries and labels, about 60 for
+    documents and long inputs, drawn from 5,000 words."""
+    length = 8 if key in SHORT_KEYS else 60
+    draw = random.Random(n * 16 + k)
+    return f"answer {n} {key} " + " ".join(f"w{draw.randrange(5000)}" for _ in range(length))
 
 
 def _serve(latency: float, conn) -> None:
