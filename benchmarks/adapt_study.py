@@ -2,8 +2,9 @@
 
 The data is one `e5-mistral adapt` run on SciFact's documents (Qwen2.5-Coder-0.5B-Instruct on llama.cpp, kept in
 ``benchmarks/adapt_data/``); each cell trains a student on a share of it, under two seeds, and scores it on
-SciFact's 300 test queries (nDCG@10; the encoder in float32, SmolLM2 in bf16), with a paired interval against all-MiniLM-L6-v2 zero-shot on the same
-queries. The test queries and relevance labels are read by the scoring only.
+SciFact's 300 test queries (nDCG@10; the encoder in float32, SmolLM2 in bf16 where the CPU has bf16 units), with
+a paired interval against all-MiniLM-L6-v2 zero-shot on the same queries. The test queries and relevance labels
+are read by the scoring only.
 
     python -m benchmarks.adapt_study --benchmarks-dir ../shared/benchmarks                 # every cell, then the page
     python -m benchmarks.adapt_study --benchmarks-dir ../shared/benchmarks --cells q100 q300
@@ -123,6 +124,7 @@ def score(path: Path, key: str, student, benchmarks: Path, out: Path, scores: di
     """nDCG@10 on SciFact and the paired difference from the zero-shot MiniLM, saved into ``scores``."""
     from e5_mistral.evaluation.evaluate import evaluate, resolve_tasks
     from e5_mistral.evaluation.paired import paired_difference
+    from e5_mistral.precision import cpu_dtype
 
     if key in scores:
         return
@@ -134,7 +136,7 @@ def score(path: Path, key: str, student, benchmarks: Path, out: Path, scores: di
         folder,
         benchmarks_dir=benchmarks,
         instructions=student.instructions,
-        dtype=student.eval_dtype,
+        dtype=cpu_dtype(student.eval_dtype),
         batch_size=16,
         show_progress_bar=False,
     )
