@@ -88,10 +88,8 @@ def run_folder(args: FilterArguments) -> Path | None:
     """The local folder whose report.json and run_config.json (of generate or adapt) the output carries forward."""
     source, data_file = dataset_source(args.dataset)
     path = Path(data_file or source)
-    if not path.exists():
-        return None  # a Hub id
-    if path.is_file():
-        return None
+    if not path.is_dir():
+        return None  # a Hub id or a file
     return path.parent if path.name == "dataset" and (path.parent / "report.json").is_file() else path
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 from ..errors import E5MistralError, MissingFileError
 from ..families import FAMILY_SPECS
 from ..hub.schema import check_row
+from ..llm.settings import check_json_object
 from ..local_data import fresh_read_options
 from ..options import option
 
@@ -35,12 +36,7 @@ class DatasetInput:
 
     def __post_init__(self):
         if self.columns is not None:
-            try:
-                mapping = json.loads(self.columns)
-            except json.JSONDecodeError as err:
-                raise E5MistralError(f"--columns is not valid JSON: {err}") from None
-            if not isinstance(mapping, dict):
-                raise E5MistralError("--columns must be a JSON object (old name: new name)")
+            check_json_object("--columns", self.columns)
 
 
 def dataset_source(dataset: str) -> tuple[str, str | None]:
