@@ -321,6 +321,7 @@ def recipe(cell: Cell, data: Path, folder: Path) -> Path:
     when mined)."""
     import yaml
 
+    from e5_mistral.precision import fit_recipe_to_cpu
     from e5_mistral.quickstart import QuickstartArguments, training_config
 
     path = training_config(QuickstartArguments(), data, folder, "recipe")
@@ -331,6 +332,7 @@ def recipe(cell: Cell, data: Path, folder: Path) -> Path:
         entry.update(cell.entries.get(entry["name"], {}))
     if cell.mined:
         config["num_hard_negatives"] = 4  # the row's own negative, then the mined ones
+    config = fit_recipe_to_cpu(config)  # a cell's bf16 autocast is emulated, many times slower, without bf16 units
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return path
 
@@ -545,6 +547,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     scores = json.loads(SCORES.read_text()) if SCORES.is_file() else {}
     if not args.report_only:
+        from e5_mistral.precision import cpu_dtype
+
         if args.benchmarks_dir is None:
             parser.error("--benchmarks-dir is required to run cells")
         names = args.cells or (WIDE_CELLS if args.wide else [c.name for c in CELLS])
@@ -552,7 +556,7 @@ def main(argv=None) -> int:
         unknown = set(args.cells or []) - {c.name for c in CELLS}
         if unknown:
             parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
-        tasks, settings = (WIDE_TASKS, {"dtype": WIDE_DTYPE}) if args.wide else (TASKS, {})
+        tasks, settings = (WIDE_TASKS, {"dtype": cpu_dtype(WIDE_DTYPE)}) if args.wide else (TASKS, {})
         references(args.benchmarks_dir, args.output, scores, tasks, **settings)
         for cell in chosen:
             run_cell(cell, args.benchmarks_dir, args.output, scores, args.seeds, tasks, **settings)

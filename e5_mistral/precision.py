@@ -1,4 +1,4 @@
-"""Which floating-point format a CPU computes fast.
+"""What a CPU computes fast: which floating-point format, on how many cores.
 
 bf16 halves memory traffic, and on a CPU with bf16 units (AVX512-BF16 or AMX) its matrix products ran 1.6x the
 texts a second of float32 on 2 cores. Without them torch emulates bf16: a 512x512 product ran about 50x slower
@@ -8,6 +8,7 @@ than in float32 on a 2-core AVX2 CPU. The CPU commands therefore use bf16 only w
 from __future__ import annotations
 
 import functools
+import os
 
 
 BF16_UNITS = ("avx512_bf16", "amx_bf16")
@@ -19,6 +20,11 @@ def cpu_has_bf16() -> bool:
 
     capabilities = torch.cpu.get_capabilities()
     return any(capabilities.get(unit) for unit in BF16_UNITS)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu_dtype(preferred: str) -> str:

@@ -32,7 +32,7 @@ from .errors import E5MistralError, MissingFileError
 from .families import FAMILIES, FAMILY_SPECS
 from .local_data import write_jsonl
 from .options import option
-from .precision import cpu_dtype, fit_recipe_to_cpu
+from .precision import cpu_cores, cpu_dtype, fit_recipe_to_cpu
 from .resources import resource
 
 
@@ -416,8 +416,9 @@ AFTER = "after (trained on the generated data)"
 SAMPLE = "after (trained on the bundled hand-written sample)"
 
 
-# One CPU process, no mixed precision, no compilation: how the quickstart's recipe is trained.
-TRAIN_ON_CPU = [
+# One CPU process on every core, no mixed precision, no compilation: how the quickstart's recipe is trained.
+# Without --cpu, accelerate launch sets OMP_NUM_THREADS=1, and torch would train on one core of the machine's.
+LAUNCH_ON_CPU = [
     sys.executable,
     "-m",
     "accelerate.commands.launch",
@@ -425,13 +426,14 @@ TRAIN_ON_CPU = [
     "1",
     "--num_machines",
     "1",
+    "--num_cpu_threads_per_process",
+    str(cpu_cores()),
     "--mixed_precision",
     "no",
     "--dynamo_backend",
     "no",
-    "-m",
-    "e5_mistral.training.run",
 ]
+TRAIN_ON_CPU = [*LAUNCH_ON_CPU, "-m", "e5_mistral.training.run"]
 
 
 def print_step_times(timings: dict[str, float], began: float) -> None:

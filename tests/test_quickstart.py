@@ -178,6 +178,19 @@ def test_bf16_is_used_only_on_a_cpu_with_bf16_units(tmp_path, monkeypatch, capsy
     assert precision.cpu_dtype("float16") == "float16"
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_the_method_study_asks_bf16_only_of_a_cpu_with_bf16_units(tmp_path, monkeypatch, has_bf16):
+    from benchmarks import method_study
+    from e5_mistral import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    data = tmp_path / "data"
+    write_hub_folder([synthetic_row("short_long", 0)], data)
+    cell = next(c for c in method_study.CELLS if c.name == "lr-2e-3-90-100")  # the best recipe: bf16 autocast
+    config = yaml.safe_load(method_study.recipe(cell, data, tmp_path).read_text())
+    assert config["bf16"] is has_bf16 and config["max_steps"] == 90 and config["learning_rate"] == 2e-3
+
+
 def test_failing_step_is_named_and_earlier_results_stay(tmp_path, smollm2_dir):
     out = tmp_path / "qs"
     recipe = tmp_path / "bad.yaml"
@@ -189,3 +202,15 @@ def test_failing_step_is_named_and_earlier_results_stay(tmp_path, smollm2_dir):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("e5-mistral quickstart: error: step 'train' failed"), last
     assert (out / "synthetic" / "kept.txt").read_text() == "earlier result"
+
+
+def test_training_is_launched_on_every_core(tmp_path):
+    """accelerate launch without --cpu sets OMP_NUM_THREADS=1: the recipe would train on one core of two."""
+    from e5_mistral.precision import cpu_cores
+    from e5_mistral.quickstart import LAUNCH_ON_CPU, TRAIN_ON_CPU
+
+    script = tmp_path / "threads.py"
+    script.write_text("import torch\nprint('threads', torch.get_num_threads())\n")
+    result = subprocess.run([*LAUNCH_ON_CPU, str(script)], capture_output=True, text=True, check=True)
+    assert f"threads {cpu_cores()}" in result.stdout
+    assert TRAIN_ON_CPU[: len(LAUNCH_ON_CPU)] == LAUNCH_ON_CPU

@@ -68,10 +68,11 @@ def check_model_path(name_or_path: str | None, where: str) -> None:
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: E5TrainingConfig):
     """Train and save; returns the trainer (its ``state`` holds the log history)."""
+    import torch
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from ..precision import cpu_has_bf16
+    from ..precision import cpu_cores, cpu_has_bf16
     from ..versions import check_versions
     from .data import build_mixture
     from .e5_trainer import E5Trainer
@@ -80,6 +81,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
     check_versions()  # before any minute is spent: an unpinned install can break at the first adapter call
     if training_args.bf16 and training_args.device.type == "cpu" and not cpu_has_bf16():
         logger.warning("bf16 on a CPU without bf16 units is emulated, many times slower than float32: set bf16 false")
+    if training_args.device.type == "cpu" and training_args.world_size == 1 and torch.get_num_threads() < cpu_cores():
+        logger.warning(
+            f"training on {torch.get_num_threads()} of {cpu_cores()} CPU cores (OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS')}; accelerate launch sets 1 without --cpu): "
+            f"pass --num_cpu_threads_per_process {cpu_cores()}"
+        )
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args)
     # Validate every row on the main process first; the others then read the datasets cache.
