@@ -308,6 +308,20 @@ def test_step_one_rejects_preambles_and_copies(tmp_path):
     assert sorted(r["reason"] for r in rejected) == sorted(report["rejected"])
 
 
+def test_the_query_prompt_brings_no_domain_of_its_own():
+    """A small generator copies the prompt's example: a domain named there leaks into queries on any corpus
+    (an example about medical findings made it ask tweets for "medical findings")."""
+    from e5_mistral.adaptation.corpus import Passage
+    from e5_mistral.adaptation.queries import query_request
+
+    passage = Passage("recipes.txt@0", "recipes.txt", "Knead the dough for ten minutes, then let it rise overnight.")
+    domains = ("medic", "abstract", "scien", "claim", "legal", "financ", "patient", "disease", "stock", "product")
+    for seed in range(5):  # the query's slots vary with the seed
+        body = query_request(passage, 0, seed, {"model": "m"}).body()
+        prompt = body["messages"][-1]["content"].replace(passage.text, "").lower()
+        assert [word for word in domains if word in prompt] == []
+
+
 def test_needs_a_judge_for_relabelling_or_says_so(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus", 3)
     assert run_adapt(str(corpus), "--output", str(tmp_path / "o"), "--model", "m") == 1
