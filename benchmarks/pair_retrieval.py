@@ -38,16 +38,15 @@ def read_pairs(path: Path) -> list[dict]:
 
 def beir_folder(pairs: list[dict], target: Path) -> dict:
     """Write corpus.jsonl, queries.jsonl and qrels/test.tsv under ``target``; returns their counts."""
+    from e5_mistral.local_data import write_jsonl
+
     documents = {text_id("d", p["sentence2"]): p["sentence2"] for p in pairs}
-    relevant = {(text_id("q", p["sentence1"]), text_id("d", p["sentence2"])) for p in pairs if int(p["label"]) == 1}
-    queries = {text_id("q", p["sentence1"]): p["sentence1"] for p in pairs if int(p["label"]) == 1}
+    paraphrases = [p for p in pairs if int(p["label"]) == 1]
+    relevant = {(text_id("q", p["sentence1"]), text_id("d", p["sentence2"])) for p in paraphrases}
+    queries = {text_id("q", p["sentence1"]): p["sentence1"] for p in paraphrases}
     (target / "qrels").mkdir(parents=True, exist_ok=True)
-    with open(target / "corpus.jsonl", "w", encoding="utf-8") as f:
-        for doc_id, text in sorted(documents.items()):
-            f.write(json.dumps({"_id": doc_id, "title": "", "text": text}, ensure_ascii=False) + "\n")
-    with open(target / "queries.jsonl", "w", encoding="utf-8") as f:
-        for query_id, text in sorted(queries.items()):
-            f.write(json.dumps({"_id": query_id, "text": text}, ensure_ascii=False) + "\n")
+    write_jsonl(target / "corpus.jsonl", ({"_id": i, "title": "", "text": t} for i, t in sorted(documents.items())))
+    write_jsonl(target / "queries.jsonl", ({"_id": i, "text": t} for i, t in sorted(queries.items())))
     lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t1" for q, d in sorted(relevant)]
     (target / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"documents": len(documents), "queries": len(queries), "relevant pairs": len(relevant)}

@@ -81,11 +81,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: E
     check_versions()  # before any minute is spent: an unpinned install can break at the first adapter call
     if training_args.bf16 and training_args.device.type == "cpu" and not cpu_has_bf16():
         logger.warning("bf16 on a CPU without bf16 units is emulated, many times slower than float32: set bf16 false")
-    if training_args.device.type == "cpu" and training_args.world_size == 1 and torch.get_num_threads() < cpu_cores():
+    threads, cores = torch.get_num_threads(), cpu_cores()
+    if training_args.device.type == "cpu" and training_args.world_size == 1 and threads < cores:
         logger.warning(
-            f"training on {torch.get_num_threads()} of {cpu_cores()} CPU cores (OMP_NUM_THREADS="
-            f"{os.environ.get('OMP_NUM_THREADS')}; accelerate launch sets 1 without --cpu): "
-            f"pass --num_cpu_threads_per_process {cpu_cores()}"
+            f"training on {threads} of {cores} CPU cores (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
+            f"accelerate launch sets 1 without --cpu): pass --num_cpu_threads_per_process {cores}"
         )
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args)
