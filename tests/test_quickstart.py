@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -244,6 +245,58 @@ def test_the_capacity_table_compares_each_cell_with_the_reference_rerun():
     assert "| 0.7100 ± 0.0100 |" in rows["capacity-ref"]
     assert "| 0.7400 (+0.0300) |" in rows["lora-r64"] and "| 0.3000 |" in rows["lora-r64"]  # no reference score
     assert rows["lora-r64"].endswith("| 1 | 300 |")
+
+
+def _fake_steps(monkeypatch) -> list[str]:
+    """Steps run as commands that only write their marker (a new file time each run): returns the names run."""
+    import itertools
+    import os
+
+    from e5_mistral import quickstart
+
+    ran, clock = [], itertools.count(1)
+
+    def call(argv, env=None):
+        if "--output_dir" in argv:
+            name, marker = "train", Path(argv[argv.index("--output_dir") + 1]) / "e5_mistral_config.json"
+        else:
+            name, marker = "export", Path(argv[argv.index("export") + 2]) / "modules.json"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("{}")
+        os.utime(marker, ns=(next(clock), next(clock)))
+        ran.append(name)
+        return 0
+
+    monkeypatch.setattr(quickstart.subprocess, "call", call)
+    return ran
+
+
+def test_a_step_is_reused_only_when_made_from_the_same_inputs(tmp_path, monkeypatch):
+    """A rerun with another setting used to reuse whatever was on disk and print it as the new setting's result."""
+    from types import SimpleNamespace
+
+    from e5_mistral.adaptation.quickstart import STUDENTS, train_and_export
+    from e5_mistral.quickstart import Step
+
+    ran = _fake_steps(monkeypatch)
+    dataset, out = tmp_path / "data", tmp_path / "out"
+    write_hub_folder([synthetic_row("short_long", 0)], dataset)
+    out.mkdir()
+
+    def rerun(seed):
+        ran.clear()
+        train_and_export(SimpleNamespace(train_seed=seed), STUDENTS["minilm"], dataset, out, Step({}, out))
+        return list(ran)
+
+    assert rerun(1) == ["train", "export"]
+    assert rerun(1) == []  # the same settings: both reused
+    assert rerun(7) == ["train", "export"]  # another seed: trained again, so exported again
+    (dataset / "extra.jsonl").write_text("{}\n")
+    assert rerun(7) == ["train", "export"]  # other data
+    assert rerun(7) == []
+
+    ledgerless = Step({})  # without an output folder a step is reused when its marker is there, as before
+    assert ledgerless.cached("train", out / "model-minilm" / "e5_mistral_config.json", ["anything"])
 
 
 def test_failing_step_is_named_and_earlier_results_stay(tmp_path, smollm2_dir):

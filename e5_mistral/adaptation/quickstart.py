@@ -34,9 +34,9 @@ from ..quickstart import (
     TRAIN_ON_CPU,
     Step,
     _e5,
-    _has_every_model,
     collect_scores,
     evaluate_commands,
+    evaluation_inputs,
     print_step_times,
 )
 from ..resources import resource
@@ -123,8 +123,6 @@ def generate(args: AdaptQuickstartArguments, out: Path, step: Step) -> Path:
     from ..local_server import llama_cpp_pool
 
     target = out / "data"
-    if _planned(target) == args.num_examples and step.cached("generate", target / "dataset" / "README.md"):
-        return target / "dataset"
     argv = [
         "adapt",
         str(Path(args.corpus).resolve()),
@@ -157,6 +155,9 @@ def generate(args: AdaptQuickstartArguments, out: Path, step: Step) -> Path:
         argv += ["--no-relabel", "--negatives", args.negatives]
     license_line = generator_license(args.generator)
     argv += ["--generator-license", license_line] if license_line else []
+    # `adapt` resumes from its journals, so a changed setting pays only for what it changes
+    if step.cached("generate", target / "dataset" / "README.md", [*argv, args.base_url, Path(args.corpus).resolve()]):
+        return target / "dataset"
     started = time.monotonic()
     with ExitStack() as stack:
         base_url = args.base_url
@@ -168,12 +169,6 @@ def generate(args: AdaptQuickstartArguments, out: Path, step: Step) -> Path:
         judge_url = ["--judge-base-url", base_url] if args.judge else []
         step.command("generate", _e5(*argv, "--base-url", base_url, *judge_url))
     return target / "dataset"
-
-
-def _planned(run: Path) -> int | None:
-    """The --num-examples of the adapt run that finished in ``run`` (None: none did)."""
-    report = run / "report.json"  # written when a run ends, with its settings
-    return json.loads(report.read_text())["settings"]["num_examples"] if report.is_file() else None
 
 
 def training_config(student: Student, dataset: Path, out: Path) -> Path:
@@ -191,14 +186,16 @@ def training_config(student: Student, dataset: Path, out: Path) -> Path:
 
 
 def train_and_export(args, student: Student, dataset: Path, out: Path, step: Step) -> Path:
-    """The adapted student's sentence-transformers folder."""
+    """The adapted student's sentence-transformers folder (made again when the data, recipe or seed changed)."""
     checkpoint, export = out / f"model-{student.name}", out / f"export-{student.name}"
-    if not step.cached("train", checkpoint / "e5_mistral_config.json"):
-        argv = [*TRAIN_ON_CPU, str(training_config(student, dataset, out)), "--model_name_or_path"]
-        argv += [str(student.starting_point()), "--output_dir", str(checkpoint)]
-        step.command("train", argv + (["--seed", str(args.train_seed)] if args.train_seed is not None else []))
-    if not step.cached("export", export / "modules.json"):
-        step.command("export", _e5("export", str(checkpoint), str(export), "--overwrite"))
+    config = training_config(student, dataset, out)
+    argv = [str(config), "--model_name_or_path", str(student.starting_point()), "--output_dir", str(checkpoint)]
+    argv += ["--seed", str(args.train_seed)] if args.train_seed is not None else []
+    if not step.cached("train", checkpoint / "e5_mistral_config.json", [*argv, config, dataset]):
+        step.command("train", [*TRAIN_ON_CPU, *argv])
+    argv = ["export", str(checkpoint), str(export), "--overwrite"]
+    if not step.cached("export", export / "modules.json", [*argv, checkpoint]):
+        step.command("export", _e5(*argv))
     return export
 
 
@@ -209,9 +206,9 @@ def starting_export(student: Student, out: Path, step: Step) -> Path:
     import yaml
 
     export = out / f"export-{student.name}-before"
-    if not step.cached("export", export / "modules.json"):
-        length = yaml.safe_load(resource(student.recipe).read_text())["max_seq_length"]  # read as far as trained
-        argv = ["export", str(student.starting_point()), str(export), "--overwrite", "--max-seq-length", str(length)]
+    length = yaml.safe_load(resource(student.recipe).read_text())["max_seq_length"]  # read as far as trained
+    argv = ["export", str(student.starting_point()), str(export), "--overwrite", "--max-seq-length", str(length)]
+    if not step.cached("export", export / "modules.json", argv):
         step.command("export", _e5(*argv))
     return export
 
@@ -227,9 +224,7 @@ def evaluate(args, columns: dict[str, Path], student: Student, out: Path, step: 
     runs = [(f"eval-{student.name}", corpus.parent, [corpus.name], extra)]
     commands = evaluate_commands(columns, runs, out, dtype=student.eval_dtype)
     for summary, argv in commands:
-        if _has_every_model(summary, columns):
-            print(f"\n[evaluate] cached: {summary.parent} (delete it to redo this step)", flush=True)
-        else:
+        if not step.cached("evaluate", summary, evaluation_inputs(argv, columns)):
             step.call("evaluate", argv, evaluate_main)
     table, paired = collect_scores(commands, columns)
     return markdown_table(table, [corpus.name], paired)
@@ -249,7 +244,7 @@ def adapt_quickstart(args: AdaptQuickstartArguments) -> int:
     out = Path(args.output_dir or f"outputs/adapt-{corpus.name}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    step, began = Step(timings), time.monotonic()
+    step, began = Step(timings, out), time.monotonic()
     dataset = generate(args, out, step)
     tables = []
     for name in args.students:
