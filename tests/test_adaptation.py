@@ -308,6 +308,61 @@ def test_step_one_rejects_preambles_and_copies(tmp_path):
     assert sorted(r["reason"] for r in rejected) == sorted(report["rejected"])
 
 
+def test_a_named_task_is_what_every_query_is_written_for(tmp_path):
+    """--task: the user says what the corpus is searched for (Promptagator's point); the LLM writes only queries,
+    and every row carries that task, the instruction the model is trained and scored with."""
+    corpus, out = write_corpus(tmp_path / "corpus", 4), tmp_path / "out"
+    task = "Given a news headline, retrieve tweets about the same story"
+    bodies = []
+
+    def scripted(body):
+        prompt = body["messages"][-1]["content"]
+        if '"""' not in prompt:
+            return "{}"
+        bodies.append(body)
+        passage = _passage(prompt)
+        if TOPICS[3] in passage:  # a small LLM echoes the instruction as the query: rejected
+            return json.dumps({"query": "Given a news headline: " + _query_for(passage)})
+        return json.dumps({"query": _query_for(passage)})
+
+    with FakeOpenAIServer(responder=scripted, structured="openai") as server:  # enforces the schema sent
+        argv = adapt_argv(server, corpus, out, "--num-examples", "4", "--no-relabel", "--negatives", "none")
+        assert run_adapt(*argv, "--response-format", "json_schema", "--task", task) == 0
+    rows = _rows(out)
+    assert len(rows) == 3 and {row["task"] for row in rows} == {task}
+    assert json.loads((out / "report.json").read_text())["rejected"] == {"query_repeats_task": 1}
+    assert all(f'"{task}"' in body["messages"][-1]["content"] for body in bodies) and len(bodies) == 4
+    schema = bodies[0]["response_format"]["json_schema"]["schema"]
+    assert schema["required"] == ["query"] and list(schema["properties"]) == ["query"]
+    from e5_mistral.adaptation.queries import prompt_version
+
+    assert rows[0]["template_version"] == prompt_version(task) != prompt_version(None)
+    assert json.loads((out / "adapt.json").read_text())["task"] == task
+
+
+def test_the_demo_passes_the_task_on(tmp_path, monkeypatch):
+    from e5_mistral.adaptation.quickstart import AdaptQuickstartArguments, generate
+    from e5_mistral.quickstart import Step
+
+    commands = []
+    monkeypatch.setattr(Step, "command", lambda self, name, argv, env=None: commands.append(argv))
+    task = "Given a news headline, retrieve tweets about the same story"
+    args = AdaptQuickstartArguments(
+        corpus=str(write_corpus(tmp_path / "c", 3)), base_url="http://127.0.0.1:9", task=task
+    )
+    generate(args, tmp_path / "out", Step({}, tmp_path))
+    ((*_, adapt, corpus),) = [argv[: argv.index("adapt") + 2] for argv in commands]
+    (argv,) = commands
+    assert argv[argv.index("--task") + 1] == task and corpus == args.corpus
+
+
+def test_an_empty_task_is_refused(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", 3)
+    assert run_adapt(str(corpus), "--output", str(tmp_path / "o"), "--model", "m", "--task", " ") != 0
+    assert "--task is empty" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_query_prompt_brings_no_domain_of_its_own():
     """A small generator copies the prompt's example: a domain named there leaks into queries on any corpus
     (an example about medical findings made it ask tweets for "medical findings")."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from pathlib import Path
 
 from ..hub.schema import slot_values
@@ -21,16 +22,29 @@ from ..text import match_key
 from .corpus import Passage
 
 
-PROMPT = (Path(__file__).parent / "query_prompt.txt").read_text(encoding="utf-8").removesuffix("\n")
-PROMPT_VERSION = hashlib.sha256(PROMPT.encode("utf-8")).hexdigest()[:12]
+def _template(name: str) -> str:
+    return (Path(__file__).parent / name).read_text(encoding="utf-8").removesuffix("\n")
+
+
+PROMPT = _template("query_prompt.txt")  # the LLM brainstorms the task, then writes a query of it
+TASK_PROMPT = _template("query_for_task_prompt.txt")  # the user names the task (--task): the LLM writes the query
 FAMILY = "short_long"  # the paper's retrieval family: rows are (query, positive document, hard negative document)
 SLOTS = ("query_type", "query_length", "clarity", "difficulty")  # of the family's slots, those a query has
-SCHEMA = {
-    "type": "object",
-    "properties": {"task": {"type": "string"}, "query": {"type": "string"}},
-    "required": ["task", "query"],
-    "additionalProperties": False,
-}
+
+
+def _schema(*keys: str) -> dict:
+    properties = {key: {"type": "string"} for key in keys}
+    return {"type": "object", "properties": properties, "required": list(keys), "additionalProperties": False}
+
+
+SCHEMA, TASK_SCHEMA = _schema("task", "query"), _schema("query")
+
+
+def prompt_version(task: str | None = None) -> str:
+    """The template's digest, stored with each row (the task itself is in the row)."""
+    return hashlib.sha256((TASK_PROMPT if task else PROMPT).encode("utf-8")).hexdigest()[:12]
+
+
 MAX_QUERY_WORDS = 64  # a longer "query" is a passage or an explanation, not what a user types
 
 
@@ -41,17 +55,24 @@ def sample_slots(passage: Passage, number: int, seed: int) -> dict[str, str]:
     return {name: rng.choice(values[name]) for name in SLOTS}
 
 
-def query_request(passage: Passage, number: int, seed: int, params: dict) -> Request:
-    """The chat request for query ``number`` of ``passage``; its id hashes the prompt as sent, so it changes with
-    the passage's text and nothing else about the corpus."""
-    prompt = PROMPT.format(passage=passage.text, **sample_slots(passage, number, seed))
+def query_request(passage: Passage, number: int, seed: int, params: dict, task: str | None = None) -> Request:
+    """The chat request for query ``number`` of ``passage`` (of ``task`` when given); its id hashes the prompt as
+    sent, so it changes with the passage's text and nothing else about the corpus."""
+    slots = sample_slots(passage, number, seed)
+    prompt = (
+        TASK_PROMPT.format(passage=passage.text, task=task, **slots)
+        if task
+        else PROMPT.format(passage=passage.text, **slots)
+    )
     rid = request_id({"kind": "corpus_query", "prompt": prompt, "params": dict(params), "seed": seed})
-    schema = wrap_schema(params["response_format"], "corpus_query", SCHEMA) if "response_format" in params else None
+    wanted = TASK_SCHEMA if task else SCHEMA
+    schema = wrap_schema(params["response_format"], "corpus_query", wanted) if "response_format" in params else None
     return chat_request(rid, "corpus_query", FAMILY, prompt, params, schema)
 
 
-def parse_query(record, passage: Passage) -> tuple[str, str]:
-    """(task, query) of an answer; ``Rejected`` with a reason code when it is not usable."""
+def parse_query(record, passage: Passage, task: str | None = None) -> tuple[str, str]:
+    """(task, query) of an answer (``task``, when given, is the user's); ``Rejected`` with a reason code when it is
+    not usable."""
     if record is None or record["status"] != STATUS_OK:
         raise Rejected("failed")
     if record["finish_reason"] == "length":
@@ -59,8 +80,8 @@ def parse_query(record, passage: Passage) -> tuple[str, str]:
     answer = extract_json(record["content"] or "")
     if not isinstance(answer, dict):
         raise Rejected("not_an_object")
-    fields = {}
-    for key in ("task", "query"):
+    fields = {"task": task}
+    for key in ("query",) if task else ("task", "query"):
         value = answer.get(key)
         if not isinstance(value, str) or not value.strip():
             raise Rejected(f"missing_key:{key}")
@@ -70,4 +91,10 @@ def parse_query(record, passage: Passage) -> tuple[str, str]:
         raise Rejected("query_too_long")
     if match_key(query) in match_key(passage.text):
         raise Rejected("query_copied_from_passage")
+    if _opening(query) == _opening(fields["task"]):
+        raise Rejected("query_repeats_task")  # "Given a news headline, ..." is the instruction, not a search
     return fields["task"], query
+
+
+def _opening(text: str, words: int = 3) -> list[str]:
+    return re.sub(r"[^\w\s]", " ", text.casefold()).split()[:words]

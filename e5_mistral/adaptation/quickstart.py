@@ -81,6 +81,11 @@ class AdaptQuickstartArguments:
         "models to adapt: minilm (all-MiniLM-L6-v2) and/or smollm2 (SmolLM2-135M-Instruct, LoRA)",
         default_factory=lambda: ["minilm"],
     )
+    task: Optional[str] = option(
+        "the retrieval task the corpus serves, as an instruction ('Given a news headline, retrieve tweets about the "
+        "same story'): queries are written for it; default: the LLM writes a task per passage",
+        None,
+    )
     num_examples: int = option("queries to generate (about 6 s each on 2 cores)", 100)
     negatives: str = option(
         "hard negatives without --judge: none (in-batch negatives only) or mined (all-MiniLM-L6-v2's neighbour at "
@@ -147,6 +152,7 @@ def generate(args: AdaptQuickstartArguments, out: Path, step: Step) -> Path:
         "--extra-body",
         json.dumps(LLAMA_CPP_SAMPLING),
         "--no-progress",
+        *(["--task", args.task] if args.task else []),
     ]
     if args.judge:  # the same local LLM, greedy; its prompt cache off for answers that do not depend on the server
         argv += ["--judge-model", args.generator, "--judge-concurrency", str(args.generator_servers)]

@@ -29,7 +29,7 @@ from ..options import option
 from ..output_folders import check_apart
 from ..text import match_key
 from .corpus import CorpusColumns, Passage, chunk, draw, read_documents
-from .queries import FAMILY, PROMPT_VERSION, parse_query, query_request, sample_slots
+from .queries import FAMILY, parse_query, prompt_version, query_request, sample_slots
 from .relabel import NEGATIVE_CHOICES, RelabelSettings, relabel
 
 
@@ -42,7 +42,15 @@ EXTRA_COLUMNS = ("passage_id", "positive_passage_id", "negative_passage_id", "re
 class AdaptArguments(EndpointArguments):
     HELP_GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "corpus": ("corpus", "text_column", "id_column", "title_column", "split", "chunk_tokens", "chunk_overlap"),
-        "what to generate": ("output", "num_examples", "queries_per_passage", "seed", "temperature", "sampling_seed"),
+        "what to generate": (
+            "output",
+            "task",
+            "num_examples",
+            "queries_per_passage",
+            "seed",
+            "temperature",
+            "sampling_seed",
+        ),
         "relabelling (step 2)": (
             "teacher",
             "teacher_query_prompt",
@@ -66,6 +74,11 @@ class AdaptArguments(EndpointArguments):
     split: str = option("split of a datasets corpus", "train")
     chunk_tokens: int = option("passage length in tokens of the teacher's tokenizer (all-MiniLM-L6-v2 reads 256)", 256)
     chunk_overlap: int = option("tokens shared by neighbouring passages of one document", 32)
+    task: Optional[str] = option(
+        "the retrieval task the queries are for, as an instruction (e.g. 'Given a news headline, retrieve tweets "
+        "about the same story'); default: the LLM writes a task for each passage",
+        None,
+    )
     num_examples: int = option("queries to generate", 100)
     queries_per_passage: int = option("queries per drawn passage (GPL: several help small corpora)", 1)
     seed: int = option("seed of the passage draw and the query slots", 0)
@@ -99,6 +112,8 @@ class AdaptArguments(EndpointArguments):
                 raise E5MistralError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.negative_rank < self.candidates:
             raise E5MistralError(f"--negative-rank must be between 0 and --candidates - 1 ({self.candidates - 1})")
+        if self.task is not None and not self.task.strip():
+            raise E5MistralError("--task is empty: give the retrieval task as an instruction, or leave it out")
         if self.negatives not in NEGATIVE_CHOICES:
             raise E5MistralError(f"--negatives must be one of {', '.join(NEGATIVE_CHOICES)}, not {self.negatives!r}")
 
@@ -160,7 +175,7 @@ def generate_queries(args: AdaptArguments, drawn: list[Passage], output: Path) -
     def build(params: dict) -> list:
         if args.sampling_seed is not None:
             params = {**params, "sampling_seed": args.sampling_seed}
-        return [query_request(p, n, args.seed, params) for p, n in specs]
+        return [query_request(p, n, args.seed, params, args.task) for p, n in specs]
 
     sampling = {"temperature": args.temperature, "top_p": args.top_p}
     requests, records, counts = ask(
@@ -170,7 +185,7 @@ def generate_queries(args: AdaptArguments, drawn: list[Passage], output: Path) -
     with open(output / "rejected.jsonl", "w", encoding="utf-8") as rejects:
         for (passage, number), request, record in zip(specs, requests, records):
             try:
-                task, query = parse_query(record, passage)
+                task, query = parse_query(record, passage, args.task)
             except Rejected as err:
                 rejected[err.reason] += 1
                 if record is not None and err.reason != "failed":
@@ -216,7 +231,7 @@ def adapt(args: AdaptArguments, judge=None) -> dict:
     passages = load_passages(args, teacher)
     drawn = draw(passages, math.ceil(args.num_examples / args.queries_per_passage), args.seed)
     changed = _corpus_changes(output, passages)
-    write_json(output / RUN_FILE, {**args.settings(), "teacher": teacher, "prompt_version": PROMPT_VERSION})
+    write_json(output / RUN_FILE, {**args.settings(), "teacher": teacher, "prompt_version": prompt_version(args.task)})
     _write_passages(output / "passages.jsonl", drawn)
     rows, rejected, query_counts = generate_queries(args, drawn, output)
     texts = {p.passage_id: p.text for p in passages}
@@ -236,7 +251,7 @@ def adapt(args: AdaptArguments, judge=None) -> dict:
     write_json(output / "report.json", report)
     card_report = {"adaptation": report, "planned": report["queries"]["planned"], "accepted": len(relabelled)}
     settings = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed}
-    dataset_rows = (_dataset_row(r, texts) for r in relabelled)
+    dataset_rows = (_dataset_row(r, texts, prompt_version(args.task)) for r in relabelled)
     write_hub_folder(
         dataset_rows,
         output / "dataset",
@@ -247,7 +262,7 @@ def adapt(args: AdaptArguments, judge=None) -> dict:
     return report
 
 
-def _dataset_row(row: dict, texts: dict[str, str]) -> dict:
+def _dataset_row(row: dict, texts: dict[str, str], version: str) -> dict:
     """A row of the ``short_long`` family, as generation writes it, with the passage ids and the decision."""
     negative = row["negative_passage_id"]
     return {
@@ -256,7 +271,7 @@ def _dataset_row(row: dict, texts: dict[str, str]) -> dict:
         "task": row["task"],
         "language": "",
         "slots": row["slots"],
-        "template_version": PROMPT_VERSION,
+        "template_version": version,
         "generator_model": row["generator_model"],
         "user_query": row["query"],
         "positive_document": texts[row["positive_passage_id"]],
