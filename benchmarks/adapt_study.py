@@ -34,6 +34,8 @@ MARKERS = ("<!-- adapt-study table -->", "<!-- end adapt-study table -->")
 TASK = "SciFact"
 SEEDS = (42, 7)
 ZERO_SHOT = "zero-shot"
+JUDGE = "qwen2.5-coder-1.5b"  # the 0.5B generator answers "no" to every passage, its own seeds included
+JUDGE_JOURNAL = REPO_ROOT / "benchmarks" / "adapt_data" / "judge-1.5b"
 
 
 @dataclass(frozen=True)
@@ -42,20 +44,29 @@ class Cell:
     question: str
     passages: int  # rows whose seed passage is among the first N drawn
     student: str = "minilm"
-    negatives: bool = True
+    # mined (rank 10, unjudged), none, or judged (the mined one, kept unless JUDGE finds it relevant)
+    negatives: str = "mined"
     interpolate: float = 1.0
     round_trip: bool = False  # `e5-mistral filter --top-k 1`: keep a query only when its passage ranks first
+    max_seq_length: int | None = None  # documents read to this many tokens (default: the student's recipe)
 
     @property
     def data_name(self) -> str:
-        return f"{self.passages}{'' if self.negatives else '-no-negative'}{'-round-trip' if self.round_trip else ''}"
+        negatives = {"mined": "", "none": "-no-negative", "judged": "-judged-negative"}[self.negatives]
+        return f"{self.passages}{negatives}{'-round-trip' if self.round_trip else ''}"
 
 
 CELLS = (
     Cell("q100", "queries: 100", 100),
     Cell("q200", "queries: 200", 200),
     Cell("q300", "queries: 300", 300),
-    Cell("q300-no-negative", "negatives: none (in-batch only)", 300, negatives=False),
+    Cell("q300-no-negative", "negatives: none (in-batch only)", 300, negatives="none"),
+    Cell(
+        "q300-judged-negative",
+        "negatives: the mined one unless the 1.5B judge finds it relevant (then in-batch only)",
+        300,
+        negatives="judged",
+    ),
     Cell("q300-interpolated", "interpolation with the starting model (0.5)", 300, interpolate=0.5),
     Cell(
         "q300-round-trip",
@@ -64,6 +75,13 @@ CELLS = (
         round_trip=True,
     ),
     Cell("q300-smollm2", "student: SmolLM2-135M (LoRA, instructed)", 300, student="smollm2"),
+    Cell(
+        "q300-smollm2-256",
+        "student: SmolLM2-135M, documents read to 256 tokens (not 128)",
+        300,
+        student="smollm2",
+        max_seq_length=256,
+    ),
 )
 
 
@@ -82,9 +100,35 @@ def subset(cell: Cell, out: Path) -> Path:
     order = [json.loads(line)["passage_id"] for line in (DATA / "passages.jsonl").read_text().splitlines()]
     drawn = set(order[: cell.passages])
     rows = [r for r in pq.read_table(DATA / "dataset" / "short_long").to_pylist() if r["passage_id"] in drawn]
-    if not cell.negatives:
+    if cell.negatives == "none":
         rows = [{**r, "hard_negative_document": None, "negative_passage_id": None} for r in rows]
+    if cell.negatives == "judged":
+        rows = without_relevant_negatives(rows, judge_negatives(rows))
     return write_hub_folder(rows, target, {"adaptation": None}, extra_columns=EXTRA_COLUMNS)
+
+
+def judge_negatives(rows: list[dict]) -> list[bool | None]:
+    """The judge's verdict on each row's mined negative (`adapt --negatives llm --negatives-to-judge 1`'s question),
+    asked of JUDGE on two single-thread llama.cpp servers; answers are journaled in JUDGE_JOURNAL, so the study pays
+    for each once."""
+    from e5_mistral.local_models import generator_gguf
+    from e5_mistral.local_server import llama_cpp_pool
+    from e5_mistral.mining.judge import POSITIVE_PROMPT, JudgeArguments, judge_pairs
+
+    pairs = [(r["task"], r["user_query"], r["hard_negative_document"]) for r in rows]
+    with llama_cpp_pool(generator_gguf(JUDGE), 2) as url:
+        extra = json.dumps({"cache_prompt": False})  # answers that do not depend on which server took the request
+        judge = JudgeArguments(judge_model=JUDGE, judge_base_url=url, judge_concurrency=2, judge_extra_body=extra)
+        verdicts, counts = judge_pairs(POSITIVE_PROMPT, pairs, judge, JUDGE_JOURNAL, "adapt study (judge)")
+    print(f"[adapt-study] judge: {counts}", flush=True)
+    return verdicts
+
+
+def without_relevant_negatives(rows: list[dict], verdicts: list[bool | None]) -> list[dict]:
+    """``rows`` with each negative the judge found relevant removed (a false negative: in-batch negatives only);
+    an unanswered one stays, as `mine`'s judge keeps it."""
+    cleared = {"hard_negative_document": None, "negative_passage_id": None}
+    return [{**r, **cleared} if relevant is True else r for r, relevant in zip(rows, verdicts, strict=True)]
 
 
 def round_trip(source: Path, out: Path) -> Path:
@@ -102,15 +146,15 @@ def round_trip(source: Path, out: Path) -> Path:
 
 def model(cell: Cell, seed: int, out: Path) -> Path:
     """The cell's exported student (trained once per seed; an interpolated cell exports the same checkpoint)."""
-    from e5_mistral.adaptation.quickstart import STUDENTS, train_and_export
+    from e5_mistral.adaptation.quickstart import train_and_export
     from e5_mistral.quickstart import Step, _e5
 
-    folder = out / f"{cell.student}-{cell.data_name}-seed{seed}"
+    length = f"-len{cell.max_seq_length}" if cell.max_seq_length else ""
+    folder = out / f"{cell.student}-{cell.data_name}{length}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     step = Step({})
-    export = train_and_export(
-        SimpleNamespace(train_seed=seed), STUDENTS[cell.student], subset(cell, out), folder, step
-    )
+    student = student_for(cell, folder)
+    export = train_and_export(SimpleNamespace(train_seed=seed), student, subset(cell, out), folder, step)
     if cell.interpolate == 1.0:
         return export
     target = folder / f"export-{cell.student}-w{cell.interpolate}"
@@ -120,43 +164,90 @@ def model(cell: Cell, seed: int, out: Path) -> Path:
     return target
 
 
-def score(path: Path, key: str, student, benchmarks: Path, out: Path, scores: dict) -> None:
-    """nDCG@10 on SciFact and the paired difference from the zero-shot MiniLM, saved into ``scores``."""
-    from e5_mistral.evaluation.evaluate import evaluate, resolve_tasks
-    from e5_mistral.evaluation.paired import paired_difference
-    from e5_mistral.precision import cpu_dtype
+def student_for(cell: Cell, folder: Path):
+    """The cell's student; with ``max_seq_length``, its recipe rewritten to read documents that far (the export
+    reads as far as the checkpoint trained)."""
+    import dataclasses
 
-    if key in scores:
-        return
+    import yaml
+
+    from e5_mistral.adaptation.quickstart import STUDENTS
+    from e5_mistral.resources import resource
+
+    student = STUDENTS[cell.student]
+    if cell.max_seq_length is None:
+        return student
+    config = yaml.safe_load(resource(student.recipe).read_text())
+    recipe = folder / "recipe.yaml"  # an absolute path: resource() returns it as it is
+    recipe.write_text(yaml.safe_dump({**config, "max_seq_length": cell.max_seq_length}, sort_keys=False))
+    return dataclasses.replace(student, recipe=str(recipe))
+
+
+def score(path: Path, key: str, student, benchmarks: Path, out: Path, scores: dict) -> None:
+    """nDCG@10 on SciFact and the paired difference from the zero-shot MiniLM, saved into ``scores`` (a score kept
+    without its difference gets it from its predictions)."""
+    from e5_mistral.evaluation.evaluate import resolve_tasks
+    from e5_mistral.evaluation.paired import paired_difference
+
     folder = out / "eval" / key
-    started = time.monotonic()
-    result = evaluate(
-        str(path),
-        [TASK],
-        folder,
-        benchmarks_dir=benchmarks,
-        instructions=student.instructions,
-        dtype=cpu_dtype(student.eval_dtype),
-        batch_size=16,
-        show_progress_bar=False,
-    )
-    entry = {"ndcg_at_10": result[TASK], "eval_seconds": round(time.monotonic() - started)}
-    if key != ZERO_SHOT:
-        (task,) = resolve_tasks([TASK], benchmarks)
-        difference = paired_difference(task, folder / "predictions", out / "eval" / ZERO_SHOT / "predictions")
-        entry["minus_zero_shot"] = difference.to_dict() if difference else None
-    scores[key] = entry
+    entry = scores.get(key)
+    if entry is None:
+        started = time.monotonic()
+        entry = {"ndcg_at_10": evaluate(path, student, folder, benchmarks)}
+        entry["eval_seconds"] = round(time.monotonic() - started)
+    (task,) = resolve_tasks([TASK], benchmarks)
+    baseline = zero_shot_predictions(benchmarks, out)
+    difference = paired_difference(task, folder / "predictions", baseline)
+    if difference is None:
+        raise RuntimeError(f"no paired difference for {key}: predictions missing in {folder} or {baseline}")
+    scores[key] = {**entry, "minus_zero_shot": difference.to_dict()}
+    save(scores)
+
+
+def to_score(key: str, out: Path, scores: dict) -> bool:
+    """Whether ``key`` still needs scoring: not scored, or scored without its difference and predictions here."""
+    entry = scores.get(key)
+    return entry is None or entry.get("minus_zero_shot") is None and (out / "eval" / key / "predictions").is_dir()
+
+
+def save(scores: dict) -> None:
     SCORES.write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
 
 
-def run(cells: list[Cell], benchmarks: Path, out: Path, scores: dict) -> None:
+def evaluate(path: Path, student, folder: Path, benchmarks: Path) -> float:
+    """nDCG@10 of the model at ``path`` on SciFact, with its per-query predictions written under ``folder``."""
+    from e5_mistral.evaluation.evaluate import evaluate
+    from e5_mistral.precision import cpu_dtype
+
+    kwargs = {"instructions": student.instructions, "dtype": cpu_dtype(student.eval_dtype), "batch_size": 16}
+    return evaluate(str(path), [TASK], folder, benchmarks_dir=benchmarks, show_progress_bar=False, **kwargs)[TASK]
+
+
+def zero_shot_predictions(benchmarks: Path, out: Path) -> Path:
+    """The zero-shot MiniLM's per-query predictions, which every paired difference reads: scored again where
+    ``out`` lacks them (scores.json keeps its nDCG@10, not its predictions)."""
     from e5_mistral.adaptation.quickstart import STUDENTS
     from e5_mistral.local_models import minilm_path
 
-    score(minilm_path(), ZERO_SHOT, STUDENTS["minilm"], benchmarks, out, scores)
+    folder = out / "eval" / ZERO_SHOT
+    if not (folder / "predictions").is_dir():
+        evaluate(minilm_path(), STUDENTS["minilm"], folder, benchmarks)
+    return folder / "predictions"
+
+
+def run(cells: list[Cell], benchmarks: Path, out: Path, scores: dict, seeds=SEEDS) -> None:
+    from e5_mistral.adaptation.quickstart import STUDENTS
+    from e5_mistral.local_models import minilm_path
+
+    if ZERO_SHOT not in scores:
+        started = time.monotonic()
+        value = evaluate(minilm_path(), STUDENTS["minilm"], out / "eval" / ZERO_SHOT, benchmarks)
+        scores[ZERO_SHOT] = {"ndcg_at_10": value, "eval_seconds": round(time.monotonic() - started)}
+        save(scores)
     for cell in cells:
-        for seed in SEEDS:
-            score(model(cell, seed, out), f"{cell.name}/{seed}", STUDENTS[cell.student], benchmarks, out, scores)
+        for seed in seeds:
+            if to_score(key := f"{cell.name}/{seed}", out, scores):
+                score(model(cell, seed, out), key, STUDENTS[cell.student], benchmarks, out, scores)
 
 
 def table(scores: dict) -> str:
@@ -167,13 +258,13 @@ def table(scores: dict) -> str:
         f"| {ZERO_SHOT} | all-MiniLM-L6-v2 as it ships | {100 * zero:.2f} | {100 * zero:.2f} | | |",
     ]
     for cell in CELLS:
-        runs = [scores.get(f"{cell.name}/{seed}") for seed in SEEDS]
-        if not all(runs):
+        runs = [scores.get(f"{cell.name}/{seed}") for seed in SEEDS]  # a screen has one seed scored
+        if not any(runs):
             continue
-        values = [r["ndcg_at_10"] for r in runs]
+        values = [r["ndcg_at_10"] for r in runs if r]
         mean = sum(values) / len(values)
-        intervals = ", ".join(_interval(r.get("minus_zero_shot")) for r in runs)
-        seeds = ", ".join(f"{100 * v:.2f}" for v in values)
+        intervals = ", ".join(_interval(r.get("minus_zero_shot")) if r else "—" for r in runs)
+        seeds = ", ".join(f"{100 * r['ndcg_at_10']:.2f}" if r else "—" for r in runs)
         lines.append(
             f"| {cell.name} | {cell.question} | {seeds} | {100 * mean:.2f} | {100 * (mean - zero):+.2f} | {intervals} |"
         )
@@ -224,6 +315,7 @@ def main(argv=None) -> int:
     parser.add_argument("--benchmarks-dir", type=Path)
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "outputs" / "adapt-study")
     parser.add_argument("--cells", nargs="*", help=f"cells to run (default: all): {', '.join(c.name for c in CELLS)}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds (a screen: one)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     scores = json.loads(SCORES.read_text()) if SCORES.is_file() else {}
@@ -231,7 +323,7 @@ def main(argv=None) -> int:
         if args.benchmarks_dir is None:
             parser.error("--benchmarks-dir is required (or --report-only)")
         chosen = [c for c in CELLS if not args.cells or c.name in args.cells]
-        run(chosen, args.benchmarks_dir.resolve(), args.output.resolve(), scores)
+        run(chosen, args.benchmarks_dir.resolve(), args.output.resolve(), scores, args.seeds)
     write_page(scores)
     print(table(scores))
     return 0

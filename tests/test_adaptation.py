@@ -3,9 +3,11 @@ planted corpus, the encoder student's training and export, and the demo at a red
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -463,3 +465,94 @@ def test_the_demo_adapts_minilm_and_scores_it_before_and_after(tmp_path, minilm_
     )
     mined = json.loads((tmp_path / "mined" / "report.json").read_text())["configs"]
     assert mined["short_long"]["rows"] == 48 and mined["short_long"]["mined_negatives"] > 0
+
+
+def test_the_adapt_study_length_cell_changes_only_the_document_length(tmp_path):
+    import yaml
+
+    from benchmarks import adapt_study
+    from e5_mistral.adaptation.quickstart import STUDENTS
+    from e5_mistral.resources import resource
+
+    cells = {c.name: c for c in adapt_study.CELLS}
+    assert adapt_study.student_for(cells["q300-smollm2"], tmp_path) == STUDENTS["smollm2"]
+    student = adapt_study.student_for(cells["q300-smollm2-256"], tmp_path)
+    stock = yaml.safe_load(resource("recipes/smollm2-135m/adapt.yaml").read_text())
+    changed = yaml.safe_load(resource(student.recipe).read_text())
+    assert {k: v for k, v in changed.items() if stock[k] != v} == {"max_seq_length": 256}
+    assert student.instructions == "paper" and student.name == "smollm2"
+
+    scores = {  # one seed scored: the row shows it and leaves the other seed open
+        adapt_study.ZERO_SHOT: {"ndcg_at_10": 0.645},
+        "q300-smollm2-256/42": {"ndcg_at_10": 0.51, "minus_zero_shot": None},
+    }
+    (row,) = [line for line in adapt_study.table(scores).splitlines() if line.startswith("| q300-smollm2-256 ")]
+    assert "| 51.00, — | 51.00 | -13.50 | n/a, — |" in row
+
+
+def test_the_adapt_study_judged_cell_drops_only_the_negatives_the_judge_finds_relevant():
+    from benchmarks import adapt_study
+
+    cells = {c.name: c for c in adapt_study.CELLS}
+    names = {name: cells[name].data_name for name in ("q300", "q300-no-negative", "q300-judged-negative")}
+    assert names == {
+        "q300": "300",
+        "q300-no-negative": "300-no-negative",
+        "q300-judged-negative": "300-judged-negative",
+    }
+
+    rows = [{"user_query": q, "hard_negative_document": f"doc {q}", "negative_passage_id": f"{q}@0"} for q in "abc"]
+    kept = adapt_study.without_relevant_negatives(rows, [True, False, None])  # relevant, not relevant, unanswered
+    assert [r["negative_passage_id"] for r in kept] == [None, "b@0", "c@0"]
+    assert kept[0]["hard_negative_document"] is None and kept[0]["user_query"] == "a"
+    with pytest.raises(ValueError):
+        adapt_study.without_relevant_negatives(rows, [True])
+
+
+def test_the_adapt_study_scores_the_zero_shot_model_again_where_its_predictions_are_missing(tmp_path, monkeypatch):
+    """scores.json keeps the zero-shot nDCG@10, not its per-query predictions: in a fresh --output the paired
+    difference must not come out empty."""
+    from benchmarks import adapt_study
+    from e5_mistral.adaptation.quickstart import STUDENTS
+    from e5_mistral.evaluation import paired
+
+    evaluate_module = importlib.import_module("e5_mistral.evaluation.evaluate")
+
+    evaluated = []
+
+    def fake_evaluate(path, student, folder, benchmarks):
+        evaluated.append(folder.name)
+        (folder / "predictions").mkdir(parents=True, exist_ok=True)
+        return 0.7
+
+    def fake_difference(task, model, baseline):
+        both = model.is_dir() and baseline.is_dir()
+        return SimpleNamespace(to_dict=lambda: {"difference": 0.055}) if both else None
+
+    monkeypatch.setattr(adapt_study, "evaluate", fake_evaluate)
+    monkeypatch.setattr(adapt_study, "SCORES", tmp_path / "scores.json")
+    monkeypatch.setattr(evaluate_module, "resolve_tasks", lambda names, benchmarks: ["SciFact"])
+    monkeypatch.setattr(paired, "paired_difference", fake_difference)
+    out, scores = tmp_path / "out", {adapt_study.ZERO_SHOT: {"ndcg_at_10": 0.645}}
+
+    assert adapt_study.to_score("q300/42", out, scores)
+    adapt_study.score(tmp_path / "model", "q300/42", STUDENTS["minilm"], tmp_path, out, scores)
+    assert evaluated == ["42", adapt_study.ZERO_SHOT]
+    assert scores["q300/42"]["minus_zero_shot"] == {"difference": 0.055}
+    assert json.loads((tmp_path / "scores.json").read_text())["q300/42"]["ndcg_at_10"] == 0.7
+    assert not adapt_study.to_score("q300/42", out, scores)
+
+    # a score kept without its difference gets it from its predictions, without scoring the model again
+    scores["q300/7"] = {"ndcg_at_10": 0.66, "minus_zero_shot": None}
+    assert not adapt_study.to_score("q300/7", out, scores)  # no predictions here: nothing to compute it from
+    (out / "eval" / "q300" / "7" / "predictions").mkdir(parents=True)
+    assert adapt_study.to_score("q300/7", out, scores)
+    adapt_study.score(tmp_path / "model", "q300/7", STUDENTS["minilm"], tmp_path, out, scores)
+    assert evaluated == ["42", adapt_study.ZERO_SHOT] and scores["q300/7"]["ndcg_at_10"] == 0.66
+    assert scores["q300/7"]["minus_zero_shot"] == {"difference": 0.055}
+
+    (out / "eval" / adapt_study.ZERO_SHOT / "predictions").rmdir()
+    monkeypatch.setattr(adapt_study, "zero_shot_predictions", lambda benchmarks, out: out / "nowhere")
+    scores.pop("q300/7")
+    with pytest.raises(RuntimeError, match="no paired difference for q300/7"):
+        adapt_study.score(tmp_path / "model", "q300/7", STUDENTS["minilm"], tmp_path, out, scores)
