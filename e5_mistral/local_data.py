@@ -9,16 +9,45 @@ from pathlib import Path
 from .errors import E5MistralError
 
 
-def fresh_read_options(path: str | os.PathLike, data_files=None) -> dict:
-    """``load_dataset`` keyword arguments that re-read a local folder or file instead of its cached copy.
+def fresh_read_options(path: str | os.PathLike, data_files=None, refresh: bool = True) -> dict:
+    """``load_dataset`` keyword arguments that read a local folder or file as it is now, not a cached copy.
 
-    datasets keys the cache of a local folder by its path only, so a folder rewritten by a new synthesis run would
-    silently load the old rows. Local data is cheap to re-read; the stale split sizes it remembers would then fail
-    verification, hence no_checks. Hub datasets keep their cache.
+    datasets keys the cache of a local folder by its name and config only, and a builder takes the features it finds
+    in that cache: a folder rewritten by a new run, or another folder of the same name, would load the old rows or
+    fail to cast its columns. So local data gets a cache of its own, keyed by its files' paths, sizes and times, and
+    with ``refresh`` is re-read (cheap) with no verification of the split sizes a cache remembers. Processes that
+    read after the one that refreshed pass ``refresh=False`` and find its copy. Hub datasets keep their cache.
     """
-    if os.path.exists(path) or data_files is not None:
-        return {"download_mode": "force_redownload", "verification_mode": "no_checks"}
-    return {}
+    local = [Path(p) for p in [path, *_file_list(data_files)] if os.path.exists(p)]
+    if not local:
+        return {}
+    options = {"cache_dir": str(_local_cache_dir(local))}
+    if refresh:
+        options.update(download_mode="force_redownload", verification_mode="no_checks")
+    return options
+
+
+def _file_list(data_files) -> list:
+    if data_files is None:
+        return []
+    if isinstance(data_files, dict):
+        return [f for files in data_files.values() for f in _file_list(files)]
+    return [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
+
+
+def _local_cache_dir(paths: list[Path]) -> Path:
+    """A datasets cache folder for exactly these files as they are now."""
+    import hashlib
+
+    from datasets import config
+
+    digest = hashlib.sha256()
+    for root in paths:
+        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+        for f in files:
+            stat = f.stat()
+            digest.update(f"{f.resolve()}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\n".encode())
+    return Path(config.HF_DATASETS_CACHE) / "e5-mistral-local" / digest.hexdigest()[:16]
 
 
 def write_parquet(table, path: str | os.PathLike) -> None:

@@ -289,3 +289,35 @@ def test_instructed_documents_put_the_rows_instruction_on_positive_and_negatives
     assert infos[0].to_dict()["instructed_documents"] is True
     with pytest.raises(ValueError, match="dataset_mixture: d: instructed_documents must be true or false, got 'yes'"):
         E5DatasetConfig(path="d", instructed_documents="yes")
+
+
+def test_two_local_folders_of_the_same_name_are_read_each_as_it_is(tmp_path, monkeypatch):
+    """datasets keys a local folder's cache by its name and takes the features it finds there: another run's
+    `dataset` folder, with other columns, must not be read with the first one's features (nor fail to cast)."""
+    import datasets
+    from datasets import load_dataset
+
+    from e5_mistral.adaptation.run import EXTRA_COLUMNS
+    from e5_mistral.hub.writer import write_hub_folder
+    from e5_mistral.local_data import fresh_read_options
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rows = [synthetic_row("short_long", i) for i in range(3)]
+    first = write_hub_folder(rows, tmp_path / "run1" / "dataset", {"adaptation": None})
+    extra = {"passage_id": "d1@0", "positive_passage_id": "d1@0", "negative_passage_id": None, "relabel": "seed"}
+    second = write_hub_folder(
+        [{**r, **extra} for r in rows[:2]],
+        tmp_path / "run2" / "dataset",
+        {"adaptation": None},
+        extra_columns=EXTRA_COLUMNS,
+    )
+
+    def read(folder):
+        return load_dataset(str(folder), "short_long", split="train", **fresh_read_options(folder))
+
+    assert "relabel" not in read(first).column_names and len(read(first)) == 3
+    assert read(second)["relabel"] == ["seed", "seed"]
+    assert len(build_mixture([E5DatasetConfig(path=str(second), name="short_long")])[0]) == 2
+    assert fresh_read_options(first) != fresh_read_options(second)
+    assert "download_mode" not in fresh_read_options(first, refresh=False)  # a later process finds the copy
+    assert fresh_read_options("org/hub-dataset") == {}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import E5MistralError, MissingFileError
-from ..local_data import read_jsonl
+from ..local_data import fresh_read_options, read_jsonl
 
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -118,7 +118,7 @@ def _dataset_documents(source: str, columns: CorpusColumns, split: str) -> list[
             loaded = datasets.load_from_disk(source)
             dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         else:
-            dataset = datasets.load_dataset(source, split=split)
+            dataset = datasets.load_dataset(source, split=split, **fresh_read_options(source))
     except (FileNotFoundError, ValueError, KeyError, ConnectionError) as err:
         raise E5MistralError(f"corpus {source}: cannot read it as a dataset ({' '.join(str(err).split())[:200]})")
     return _rows_to_documents(dataset.to_list(), columns, source)

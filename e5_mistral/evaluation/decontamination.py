@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import E5MistralError, MissingFileError
 from ..families import all_output_keys
-from ..local_data import write_parquet
+from ..local_data import fresh_read_options, write_parquet
 from ..output_folders import check_output_folder
 from ..text import match_key
 
@@ -246,7 +246,7 @@ def read_training_data(dataset: str | Path, configs: Sequence[str] | None = None
         try:
             names = configs or datasets.get_dataset_config_names(str(dataset))
             for name in names:
-                for split, ds in datasets.load_dataset(str(dataset), name).items():
+                for split, ds in datasets.load_dataset(str(dataset), name, **fresh_read_options(dataset)).items():
                     files.append(DataFile(name, None, f"{name}/{split}.parquet", ds.to_list()))
         except Exception as err:  # noqa: BLE001 - a missing path or unreachable Hub id: one clear line
             raise MissingFileError(

@@ -128,7 +128,7 @@ def batch_group(dataset_id: int, config: E5DatasetConfig, family: str | None, ta
 def _load(config: E5DatasetConfig, refresh_local: bool = True):
     from datasets import load_dataset
 
-    fresh = fresh_read_options(config.path, config.data_files) if refresh_local else {}
+    fresh = fresh_read_options(config.path, config.data_files, refresh=refresh_local)
     try:
         dataset = load_dataset(
             config.path,
