@@ -287,6 +287,12 @@ CAPACITY_CELLS = (
         recipe={**LR_2E_3_90, "learning_rate": 1.0e-3, "lora_layers_to_transform": QWEN_TOP_THIRD},
     ),
     Cell(
+        "qwen0.5b-lr-5e-4-100",
+        "capacity: Qwen2.5-Coder-0.5B-Instruct as the student at learning rate 5e-4 (a quarter of SmolLM2's)",
+        student="qwen2.5-coder-0.5b",
+        recipe={**LR_2E_3_90, "learning_rate": 5.0e-4, "lora_layers_to_transform": QWEN_TOP_THIRD},
+    ),
+    Cell(
         "qwen0.5b-1000",
         "capacity: Qwen2.5-Coder-0.5B-Instruct as the student on the 1,000 examples",
         examples=1000,

@@ -215,6 +215,7 @@ def test_capacity_cells_change_the_student_and_nothing_else(tmp_path, monkeypatc
     assert changes("lora-r64") == {"lora_r": 64, "lora_alpha": 128}
     assert changes("docs-256") == {"max_seq_length": 256, "query_max_length": 64}
     assert changes("qwen0.5b-100") == {"lora_layers_to_transform": list(range(16, 24))}
+    assert changes("qwen0.5b-lr-5e-4-100") == {"lora_layers_to_transform": list(range(16, 24)), "learning_rate": 5e-4}
 
     converted = []
     monkeypatch.setattr(local_models, "hf_folder_from_gguf", lambda spec: converted.append(spec) or tmp_path / spec)
