@@ -190,11 +190,7 @@ def score(path: Path, key: str, student, benchmarks: Path, out: Path, scores: di
     from e5_mistral.evaluation.paired import paired_difference
 
     folder = out / "eval" / key
-    entry = scores.get(key)
-    if entry is None:
-        started = time.monotonic()
-        entry = {"ndcg_at_10": evaluate(path, student, folder, benchmarks)}
-        entry["eval_seconds"] = round(time.monotonic() - started)
+    entry = scores.get(key) or timed_score(path, student, folder, benchmarks)
     (task,) = resolve_tasks([TASK], benchmarks)
     baseline = zero_shot_predictions(benchmarks, out)
     difference = paired_difference(task, folder / "predictions", baseline)
@@ -212,6 +208,12 @@ def to_score(key: str, out: Path, scores: dict) -> bool:
 
 def save(scores: dict) -> None:
     SCORES.write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
+
+
+def timed_score(path: Path, student, folder: Path, benchmarks: Path) -> dict:
+    started = time.monotonic()
+    value = evaluate(path, student, folder, benchmarks)
+    return {"ndcg_at_10": value, "eval_seconds": round(time.monotonic() - started)}
 
 
 def evaluate(path: Path, student, folder: Path, benchmarks: Path) -> float:
@@ -240,9 +242,7 @@ def run(cells: list[Cell], benchmarks: Path, out: Path, scores: dict, seeds=SEED
     from e5_mistral.local_models import minilm_path
 
     if ZERO_SHOT not in scores:
-        started = time.monotonic()
-        value = evaluate(minilm_path(), STUDENTS["minilm"], out / "eval" / ZERO_SHOT, benchmarks)
-        scores[ZERO_SHOT] = {"ndcg_at_10": value, "eval_seconds": round(time.monotonic() - started)}
+        scores[ZERO_SHOT] = timed_score(minilm_path(), STUDENTS["minilm"], out / "eval" / ZERO_SHOT, benchmarks)
         save(scores)
     for cell in cells:
         for seed in seeds:

@@ -19,20 +19,25 @@ def fresh_read_options(path: str | os.PathLike, data_files=None, refresh: bool =
     read after the one that refreshed pass ``refresh=False`` and find its copy. Hub datasets keep their cache.
     """
     local = [Path(p) for p in [path, *_file_list(data_files)] if os.path.exists(p)]
-    if not local:
+    if not local and data_files is None:
         return {}
-    options = {"cache_dir": str(_local_cache_dir(local))}
+    options = {"cache_dir": str(_local_cache_dir(local))} if local else {}
     if refresh:
         options.update(download_mode="force_redownload", verification_mode="no_checks")
     return options
 
 
 def _file_list(data_files) -> list:
+    """The files ``data_files`` names (a path, a glob pattern, a list of them, or a mapping of splits to them)."""
+    import glob
+
     if data_files is None:
         return []
     if isinstance(data_files, dict):
         return [f for files in data_files.values() for f in _file_list(files)]
-    return [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
+    if isinstance(data_files, (str, os.PathLike)):
+        return sorted(glob.glob(str(data_files), recursive=True)) or [data_files]
+    return [f for files in data_files for f in _file_list(files)]
 
 
 def _local_cache_dir(paths: list[Path]) -> Path:

@@ -321,3 +321,8 @@ def test_two_local_folders_of_the_same_name_are_read_each_as_it_is(tmp_path, mon
     assert fresh_read_options(first) != fresh_read_options(second)
     assert "download_mode" not in fresh_read_options(first, refresh=False)  # a later process finds the copy
     assert fresh_read_options("org/hub-dataset") == {}
+    pattern = fresh_read_options("json", data_files=str(second / "short_long" / "*.parquet"))  # a glob is read afresh
+    assert (
+        pattern["download_mode"] == "force_redownload"
+        and pattern["cache_dir"] != fresh_read_options(first)["cache_dir"]
+    )
