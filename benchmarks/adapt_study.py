@@ -48,7 +48,8 @@ class Cell:
     negatives: str = "mined"
     interpolate: float = 1.0
     round_trip: bool = False  # `e5-mistral filter --top-k 1`: keep a query only when its passage ranks first
-    max_seq_length: int | None = None  # documents read to this many tokens (default: the student's recipe)
+    # the student's recipe with these keys changed, e.g. (("max_seq_length", 256),): documents read that far
+    recipe: tuple[tuple[str, object], ...] = ()
 
     @property
     def data_name(self) -> str:
@@ -75,12 +76,41 @@ CELLS = (
         round_trip=True,
     ),
     Cell("q300-smollm2", "student: SmolLM2-135M (LoRA, instructed)", 300, student="smollm2"),
+    # the decoder at two passes over its rows, as q300-smollm2's 70 steps of 8 are over 286
+    Cell(
+        "q100-smollm2",
+        "student: SmolLM2-135M on 100 queries (24 steps)",
+        100,
+        student="smollm2",
+        recipe=(("max_steps", 24),),
+    ),
+    Cell(
+        "q200-smollm2",
+        "student: SmolLM2-135M on 200 queries (48 steps)",
+        200,
+        student="smollm2",
+        recipe=(("max_steps", 48),),
+    ),
     Cell(
         "q300-smollm2-256",
         "student: SmolLM2-135M, documents read to 256 tokens (not 128)",
         300,
         student="smollm2",
-        max_seq_length=256,
+        recipe=(("max_seq_length", 256),),
+    ),
+    Cell(
+        "q300-smollm2-35-steps",
+        "student: SmolLM2-135M, 35 training steps (not 70): one pass over the rows",
+        300,
+        student="smollm2",
+        recipe=(("max_steps", 35),),
+    ),
+    Cell(
+        "q300-smollm2-140-steps",
+        "student: SmolLM2-135M, 140 training steps (not 70)",
+        300,
+        student="smollm2",
+        recipe=(("max_steps", 140),),
     ),
 )
 
@@ -149,8 +179,8 @@ def model(cell: Cell, seed: int, out: Path) -> Path:
     from e5_mistral.adaptation.quickstart import train_and_export
     from e5_mistral.quickstart import Step, _e5
 
-    length = f"-len{cell.max_seq_length}" if cell.max_seq_length else ""
-    folder = out / f"{cell.student}-{cell.data_name}{length}-seed{seed}"
+    changes = "".join(f"-{key}{value}" for key, value in cell.recipe)
+    folder = out / f"{cell.student}-{cell.data_name}{changes}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     step = Step({})
     student = student_for(cell, folder)
@@ -165,8 +195,8 @@ def model(cell: Cell, seed: int, out: Path) -> Path:
 
 
 def student_for(cell: Cell, folder: Path):
-    """The cell's student; with ``max_seq_length``, its recipe rewritten to read documents that far (the export
-    reads as far as the checkpoint trained)."""
+    """The cell's student, its recipe rewritten with the cell's changes (the export reads documents as far as the
+    checkpoint trained)."""
     import dataclasses
 
     import yaml
@@ -175,11 +205,11 @@ def student_for(cell: Cell, folder: Path):
     from e5_mistral.resources import resource
 
     student = STUDENTS[cell.student]
-    if cell.max_seq_length is None:
+    if not cell.recipe:
         return student
     config = yaml.safe_load(resource(student.recipe).read_text())
     recipe = folder / "recipe.yaml"  # an absolute path: resource() returns it as it is
-    recipe.write_text(yaml.safe_dump({**config, "max_seq_length": cell.max_seq_length}, sort_keys=False))
+    recipe.write_text(yaml.safe_dump({**config, **dict(cell.recipe)}, sort_keys=False))
     return dataclasses.replace(student, recipe=str(recipe))
 
 
@@ -288,24 +318,30 @@ def write_page(scores: dict) -> None:
     plot(scores)
 
 
+# the query-count curves: each student's cells at 100, 200 and 300 drawn passages
+SIZE_CELLS = {"MiniLM": ("q100", "q200", "q300"), "SmolLM2": ("q100-smollm2", "q200-smollm2", "q300-smollm2")}
+
+
 def plot(scores: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [c for c in CELLS if c.name in ("q100", "q200", "q300")]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for seed, marker in zip(SEEDS, "os"):
-        points = [
-            (c.passages, scores[f"{c.name}/{seed}"]["ndcg_at_10"]) for c in sizes if f"{c.name}/{seed}" in scores
-        ]
-        if points:
-            ax.plot(*zip(*points), marker=marker, label=f"adapted MiniLM, seed {seed}")
-    ax.axhline(scores[ZERO_SHOT]["ndcg_at_10"], color="grey", linestyle="--", label="MiniLM zero-shot")
-    ax.set_xlabel("generated queries (SciFact corpus)")
-    ax.set_ylabel("SciFact nDCG@10")
-    ax.legend(fontsize=7)
+    cells = {c.name: c for c in CELLS}
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, (student, names) in zip(axes, SIZE_CELLS.items()):
+        for seed, marker in zip(SEEDS, "os"):
+            keys = [(cells[n].passages, f"{n}/{seed}") for n in names]
+            points = [(size, 100 * scores[key]["ndcg_at_10"]) for size, key in keys if key in scores]
+            if points:
+                ax.plot(*zip(*points), marker=marker, label=f"adapted {student}, seed {seed}")
+        ax.set_title(f"student: {student}", fontsize=9)
+        ax.set_xlabel("generated queries (SciFact corpus)")
+    axes[0].axhline(100 * scores[ZERO_SHOT]["ndcg_at_10"], color="grey", linestyle="--", label="MiniLM zero-shot")
+    axes[0].set_ylabel("SciFact nDCG@10")
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(PLOT, dpi=120)
 

@@ -467,7 +467,16 @@ def test_the_demo_adapts_minilm_and_scores_it_before_and_after(tmp_path, minilm_
     assert mined["short_long"]["rows"] == 48 and mined["short_long"]["mined_negatives"] > 0
 
 
-def test_the_adapt_study_length_cell_changes_only_the_document_length(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("q300-smollm2-256", {"max_seq_length": 256}),
+        ("q200-smollm2", {"max_steps": 48}),
+        ("q300-smollm2-35-steps", {"max_steps": 35}),
+        ("q300-smollm2-140-steps", {"max_steps": 140}),
+    ],
+)
+def test_the_adapt_study_recipe_cells_change_only_their_key(tmp_path, name, change):
     import yaml
 
     from benchmarks import adapt_study
@@ -476,11 +485,15 @@ def test_the_adapt_study_length_cell_changes_only_the_document_length(tmp_path):
 
     cells = {c.name: c for c in adapt_study.CELLS}
     assert adapt_study.student_for(cells["q300-smollm2"], tmp_path) == STUDENTS["smollm2"]
-    student = adapt_study.student_for(cells["q300-smollm2-256"], tmp_path)
+    student = adapt_study.student_for(cells[name], tmp_path)
     stock = yaml.safe_load(resource("recipes/smollm2-135m/adapt.yaml").read_text())
     changed = yaml.safe_load(resource(student.recipe).read_text())
-    assert {k: v for k, v in changed.items() if stock[k] != v} == {"max_seq_length": 256}
+    assert {k: v for k, v in changed.items() if stock[k] != v} == change
     assert student.instructions == "paper" and student.name == "smollm2"
+
+
+def test_the_adapt_study_table_shows_a_screen_with_one_seed():
+    from benchmarks import adapt_study
 
     scores = {  # one seed scored: the row shows it and leaves the other seed open
         adapt_study.ZERO_SHOT: {"ndcg_at_10": 0.645},
