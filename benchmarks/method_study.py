@@ -293,11 +293,11 @@ CAPACITY_CELLS = (
         recipe={**LR_2E_3_90, "learning_rate": 5.0e-4, "lora_layers_to_transform": QWEN_TOP_THIRD},
     ),
     Cell(
-        "qwen0.5b-1000",
-        "capacity: Qwen2.5-Coder-0.5B-Instruct as the student on the 1,000 examples",
+        "qwen0.5b-lr-1e-3-1000",
+        "capacity: Qwen2.5-Coder-0.5B-Instruct as the student on the 1,000 examples, at its best rate (1e-3)",
         examples=1000,
         student="qwen2.5-coder-0.5b",
-        recipe={**LR_2E_3_90, "lora_layers_to_transform": QWEN_TOP_THIRD},
+        recipe={**LR_2E_3_90, "learning_rate": 1.0e-3, "lora_layers_to_transform": QWEN_TOP_THIRD},
     ),
 )
 CELLS = STUDY_CELLS + CAPACITY_CELLS
