@@ -245,8 +245,9 @@ def read_training_data(dataset: str | Path, configs: Sequence[str] | None = None
 
         try:
             names = configs or datasets.get_dataset_config_names(str(dataset))
+            fresh = fresh_read_options(dataset)  # one walk over the folder's files, not one per config
             for name in names:
-                for split, ds in datasets.load_dataset(str(dataset), name, **fresh_read_options(dataset)).items():
+                for split, ds in datasets.load_dataset(str(dataset), name, **fresh).items():
                     files.append(DataFile(name, None, f"{name}/{split}.parquet", ds.to_list()))
         except Exception as err:  # noqa: BLE001 - a missing path or unreachable Hub id: one clear line
             raise MissingFileError(
