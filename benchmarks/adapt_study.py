@@ -1,7 +1,7 @@
 """What corpus adaptation is worth, one lever at a time, against the seed spread: SciFact's corpus only.
 
-The data is one `e5-mistral adapt` run on SciFact's documents (Qwen2.5-Coder-0.5B-Instruct on llama.cpp, kept in
-``benchmarks/adapt_data/``); each cell trains a student on a share of it, under two seeds, and scores it on
+The data is two `e5-mistral adapt` runs on SciFact's documents (Qwen2.5-Coder-0.5B-Instruct on llama.cpp, kept in
+``benchmarks/adapt_data/``); each cell trains a student on a share of one, under two seeds, and scores it on
 SciFact's 300 test queries (nDCG@10; the encoder in float32, SmolLM2 in bf16 where the CPU has bf16 units), with
 a paired interval against all-MiniLM-L6-v2 zero-shot on the same queries. The test queries and relevance labels
 are read by the scoring only.
@@ -26,7 +26,9 @@ from types import SimpleNamespace
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA = REPO_ROOT / "benchmarks" / "adapt_data" / "scifact"  # the adapt run's dataset/, report.json, passages.jsonl
+ADAPT_DATA = REPO_ROOT / "benchmarks" / "adapt_data"  # each adapt run's dataset/, report.json, passages.jsonl
+FIRST_RUN = "scifact"  # 300 passages, written with the query prompt's earlier example task
+CURRENT_RUN = "scifact-600"  # 600 passages, the query prompt as it is now
 SCORES = REPO_ROOT / "benchmarks" / "adapt_data" / "scores.json"
 PAGE = REPO_ROOT / "docs" / "adapt.md"
 PLOT = REPO_ROOT / "docs" / "adapt.png"
@@ -50,11 +52,13 @@ class Cell:
     round_trip: bool = False  # `e5-mistral filter --top-k 1`: keep a query only when its passage ranks first
     # the student's recipe with these keys changed, e.g. (("max_seq_length", 256),): documents read that far
     recipe: tuple[tuple[str, object], ...] = ()
+    run: str = FIRST_RUN  # the adapt run under ADAPT_DATA whose rows it trains on
 
     @property
     def data_name(self) -> str:
         negatives = {"mined": "", "none": "-no-negative", "judged": "-judged-negative"}[self.negatives]
-        return f"{self.passages}{negatives}{'-round-trip' if self.round_trip else ''}"
+        run = "" if self.run == FIRST_RUN else f"{self.run}-"
+        return f"{run}{self.passages}{negatives}{'-round-trip' if self.round_trip else ''}"
 
 
 CELLS = (
@@ -112,6 +116,26 @@ CELLS = (
         student="smollm2",
         recipe=(("max_steps", 140),),
     ),
+    # a second adapt run, of 600 passages, written with the current (domain-neutral) query prompt; its first 300
+    # drawn passages are the first run's 300, asked again
+    Cell("q300-current-prompt", "queries: 300, current prompt", 300, run=CURRENT_RUN),
+    Cell("q600-current-prompt", "queries: 600, current prompt", 600, run=CURRENT_RUN),
+    Cell(
+        "q300-smollm2-current-prompt",
+        "student: SmolLM2-135M on 300 queries, current prompt (61 steps)",
+        300,
+        student="smollm2",
+        recipe=(("max_steps", 61),),
+        run=CURRENT_RUN,
+    ),
+    Cell(
+        "q600-smollm2-current-prompt",
+        "student: SmolLM2-135M on 600 queries, current prompt (120 steps)",
+        600,
+        student="smollm2",
+        recipe=(("max_steps", 120),),
+        run=CURRENT_RUN,
+    ),
 )
 
 
@@ -126,10 +150,12 @@ def subset(cell: Cell, out: Path) -> Path:
     if (target / "README.md").is_file():
         return target
     if cell.round_trip:
-        return round_trip(subset(Cell("all", "", cell.passages, negatives=cell.negatives), out), target.parent)
-    order = [json.loads(line)["passage_id"] for line in (DATA / "passages.jsonl").read_text().splitlines()]
+        every_row = Cell("all", "", cell.passages, negatives=cell.negatives, run=cell.run)
+        return round_trip(subset(every_row, out), target.parent)
+    data = ADAPT_DATA / cell.run
+    order = [json.loads(line)["passage_id"] for line in (data / "passages.jsonl").read_text().splitlines()]
     drawn = set(order[: cell.passages])
-    rows = [r for r in pq.read_table(DATA / "dataset" / "short_long").to_pylist() if r["passage_id"] in drawn]
+    rows = [r for r in pq.read_table(data / "dataset" / "short_long").to_pylist() if r["passage_id"] in drawn]
     if cell.negatives == "none":
         rows = [{**r, "hard_negative_document": None, "negative_passage_id": None} for r in rows]
     if cell.negatives == "judged":
@@ -318,8 +344,17 @@ def write_page(scores: dict) -> None:
     plot(scores)
 
 
-# the query-count curves: each student's cells at 100, 200 and 300 drawn passages
-SIZE_CELLS = {"MiniLM": ("q100", "q200", "q300"), "SmolLM2": ("q100-smollm2", "q200-smollm2", "q300-smollm2")}
+# the query-count curves, a panel a student: (which data, its cells at growing numbers of drawn passages)
+SIZE_CURVES = {
+    "MiniLM": (
+        ("first run", ("q100", "q200", "q300")),
+        ("current prompt", ("q300-current-prompt", "q600-current-prompt")),
+    ),
+    "SmolLM2": (
+        ("first run", ("q100-smollm2", "q200-smollm2", "q300-smollm2")),
+        ("current prompt", ("q300-smollm2-current-prompt", "q600-smollm2-current-prompt")),
+    ),
+}
 
 
 def plot(scores: dict) -> None:
@@ -329,15 +364,16 @@ def plot(scores: dict) -> None:
     import matplotlib.pyplot as plt
 
     cells = {c.name: c for c in CELLS}
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, (student, names) in zip(axes, SIZE_CELLS.items()):
-        for seed, marker in zip(SEEDS, "os"):
-            keys = [(cells[n].passages, f"{n}/{seed}") for n in names]
-            points = [(size, 100 * scores[key]["ndcg_at_10"]) for size, key in keys if key in scores]
-            if points:
-                ax.plot(*zip(*points), marker=marker, label=f"adapted {student}, seed {seed}")
-        ax.set_title(f"student: {student}", fontsize=9)
-        ax.set_xlabel("generated queries (SciFact corpus)")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, (student, curves) in zip(axes, SIZE_CURVES.items()):
+        for (data, names), style in zip(curves, ("-", "--")):
+            for seed, marker in zip(SEEDS, "os"):
+                keys = [(cells[n].passages, f"{n}/{seed}") for n in names]
+                points = [(size, 100 * scores[key]["ndcg_at_10"]) for size, key in keys if key in scores]
+                if points:
+                    ax.plot(*zip(*points), marker=marker, linestyle=style, label=f"{data}, seed {seed}")
+        ax.set_title(f"adapted {student}", fontsize=9)
+        ax.set_xlabel("passages drawn for queries (SciFact corpus)")
     axes[0].axhline(100 * scores[ZERO_SHOT]["ndcg_at_10"], color="grey", linestyle="--", label="MiniLM zero-shot")
     axes[0].set_ylabel("SciFact nDCG@10")
     for ax in axes:

@@ -310,6 +310,33 @@ def test_step_one_rejects_preambles_and_copies(tmp_path):
     assert sorted(r["reason"] for r in rejected) == sorted(report["rejected"])
 
 
+@pytest.mark.parametrize(
+    ("query", "task", "kept"),
+    [  # echoes a 0.5B wrote for SciFact's passages, and queries that share only common words with the prompt
+        ("Brainstorm a text retrieval task for which this passage is a relevant result", None, False),
+        ("brainstorm text retrieval task for PD 0332991 and antitumor activity", None, False),
+        ("Given a web search query, retrieve relevant passages that answer the query", None, False),
+        ("write one search query of that task about MDA5", "Find tweets on a story", False),
+        ("What is the language of the Hittites?", None, True),
+        ("which kind of query do web search engines rank first", None, True),
+        ("Does a single sentence of text describe the retrieval of memories?", None, True),
+    ],
+)
+def test_step_one_rejects_a_query_that_repeats_the_prompt(query, task, kept):
+    from e5_mistral.adaptation.corpus import Passage
+    from e5_mistral.adaptation.queries import parse_query
+    from e5_mistral.llm.answers import Rejected
+
+    content = json.dumps({"query": query} if task else {"task": "Given a claim, retrieve abstracts", "query": query})
+    record = {"status": "ok", "finish_reason": "stop", "content": content}
+    passage = Passage("d@0", "d", "Penguins keep warm with dense feathers and a layer of fat.")
+    if kept:
+        assert parse_query(record, passage, task)[1] == query
+    else:
+        with pytest.raises(Rejected, match="query_repeats_prompt"):
+            parse_query(record, passage, task)
+
+
 def test_a_named_task_is_what_every_query_is_written_for(tmp_path):
     """--task: the user says what the corpus is searched for (Promptagator's point); the LLM writes only queries,
     and every row carries that task, the instruction the model is trained and scored with."""
@@ -474,6 +501,7 @@ def test_the_demo_adapts_minilm_and_scores_it_before_and_after(tmp_path, minilm_
         ("q200-smollm2", {"max_steps": 48}),
         ("q300-smollm2-35-steps", {"max_steps": 35}),
         ("q300-smollm2-140-steps", {"max_steps": 140}),
+        ("q600-smollm2-current-prompt", {"max_steps": 120}),
     ],
 )
 def test_the_adapt_study_recipe_cells_change_only_their_key(tmp_path, name, change):
@@ -507,11 +535,13 @@ def test_the_adapt_study_judged_cell_drops_only_the_negatives_the_judge_finds_re
     from benchmarks import adapt_study
 
     cells = {c.name: c for c in adapt_study.CELLS}
-    names = {name: cells[name].data_name for name in ("q300", "q300-no-negative", "q300-judged-negative")}
-    assert names == {
+    chosen = ("q300", "q300-no-negative", "q300-judged-negative", "q300-current-prompt", "q600-smollm2-current-prompt")
+    assert {name: cells[name].data_name for name in chosen} == {
         "q300": "300",
         "q300-no-negative": "300-no-negative",
         "q300-judged-negative": "300-judged-negative",
+        "q300-current-prompt": "scifact-600-300",  # the second run's rows never share a folder with the first's
+        "q600-smollm2-current-prompt": "scifact-600-600",
     }
 
     rows = [{"user_query": q, "hard_negative_document": f"doc {q}", "negative_passage_id": f"{q}@0"} for q in "abc"]
@@ -520,6 +550,34 @@ def test_the_adapt_study_judged_cell_drops_only_the_negatives_the_judge_finds_re
     assert kept[0]["hard_negative_document"] is None and kept[0]["user_query"] == "a"
     with pytest.raises(ValueError):
         adapt_study.without_relevant_negatives(rows, [True])
+
+
+def test_an_adapt_study_cell_trains_on_the_first_passages_drawn_in_its_own_run(tmp_path, monkeypatch):
+    """Two runs over one corpus draw the same passages in another order here: a cell's share is its run's first N
+    drawn, and the runs' shares never meet in one cached folder."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import adapt_study
+    from e5_mistral.adaptation.run import EXTRA_COLUMNS
+    from e5_mistral.hub.writer import write_hub_folder
+
+    kept = pq.read_table(adapt_study.ADAPT_DATA / adapt_study.FIRST_RUN / "dataset" / "short_long")
+    rows = kept.to_pylist()[:4]
+    ids = [r["passage_id"] for r in rows]
+    for run, order in ((adapt_study.FIRST_RUN, ids), (adapt_study.CURRENT_RUN, ids[::-1])):
+        write_hub_folder(rows, tmp_path / "runs" / run / "dataset", {"adaptation": None}, extra_columns=EXTRA_COLUMNS)
+        lines = [json.dumps({"passage_id": i}) for i in order]
+        (tmp_path / "runs" / run / "passages.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(adapt_study, "ADAPT_DATA", tmp_path / "runs")
+
+    def share(cell):
+        return [r["passage_id"] for r in pq.read_table(adapt_study.subset(cell, tmp_path / "out") / "all").to_pylist()]
+
+    first = adapt_study.Cell("a", "", 2)
+    current = adapt_study.Cell("b", "", 2, run=adapt_study.CURRENT_RUN)
+    assert sorted(share(first)) == sorted(ids[:2])
+    assert sorted(share(current)) == sorted(ids[2:])
+    assert sorted(share(first)) == sorted(ids[:2])  # the first run's cached share is not the second's
 
 
 def test_the_adapt_study_scores_the_zero_shot_model_again_where_its_predictions_are_missing(tmp_path, monkeypatch):

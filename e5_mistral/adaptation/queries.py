@@ -3,8 +3,8 @@ style) and a query the passage answers (Gecko's first step; Promptagator's and G
 
 The query's kind is sampled per request from the paper's short-long slots (query type, length, clarity,
 difficulty), seeded by the passage and the query's number, so two runs ask the same questions. The answer is a JSON
-object ``{"task", "query"}``, schema-enforced where the endpoint can; a preamble or a copied passage is rejected,
-never stored as a query.
+object ``{"task", "query"}``, schema-enforced where the endpoint can; a preamble, a copied passage or the prompt's
+own instruction written back is rejected, never stored as a query.
 """
 
 from __future__ import annotations
@@ -93,8 +93,29 @@ def parse_query(record, passage: Passage, task: str | None = None) -> tuple[str,
         raise Rejected("query_copied_from_passage")
     if _opening(query) == _opening(fields["task"]):
         raise Rejected("query_repeats_task")  # "Given a news headline, ..." is the instruction, not a search
+    if _trigrams(query) & (_TASK_PROMPT_TRIGRAMS if task else _PROMPT_TRIGRAMS):
+        raise Rejected("query_repeats_prompt")  # a small model echoes "Brainstorm a text retrieval task for which ..."
     return fields["task"], query
 
 
 def _opening(text: str, words: int = 3) -> list[str]:
     return re.sub(r"[^\w\s]", " ", text.casefold()).split()[:words]
+
+
+# words too common to mark an echo: "the language of the passage" must not reject "the language of the Hittites"
+STOPWORDS = frozenset(
+    "a an the of to for in on at by as from with and or but not is are be been have this that which it its "
+    "you your yourself must should do does one two any each what how who when where why then than into about s".split()
+)
+
+
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    """Runs of three consecutive content words of ``text``."""
+    words = [w for w in re.sub(r"[^\w\s]", " ", text.casefold()).split() if w not in STOPWORDS]
+    return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+
+
+# the prompts' own instructions, without the passage and the sampled slots: a query sharing three content words in a
+# row with them repeats the prompt instead of searching the passage
+_PROMPT_TRIGRAMS = _trigrams(re.sub(r"\{\w+\}", " ", PROMPT))
+_TASK_PROMPT_TRIGRAMS = _trigrams(re.sub(r"\{\w+\}", " ", TASK_PROMPT))
