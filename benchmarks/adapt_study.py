@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ADAPT_DATA = REPO_ROOT / "benchmarks" / "adapt_data"  # each adapt run's dataset/, report.json, passages.jsonl
 FIRST_RUN = "scifact"  # 300 passages, written with the query prompt's earlier example task
 CURRENT_RUN = "scifact-600"  # 600 passages, the query prompt as it is now
-SCORES = REPO_ROOT / "benchmarks" / "adapt_data" / "scores.json"
+SCORES = ADAPT_DATA / "scores.json"
 PAGE = REPO_ROOT / "docs" / "adapt.md"
 PLOT = REPO_ROOT / "docs" / "adapt.png"
 MARKERS = ("<!-- adapt-study table -->", "<!-- end adapt-study table -->")
@@ -37,7 +37,7 @@ TASK = "SciFact"
 SEEDS = (42, 7)
 ZERO_SHOT = "zero-shot"
 JUDGE = "qwen2.5-coder-1.5b"  # the 0.5B generator answers "no" to every passage, its own seeds included
-JUDGE_JOURNAL = REPO_ROOT / "benchmarks" / "adapt_data" / "judge-1.5b"
+JUDGE_JOURNAL = ADAPT_DATA / "judge-1.5b"
 
 
 @dataclass(frozen=True)

@@ -98,8 +98,13 @@ def parse_query(record, passage: Passage, task: str | None = None) -> tuple[str,
     return fields["task"], query
 
 
+def _words(text: str) -> list[str]:
+    """Case-folded words, punctuation dropped: how a query is compared with its task and the prompt."""
+    return re.sub(r"[^\w\s]", " ", text.casefold()).split()
+
+
 def _opening(text: str, words: int = 3) -> list[str]:
-    return re.sub(r"[^\w\s]", " ", text.casefold()).split()[:words]
+    return _words(text)[:words]
 
 
 # words too common to mark an echo: "the language of the passage" must not reject "the language of the Hittites"
@@ -111,11 +116,14 @@ STOPWORDS = frozenset(
 
 def _trigrams(text: str) -> set[tuple[str, ...]]:
     """Runs of three consecutive content words of ``text``."""
-    words = [w for w in re.sub(r"[^\w\s]", " ", text.casefold()).split() if w not in STOPWORDS]
+    words = [w for w in _words(text) if w not in STOPWORDS]
     return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
 
 
-# the prompts' own instructions, without the passage and the sampled slots: a query sharing three content words in a
-# row with them repeats the prompt instead of searching the passage
-_PROMPT_TRIGRAMS = _trigrams(re.sub(r"\{\w+\}", " ", PROMPT))
-_TASK_PROMPT_TRIGRAMS = _trigrams(re.sub(r"\{\w+\}", " ", TASK_PROMPT))
+def _instruction_trigrams(template: str) -> set[tuple[str, ...]]:
+    """The template's own instruction, without the passage and the sampled slots it is filled with."""
+    return _trigrams(re.sub(r"\{\w+\}", " ", template))
+
+
+# a query sharing three content words in a row with its prompt's instruction repeats it instead of searching
+_PROMPT_TRIGRAMS, _TASK_PROMPT_TRIGRAMS = _instruction_trigrams(PROMPT), _instruction_trigrams(TASK_PROMPT)
