@@ -235,7 +235,8 @@ def test_relabel_picks_a_better_neighbour_and_a_judged_negative_then_resumes(tmp
         assert run_adapt(*argv) == 0
         sent = server.stats.requests
         report = json.loads((out / "report.json").read_text())
-        assert report["queries"]["planned"] == 12 and report["accepted_queries"] == 12
+        assert report["adaptation"]["queries"]["planned"] == 12 and report["adaptation"]["accepted_queries"] == 12
+        assert (report["planned"], report["accepted"], report["rejected"]) == (12, 12, {})
         rows = {r["passage_id"]: r for r in _rows(out)}
         planted = rows["d0@0"]  # the seed (apples) does not answer the glacier query; d1 does, and ranks above it
         assert planted["relabel"] == "relabelled" and planted["positive_passage_id"] == "d1@0"
@@ -246,7 +247,7 @@ def test_relabel_picks_a_better_neighbour_and_a_judged_negative_then_resumes(tmp
             assert (
                 row["task"] == "Given a question, retrieve passages that answer it" and row["family"] == "short_long"
             )
-        assert report["relabel"]["decisions"]["relabelled"] >= 1
+        assert report["adaptation"]["relabel"]["decisions"]["relabelled"] >= 1
         # the rows load as every other command reads them, and train as the retrieval family
         from datasets import load_dataset
 
@@ -261,6 +262,8 @@ def test_relabel_picks_a_better_neighbour_and_a_judged_negative_then_resumes(tmp
             str(tmp_path / "filtered" / "dataset"), "short_long", split="train", cache_dir=str(tmp_path / "c")
         )
         assert 0 < len(kept) <= 12 and set(kept["passage_id"]) <= set(rows)
+        filtered_card = (tmp_path / "filtered" / "dataset" / "README.md").read_text()  # the run's report travels on
+        assert "Grounded in a corpus" in filtered_card and _card_statistics(filtered_card)[:3] == ["12", "12", "0"]
         # a rerun pays nothing twice
         assert run_adapt(*argv) == 0 and server.stats.requests == sent
         # a changed corpus: only the changed passage's queries and verdicts are asked
@@ -302,12 +305,26 @@ def test_step_one_rejects_preambles_and_copies(tmp_path):
         assert run_adapt(*argv, "--response-format", "none", "--candidates", "3", "--negative-rank", "1") == 0
     report = json.loads((out / "report.json").read_text())
     assert report["rejected"] == {"invalid_json": 1, "query_copied_from_passage": 1, "query_too_long": 1}
-    assert report["accepted_queries"] == 1
+    assert report["accepted"] == report["adaptation"]["accepted_queries"] == 1
     (row,) = _rows(out)
     assert row["relabel"] == "seed, unjudged" and row["negative_passage_id"] is not None  # mined, unjudged
     assert row["user_query"] == "how do penguins keep warm" and row["passage_id"] == "d3@0"
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     assert sorted(r["reason"] for r in rejected) == sorted(report["rejected"])
+    # the card states the run's own totals, and none of generate's sections that an adapt run has no numbers for
+    card = (out / "dataset" / "README.md").read_text()
+    queries = report["adaptation"]["queries"]
+    assert _card_statistics(card)[:6] == ["4", "1", "3", "0", "0", str(queries["prompt_tokens"])]
+    assert queries["prompt_tokens"] > 0 and "Structured outputs: `none`" in card
+    assert "Brainstormed tasks" not in card and "brainstorm-then-generate" not in card and "### Acceptance" not in card
+    assert "LLM wrote a retrieval task and a query" in card and "Not recorded: each query is asked in" in card
+
+
+def _card_statistics(card: str) -> list[str]:
+    """The cells of a dataset card's statistics row (planned, accepted, rejected, duplicates, failed, tokens...)."""
+    lines = card.splitlines()
+    row = lines[lines.index(next(line for line in lines if line.startswith("| planned |"))) + 2]
+    return [cell.strip() for cell in row.strip("|").split("|")]
 
 
 @pytest.mark.parametrize(
@@ -360,6 +377,9 @@ def test_a_named_task_is_what_every_query_is_written_for(tmp_path):
     rows = _rows(out)
     assert len(rows) == 3 and {row["task"] for row in rows} == {task}
     assert json.loads((out / "report.json").read_text())["rejected"] == {"query_repeats_task": 1}
+    card = (out / "dataset" / "README.md").read_text()
+    assert "Structured outputs: `json_schema`" in card and _card_statistics(card)[:3] == ["4", "3", "1"]
+    assert "LLM wrote a query of the named task" in card
     assert all(f'"{task}"' in body["messages"][-1]["content"] for body in bodies) and len(bodies) == 4
     schema = bodies[0]["response_format"]["json_schema"]["schema"]
     assert schema["required"] == ["query"] and list(schema["properties"]) == ["query"]

@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "e5-mistral adapt") -> i
     log_lines(prog, logging.INFO if not args.no_progress else logging.WARNING)
 
     def _adapt() -> int:
-        report = adapt(args, judge)
+        report = adapt(args, judge)["adaptation"]
         decisions = report["relabel"]["decisions"]
         print(
             f"{report['accepted_queries']} of {report['queries']['planned']} queries accepted "

@@ -238,28 +238,46 @@ def adapt(args: AdaptArguments, judge=None) -> dict:
     cache = teacher_cache(output, teacher, "neighbours")
     model = lambda: load_model(teacher, flag="--teacher")  # noqa: E731 - loaded only when neighbours are searched
     relabelled, relabel_counts = relabel(rows, texts, model, args.relabel_settings(), judge, output / "judge", cache)
-    report = {
-        "corpus": {"source": str(args.corpus), "passages": len(passages), "drawn": len(drawn), **changed},
-        "teacher": teacher,
-        "queries": {"planned": min(args.num_examples, len(drawn) * args.queries_per_passage), **query_counts},
-        "accepted_queries": len(rows),
-        "rejected": dict(sorted(rejected.items())),
-        "relabel": relabel_counts,
-        "rows": len(relabelled),
-        "settings": args.settings(),
-    }
+    report = run_report(
+        {
+            "corpus": {"source": str(args.corpus), "passages": len(passages), "drawn": len(drawn), **changed},
+            "teacher": teacher,
+            "queries": {"planned": min(args.num_examples, len(drawn) * args.queries_per_passage), **query_counts},
+            "accepted_queries": len(rows),
+            "rejected": dict(sorted(rejected.items())),
+            "relabel": relabel_counts,
+            "rows": len(relabelled),
+            "settings": args.settings(),
+        }
+    )
     write_json(output / "report.json", report)
-    card_report = {"adaptation": report, "planned": report["queries"]["planned"], "accepted": len(relabelled)}
     settings = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed}
     dataset_rows = (_dataset_row(r, texts, prompt_version(args.task)) for r in relabelled)
     write_hub_folder(
         dataset_rows,
         output / "dataset",
-        card_report,
+        report,
         {**settings, "generator_license": args.generator_license},
         extra_columns=EXTRA_COLUMNS,
     )
     return report
+
+
+def run_report(adaptation: dict) -> dict:
+    """``report.json``: the shape of every run's report (``generate``'s), whose totals the dataset card states and
+    ``filter`` carries forward, with the adaptation's own counts under ``adaptation``."""
+    queries, reasons = adaptation["queries"], dict(adaptation["rejected"])
+    failed, duplicates = reasons.pop("failed", 0), reasons.pop("duplicate_query", 0)
+    return {
+        "planned": queries["planned"],
+        "accepted": adaptation["rows"],
+        "rejected": reasons,
+        "duplicates_removed": duplicates,
+        "failed": failed,
+        **{key: queries.get(key) for key in ("prompt_tokens", "completion_tokens", "estimated_cost_usd")},
+        "response_format": {"chosen": queries["response_format"], "refused": {}},
+        "adaptation": adaptation,
+    }
 
 
 def _dataset_row(row: dict, texts: dict[str, str], version: str) -> dict:

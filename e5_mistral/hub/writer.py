@@ -81,7 +81,7 @@ class HubFolderWriter:
         """One row of a family (see ``check_row``); metadata columns it lacks are written as null."""
         check_row(row, f"{self.folder}: row {self.counts[ALL_CONFIG] + 1}")
         self.diversity.add(row)
-        if row.get("language") is not None:
+        if row.get("language"):  # an adapted row's language is its passage's, not recorded
             self.languages[row["language"]] += 1
         self.slots.update(f"{k} = {v}" for k, v in (row.get("slots") or {}).items())
         if row.get("generator_model") is not None:
