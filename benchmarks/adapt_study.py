@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ADAPT_DATA = REPO_ROOT / "benchmarks" / "adapt_data"  # each adapt run's dataset/, report.json, passages.jsonl
 FIRST_RUN = "scifact"  # 300 passages, written with the query prompt's earlier example task
 CURRENT_RUN = "scifact-600"  # 600 passages, the query prompt as it is now
+TASK_RUN = "scifact-600-task"  # the same 600 passages, with SciFact's search named by the user (`adapt --task`)
 SCORES = ADAPT_DATA / "scores.json"
 PAGE = REPO_ROOT / "docs" / "adapt.md"
 PLOT = REPO_ROOT / "docs" / "adapt.png"
@@ -135,6 +136,16 @@ CELLS = (
         student="smollm2",
         recipe=(("max_steps", 120),),
         run=CURRENT_RUN,
+    ),
+    # a third run over the same 600 passages: the task named (--task), so the LLM writes only the queries
+    Cell("q600-task", "queries: 600, task named (--task)", 600, run=TASK_RUN),
+    Cell(
+        "q600-smollm2-task",
+        "student: SmolLM2-135M on 600 queries, task named (--task; 92 steps)",
+        600,
+        student="smollm2",
+        recipe=(("max_steps", 92),),
+        run=TASK_RUN,
     ),
 )
 
@@ -349,10 +360,12 @@ SIZE_CURVES = {
     "MiniLM": (
         ("first run", ("q100", "q200", "q300")),
         ("current prompt", ("q300-current-prompt", "q600-current-prompt")),
+        ("task named", ("q600-task",)),
     ),
     "SmolLM2": (
         ("first run", ("q100-smollm2", "q200-smollm2", "q300-smollm2")),
         ("current prompt", ("q300-smollm2-current-prompt", "q600-smollm2-current-prompt")),
+        ("task named", ("q600-smollm2-task",)),
     ),
 }
 
@@ -366,7 +379,7 @@ def plot(scores: dict) -> None:
     cells = {c.name: c for c in CELLS}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, (student, curves) in zip(axes, SIZE_CURVES.items()):
-        for (data, names), style in zip(curves, ("-", "--")):
+        for (data, names), style in zip(curves, ("-", "--", ":")):
             for seed, marker in zip(SEEDS, "os"):
                 keys = [(cells[n].passages, f"{n}/{seed}") for n in names]
                 points = [(size, 100 * scores[key]["ndcg_at_10"]) for size, key in keys if key in scores]
