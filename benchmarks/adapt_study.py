@@ -62,6 +62,13 @@ class Cell:
         return f"{run}{self.passages}{negatives}{'-round-trip' if self.round_trip else ''}"
 
 
+def _decoder_cell(name: str, data: str, passages: int, steps: int, run: str) -> Cell:
+    """SmolLM2 on a later run's share; ``steps`` are two passes over its accepted rows (8 a step), fixed here so a
+    cell's recipe never changes with the data it is read beside."""
+    question = f"student: SmolLM2-135M on {passages} queries, {data} ({steps} steps)"
+    return Cell(name, question, passages, student="smollm2", recipe=(("max_steps", steps),), run=run)
+
+
 CELLS = (
     Cell("q100", "queries: 100", 100),
     Cell("q200", "queries: 200", 200),
@@ -121,32 +128,11 @@ CELLS = (
     # drawn passages are the first run's 300, asked again
     Cell("q300-current-prompt", "queries: 300, current prompt", 300, run=CURRENT_RUN),
     Cell("q600-current-prompt", "queries: 600, current prompt", 600, run=CURRENT_RUN),
-    Cell(
-        "q300-smollm2-current-prompt",
-        "student: SmolLM2-135M on 300 queries, current prompt (61 steps)",
-        300,
-        student="smollm2",
-        recipe=(("max_steps", 61),),
-        run=CURRENT_RUN,
-    ),
-    Cell(
-        "q600-smollm2-current-prompt",
-        "student: SmolLM2-135M on 600 queries, current prompt (120 steps)",
-        600,
-        student="smollm2",
-        recipe=(("max_steps", 120),),
-        run=CURRENT_RUN,
-    ),
+    _decoder_cell("q300-smollm2-current-prompt", "current prompt", 300, 61, CURRENT_RUN),
+    _decoder_cell("q600-smollm2-current-prompt", "current prompt", 600, 120, CURRENT_RUN),
     # a third run over the same 600 passages: the task named (--task), so the LLM writes only the queries
     Cell("q600-task", "queries: 600, task named (--task)", 600, run=TASK_RUN),
-    Cell(
-        "q600-smollm2-task",
-        "student: SmolLM2-135M on 600 queries, task named (--task; 92 steps)",
-        600,
-        student="smollm2",
-        recipe=(("max_steps", 92),),
-        run=TASK_RUN,
-    ),
+    _decoder_cell("q600-smollm2-task", "task named", 600, 92, TASK_RUN),
 )
 
 

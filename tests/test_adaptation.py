@@ -323,7 +323,8 @@ def test_step_one_rejects_preambles_and_copies(tmp_path):
 def _card_statistics(card: str) -> list[str]:
     """The cells of a dataset card's statistics row (planned, accepted, rejected, duplicates, failed, tokens...)."""
     lines = card.splitlines()
-    row = lines[lines.index(next(line for line in lines if line.startswith("| planned |"))) + 2]
+    header = next(i for i, line in enumerate(lines) if line.startswith("| planned |"))
+    row = lines[header + 2]  # below the header and its |---| line
     return [cell.strip() for cell in row.strip("|").split("|")]
 
 
